@@ -1,0 +1,61 @@
+# portwatch: `make run` shows the main job, `make test` runs every check.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SYSTEM_PACKAGES := tshark prometheus tcpreplay iproute2 netbase libcap2-bin
+SAMPLE := pcaps/sample.pcapng
+
+.PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean
+
+run: system-deps venv
+	$(BIN)/portwatch registry info
+	@if [ -f $(SAMPLE) ] && $(BIN)/portwatch analyze --help >/dev/null 2>&1; then \
+		$(BIN)/portwatch analyze $(SAMPLE); \
+	else \
+		$(BIN)/portwatch lookup 80/tcp 443 ssh 44515/tcp; \
+	fi
+
+test: system-deps venv lint typecheck pytest
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian packages the tests drive for real: tshark/dumpcap, Prometheus and
+# promtool, tcpreplay, ip(8). Installed only when missing, and only as root.
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else \
+			echo "not root: cannot install$$missing; tests that need them will skip"; \
+		fi; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks pcaps
+
+typecheck: venv
+	$(BIN)/mypy --strict src
+
+pytest: venv
+	$(BIN)/pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+pcaps: venv
+	unshare -n $(BIN)/python pcaps/generate.py || $(BIN)/python pcaps/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
