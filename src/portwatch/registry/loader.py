@@ -1,0 +1,111 @@
+"""The I/O edge of the registry: find sources, read them, detect their format.
+
+Parsers never see a path or a file; this module reads bytes, sniffs the
+format from content (never from the file name), and hands text to the right
+parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import RegistryFormatError, RegistryRowError
+from . import iana_csv, iana_xml, services_file, text_table
+from .merge import Registry, merge_sources
+from .model import ParsedSource, SourceFormat
+
+__all__ = [
+    "detect_format",
+    "load_registry",
+    "parse_source",
+    "read_bytes",
+    "read_source",
+    "sha256_of",
+]
+
+_SNIFF_BYTES = 64 * 1024
+
+
+def detect_format(data: bytes, path: str) -> SourceFormat:
+    """Which form of the registry ``data`` is, judged by its content alone."""
+    head = data[:_SNIFF_BYTES]
+    if not head.strip():
+        raise RegistryFormatError("empty file: expected an IANA port registry", path=path)
+    if b"\0" in head:
+        line = head[: head.index(b"\0")].count(b"\n") + 1
+        raise RegistryFormatError(
+            "binary content (NUL byte): expected an IANA port registry", path=path, line=line
+        )
+    if iana_xml.looks_like_iana_xml(head):
+        return SourceFormat.IANA_XML
+    text = head.decode("utf-8", errors="replace")
+    if iana_csv.looks_like_iana_csv(text):
+        return SourceFormat.IANA_CSV
+    if text_table.looks_like_text_table(text):
+        return SourceFormat.TEXT_TABLE
+    if services_file.looks_like_services(text):
+        return SourceFormat.SERVICES
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")[:60]
+    raise RegistryFormatError(
+        "not an IANA port registry (official CSV or XML, a text/Markdown rendering, "
+        f"or a services(5) file); first line is {first!r}",
+        path=path,
+        line=1,
+    )
+
+
+def _decode(data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise RegistryFormatError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            path=path,
+            line=line,
+        ) from None
+
+
+def parse_source(data: bytes, path: str) -> ParsedSource:
+    """Parse one source from its bytes, whatever form it is in."""
+    fmt = detect_format(data, path)
+    if fmt is SourceFormat.IANA_XML:
+        return iana_xml.parse_iana_xml(data, path)
+    text = _decode(data, path)
+    if fmt is SourceFormat.IANA_CSV:
+        return iana_csv.parse_iana_csv(text, path)
+    if fmt is SourceFormat.TEXT_TABLE:
+        return text_table.parse_text_table(text, path)
+    return services_file.parse_services(text, path)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """Read a whole source, turning OS errors into one-line registry errors."""
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise RegistryFormatError(
+            "is a directory, expected a registry file", path=str(path)
+        ) from None
+    except OSError as exc:
+        raise RegistryFormatError(f"cannot read: {exc.strerror}", path=str(path)) from None
+
+
+def read_source(path: str | Path) -> ParsedSource:
+    return parse_source(read_bytes(path), str(path))
+
+
+def load_registry(paths: Sequence[str | Path], *, strict: bool = False) -> Registry:
+    """Read and merge sources; with ``strict`` the first bad row is an error."""
+    parsed = [read_source(p) for p in paths]
+    registry = merge_sources(parsed)
+    if strict and registry.problems:
+        first = registry.problems[0]
+        raise RegistryRowError(first.message, path=first.path, line=first.line)
+    return registry
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,262 @@
+"""The compiled table against independent readings of the official files."""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portwatch.cache import load_table
+from portwatch.registry.iana_csv import parse_iana_csv
+from portwatch.registry.iana_xml import parse_iana_xml
+from portwatch.registry.merge import merge_sources
+from portwatch.registry.model import (
+    ParsedSource,
+    PortFlag,
+    PortStatus,
+    Provenance,
+    RecordKind,
+    ServiceRecord,
+    SourceFormat,
+    SourceInfo,
+    Transport,
+)
+from portwatch.table import CompiledTable, compile_table
+
+Slot = tuple[str, int]
+Answer = tuple[str, str, tuple[str, ...]]  # status, canonical, aliases
+
+
+def _expected_slots(rows: list[tuple[str, str, str, str]]) -> dict[Slot, Answer]:
+    """A from-scratch reading: rows of (name, port, transport, description).
+
+    Specific rows beat ranges; assigned beats reserved beats unassigned; the
+    first name in file order is canonical, the rest are aliases. Unnamed rows
+    are reserved/unassigned by their description, else unnamed assignments.
+    """
+    specific: dict[Slot, list[tuple[str, str]]] = {}
+    ranged: dict[Slot, list[tuple[str, str]]] = {}
+    for name, port, transport, desc in rows:
+        if not port:
+            continue
+        lo, _, hi = port.partition("-")
+        target = ranged if hi else specific
+        for t in [transport] if transport else ["tcp", "udp"]:
+            for p in range(int(lo), int(hi or lo) + 1):
+                target.setdefault((t, p), []).append((name, desc))
+    out: dict[Slot, Answer] = {}
+    for slot in set(specific) | set(ranged):
+        entries = specific.get(slot) or ranged[slot]
+        d = [desc.lower() for _, desc in entries]
+
+        def kind(name: str, desc: str) -> str:
+            if name:
+                return "assigned"
+            low = desc.lower().strip()
+            if low.startswith("reserved"):
+                return "reserved"
+            if any(w in low for w in ("unassigned", "de-registered", "removed", "deprecated",
+                                      "decomissioned", "de-commissioned")):
+                return "unassigned"
+            return "assigned"
+
+        kinds = [kind(n, de) for n, de in entries]
+        del d
+        for wanted in ("assigned", "reserved", "unassigned"):
+            if wanted in kinds:
+                names: list[str] = []
+                for (n, _de), k in zip(entries, kinds, strict=True):
+                    if k == wanted and n and n.lower() not in [x.lower() for x in names]:
+                        names.append(n)
+                out[slot] = (wanted, names[0] if names else "", tuple(names[1:]))
+                break
+    return out
+
+
+def _check(table: CompiledTable, expected: dict[Slot, Answer]) -> None:
+    mismatches = []
+    for t in Transport:
+        for port in range(65536):
+            info = table.lookup(t, port)
+            want = expected.get((t.label, port))
+            if want is None:
+                want_status = "dynamic" if port >= 49152 else "unlisted"
+                got = (info.status.label, info.service, info.aliases)
+                if got != (want_status, "", ()):
+                    mismatches.append((t.label, port, got, want_status))
+            elif (info.status.label, info.service, info.aliases) != want:
+                mismatches.append((t.label, port, (info.status.label, info.service,
+                                                   info.aliases), want))
+    assert mismatches[:5] == []
+
+
+@pytest.fixture(scope="module")
+def csv_source(official_csv: Path) -> ParsedSource:
+    return parse_iana_csv(official_csv.read_text(encoding="utf-8"), str(official_csv))
+
+
+@pytest.fixture(scope="module")
+def xml_source(official_xml: Path) -> ParsedSource:
+    return parse_iana_xml(official_xml.read_bytes(), str(official_xml))
+
+
+def test_every_slot_of_the_official_csv_agrees_with_an_independent_reading(
+    official_csv: Path, csv_source: ParsedSource
+) -> None:
+    with official_csv.open(newline="", encoding="utf-8") as fh:
+        rows = [(r["Service Name"], r["Port Number"], r["Transport Protocol"], r["Description"])
+                for r in csv.DictReader(fh)]
+    _check(compile_table(merge_sources([csv_source])), _expected_slots(rows))
+
+
+def _xml_rows(path: Path) -> list[tuple[str, str, str, str]]:
+    ns = "{http://www.iana.org/assignments}"
+    rows = []
+    for rec in ET.parse(path).getroot().iter(f"{ns}record"):
+        def text(tag: str, rec: ET.Element = rec) -> str:
+            el = rec.find(f"{ns}{tag}")
+            return "" if el is None else " ".join("".join(el.itertext()).split())
+        rows.append((text("name"), text("number"), text("protocol"), text("description")))
+    return rows
+
+
+def test_every_slot_of_the_official_xml_agrees_with_an_independent_reading(
+    official_xml: Path, xml_source: ParsedSource
+) -> None:
+    _check(compile_table(merge_sources([xml_source])), _expected_slots(_xml_rows(official_xml)))
+
+
+def test_csv_and_xml_together_answer_as_the_newer_xml_wherever_they_differ(
+    csv_source: ParsedSource, xml_source: ParsedSource
+) -> None:
+    csv_only = compile_table(merge_sources([csv_source]))
+    xml_only = compile_table(merge_sources([xml_source]))
+    for order in ([csv_source, xml_source], [xml_source, csv_source]):
+        both = compile_table(merge_sources(order))
+        assert np.array_equal(both.status, xml_only.status)
+        names_both = np.array(both.names, dtype=object)[both.service_id]
+        names_xml = np.array(xml_only.names, dtype=object)[xml_only.service_id]
+        assert (names_both == names_xml).all()
+    differ = np.argwhere(csv_only.status != xml_only.status)
+    assert len(differ) > 0  # the XML is four months newer: some ports changed
+    t, port = (int(x) for x in differ[0])
+    merged = compile_table(merge_sources([csv_source, xml_source]))
+    assert merged.lookup(Transport(t), port).source == xml_source.info.path
+
+
+def test_specific_entry_wins_over_the_range_around_it(csv_source: ParsedSource) -> None:
+    table = compile_table(merge_sources([csv_source]))
+    assert table.lookup(Transport.TCP, 7775).service == "inetfs"
+    assert table.lookup(Transport.TCP, 7775).status is PortStatus.ASSIGNED
+    assert table.lookup(Transport.TCP, 7774).status is PortStatus.UNASSIGNED
+
+
+def test_unauthorized_use_remark_flags_only_the_ports_it_names(csv_source: ParsedSource) -> None:
+    table = compile_table(merge_sources([csv_source]))
+    flagged = table.lookup(Transport.TCP, 44515)
+    assert flagged.flags & PortFlag.UNAUTHORIZED_USE
+    assert "44515" in flagged.remark
+    assert table.lookup(Transport.UDP, 44516).flags & PortFlag.UNAUTHORIZED_USE
+    assert not table.lookup(Transport.TCP, 44517).flags
+    assert table.lookup(Transport.TCP, 79).flags & PortFlag.UNAUTHORIZED_USE  # finger
+
+
+def test_vectorised_lookup_equals_scalar_lookup(csv_source: ParsedSource) -> None:
+    table = compile_table(merge_sources([csv_source]))
+    rng = np.random.default_rng(7)
+    transports = rng.integers(0, 4, 5000).astype(np.uint8)
+    ports = rng.integers(0, 65536, 5000).astype(np.uint16)
+    status, service_id, flags = table.lookup_many(transports, ports)
+    for i in range(5000):
+        info = table.lookup(Transport(int(transports[i])), int(ports[i]))
+        assert status[i] == info.status
+        assert table.names[service_id[i]] == info.service
+        assert flags[i] == info.flags
+
+
+def test_table_survives_serialisation_unchanged(csv_source: ParsedSource) -> None:
+    table = compile_table(merge_sources([csv_source]))
+    again = CompiledTable.from_bytes(table.to_bytes())
+    assert np.array_equal(again.status, table.status)
+    assert np.array_equal(again.entry, table.entry)
+    assert again.names == table.names
+    assert again.entries == table.entries
+    assert again.sources == table.sources
+
+
+def test_garbage_is_not_taken_for_a_compiled_table() -> None:
+    with pytest.raises(ValueError, match="not a compiled portwatch table"):
+        CompiledTable.from_bytes(b"garbage")
+
+
+def test_cache_is_reused_and_invalidated_when_a_source_changes(tmp_path: Path) -> None:
+    src = tmp_path / "services"
+    src.write_text("http 80/tcp www # World Wide Web HTTP\n")
+    cache = tmp_path / "cache"
+    first = load_table([str(src)], cache=cache)
+    assert not first.from_cache
+    second = load_table([str(src)], cache=cache)
+    assert second.from_cache
+    assert second.table.lookup(Transport.TCP, 80).service == "http"
+    src.write_text("gopher 70/tcp\n")
+    third = load_table([str(src)], cache=cache)
+    assert not third.from_cache
+    assert third.table.lookup(Transport.TCP, 80).status is PortStatus.UNLISTED
+    assert third.table.lookup(Transport.TCP, 70).service == "gopher"
+
+
+# -- property: the table is a linear scan of the records, made O(1) ------------
+
+_KINDS = st.sampled_from([RecordKind.ASSIGNED, RecordKind.RESERVED, RecordKind.UNASSIGNED])
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[ServiceRecord]:
+    out = []
+    for i in range(draw(st.integers(0, 12))):
+        lo = draw(st.integers(0, 300))
+        hi = lo + draw(st.sampled_from([0, 0, 0, 1, 5, 40]))
+        kind = draw(_KINDS)
+        name = f"svc{draw(st.integers(0, 5))}" if kind is RecordKind.ASSIGNED else ""
+        transport = draw(st.sampled_from([None, *Transport]))
+        out.append(ServiceRecord(name, lo, hi, transport, "d", kind,
+                                 Provenance("p", i + 1, None)))
+    return out
+
+
+def _linear_scan(records: list[ServiceRecord], t: Transport, port: int) -> tuple[str, str]:
+    covering = [r for r in records if t in r.transports and r.port_low is not None
+                and r.port_high is not None and r.port_low <= port <= r.port_high]
+    specific = [r for r in covering if not r.is_range]
+    chosen = specific or covering
+    for kind in (RecordKind.ASSIGNED, RecordKind.RESERVED, RecordKind.UNASSIGNED):
+        of_kind = [r for r in chosen if r.kind is kind]
+        if of_kind:
+            named = [r.name for r in of_kind if r.name]
+            return kind.value, named[0] if named else ""
+    return ("dynamic" if port >= 49152 else "unlisted"), ""
+
+
+@settings(max_examples=60, deadline=None)
+@given(_records(), _records())
+def test_table_agrees_with_a_linear_scan_for_every_port(
+    older: list[ServiceRecord], newer: list[ServiceRecord]
+) -> None:
+    sources = [
+        ParsedSource(SourceInfo("old", SourceFormat.IANA_CSV, date(2020, 1, 1)), older),
+        ParsedSource(SourceInfo("new", SourceFormat.IANA_CSV, date(2024, 1, 1)), newer),
+    ]
+    table = compile_table(merge_sources(sources))
+    for t in Transport:
+        for port in [*range(0, 400), 49152, 65535]:
+            in_newer = any(t in r.transports and r.port_low is not None
+                           and r.port_high is not None and r.port_low <= port <= r.port_high
+                           for r in newer)
+            want = _linear_scan(newer if in_newer else older, t, port)
+            assert (table.status_of(t, port).label, table.service_of(t, port)) == want
