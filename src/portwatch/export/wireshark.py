@@ -1,0 +1,192 @@
+"""A Wireshark Lua post-dissector generated from a compiled table.
+
+The plugin carries the registry inside it, so Wireshark needs neither
+portwatch nor the registry files. To keep it small and its load fast, every
+(transport, port) slot is reduced to an *answer* (status, unauthorized-use,
+service name, description); the answers are interned, and each transport's
+65,536 slots become runs of equal answers. Numbers are written as base-32
+digits in printable characters; names and descriptions as one text block each.
+At load the plugin turns each transport's runs into two arrays (first port of
+each run, answer) and looks ports up by binary search.
+
+Everything here is pure: table in, Lua text out. Writing the file is the
+CLI's job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from .. import __version__
+from ..registry.model import PortFlag, Transport
+from ..table import CompiledTable
+
+__all__ = [
+    "PLUGIN_FILENAME",
+    "PluginData",
+    "encode_numbers",
+    "plugin_bytes",
+    "plugin_data",
+    "render_plugin",
+]
+
+PLUGIN_FILENAME = "portwatch.lua"
+
+_TERMINAL = "0123456789ABCDEFGHIJKLMNOPQRSTUV"
+_MORE = "WXYZabcdefghijklmnopqrstuvwxyz+/"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginData:
+    """The table reduced to what the plugin needs, before encoding.
+
+    ``answers`` holds ``(status * 2 + unauthorized_use, name index,
+    description index)``; ``runs[transport]`` holds ``(length, answer index)``
+    pairs covering ports 0-65535 in order.
+    """
+
+    names: list[str]
+    descriptions: list[str]
+    answers: list[tuple[int, int, int]]
+    runs: dict[Transport, list[tuple[int, int]]]
+
+
+def _one_line(text: str) -> str:
+    """Control characters would break the one-per-line text blocks."""
+    return _CONTROL.sub(" ", text)
+
+
+def plugin_data(table: CompiledTable) -> PluginData:
+    """Intern each slot's answer and run-length encode every transport."""
+    names: list[str] = [""]
+    name_ids: dict[str, int] = {"": 0}
+    descriptions: list[str] = [""]
+    description_ids: dict[str, int] = {"": 0}
+    answers: list[tuple[int, int, int]] = []
+    answer_ids: dict[tuple[int, int, int], int] = {}
+    # One description per table entry; -1 (no entry) reads the empty string.
+    entry_descriptions = [_one_line(e.description) for e in table.entries] + [""]
+    runs: dict[Transport, list[tuple[int, int]]] = {}
+    for transport in Transport:
+        status = table.status[transport].astype(np.int64)
+        unauthorized = (table.flags[transport] & PortFlag.UNAUTHORIZED_USE) != 0
+        service = table.service_id[transport].astype(np.int64)
+        entry = table.entry[transport].astype(np.int64)
+        # A slot's answer is fixed by (status, flag, service id, entry).
+        key = np.stack([status, unauthorized.astype(np.int64), service, entry], axis=1)
+        change = np.ones(key.shape[0], dtype=np.bool_)
+        change[1:] = np.any(key[1:] != key[:-1], axis=1)
+        starts = np.flatnonzero(change)
+        lengths = np.diff(np.append(starts, key.shape[0]))
+        transport_runs: list[tuple[int, int]] = []
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+            st, unauth, sid, eid = key[start].tolist()
+            name = _one_line(table.names[sid])
+            nid = name_ids.get(name)
+            if nid is None:
+                nid = name_ids[name] = len(names)
+                names.append(name)
+            description = entry_descriptions[eid]
+            did = description_ids.get(description)
+            if did is None:
+                did = description_ids[description] = len(descriptions)
+                descriptions.append(description)
+            answer = (st * 2 + unauth, nid, did)
+            aid = answer_ids.get(answer)
+            if aid is None:
+                aid = answer_ids[answer] = len(answers)
+                answers.append(answer)
+            if transport_runs and transport_runs[-1][1] == aid:  # same answer, other entry
+                transport_runs[-1] = (transport_runs[-1][0] + length, aid)
+            else:
+                transport_runs.append((length, aid))
+        runs[transport] = transport_runs
+    return PluginData(names, descriptions, answers, runs)
+
+
+def encode_numbers(values: Iterable[int]) -> str:
+    """Non-negative integers as base-32 digits; only a number's last digit is terminal."""
+    out: list[str] = []
+    for value in values:
+        if value < 0:
+            raise ValueError(f"cannot encode negative number {value}")
+        digits = [_TERMINAL[value & 31]]
+        rest = value >> 5
+        while rest:
+            digits.append(_MORE[rest & 31])
+            rest >>= 5
+        out.extend(reversed(digits))
+    return "".join(out)
+
+
+def _long_string(lines: Sequence[str]) -> str:
+    """A Lua long-bracket literal holding each line followed by a newline."""
+    body = "".join(f"{line}\n" for line in lines)
+    level = 0
+    while f"]{'=' * level}]" in body:
+        level += 1
+    eq = "=" * level
+    # Lua drops a newline right after the opening bracket, so start with one.
+    return f"[{eq}[\n{body}]{eq}]"
+
+
+def _lua_quoted(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + _CONTROL.sub(" ", escaped) + '"'
+
+
+def _registry_date(table: CompiledTable) -> str:
+    last = table.last_updated
+    return last.isoformat() if last is not None else "unknown"
+
+
+def _source_lines(table: CompiledTable) -> list[str]:
+    if not table.sources:
+        return ["(no sources)"]
+    out = []
+    for s in table.sources:
+        date = s.last_updated.isoformat() if s.last_updated else "undated"
+        digest = f", sha256 {s.sha256[:16]}" if s.sha256 else ""
+        out.append(f"{os.path.basename(s.path)} ({s.format.value}, last updated {date}{digest})")
+    return out
+
+
+def _template() -> str:
+    return (resources.files(__package__) / "portwatch.lua.in").read_text(encoding="utf-8")
+
+
+def render_plugin(table: CompiledTable, *, version: str = __version__) -> str:
+    """The complete Lua source of the post-dissector for ``table``."""
+    data = plugin_data(table)
+    sources = _source_lines(table)
+    values = {
+        "VERSION": _one_line(version),
+        "REGISTRY_DATE": _registry_date(table),
+        "SOURCES_COMMENT": "\n".join(f"--   {_one_line(s)}" for s in sources),
+        "NAMES": _long_string(data.names),
+        "DESCRIPTIONS": _long_string(data.descriptions),
+        "ENTRIES": _lua_quoted(encode_numbers(v for a in data.answers for v in a)),
+    }
+    for transport in Transport:
+        pairs = data.runs[transport]
+        values[f"RUNS_{transport.name}"] = _lua_quoted(
+            encode_numbers(v for run in pairs for v in run)
+        )
+
+    def fill(m: re.Match[str]) -> str:
+        return values[m[1]]
+
+    return _PLACEHOLDER.sub(fill, _template())
+
+
+def plugin_bytes(table: CompiledTable, *, version: str = __version__) -> bytes:
+    return render_plugin(table, version=version).encode("utf-8")
+
