@@ -1,0 +1,143 @@
+"""The daemon as a process: reload, stop, notify, restarts, bad flags."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from integration.daemon_proc import REPO, DaemonProcess, value
+
+SAMPLE = REPO / "pcaps" / "sample.pcapng"
+
+
+def _config(path: Path, sources: list[Path], replay: Path | None = None) -> Path:
+    text = "[registry]\nsources = [" + ", ".join(f'"{s}"' for s in sources) + "]\n"
+    text += '[web]\nlisten_address = "127.0.0.1:0"\n'
+    text += '[capture]\nbackend = "replay"\ninterfaces = ["lo"]\n'
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"PORTWATCH_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def test_sigterm_stops_within_five_seconds_with_status_zero(
+        tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
+    cfg = _config(tmp_path / "pw.toml", [official_csv])
+    with DaemonProcess(["daemon", "--config.file", str(cfg), "--replay", str(SAMPLE),
+                        "--replay-speed", "0"], env=env) as d:
+        d.wait_for_log("finished", 20)
+        started = time.monotonic()
+        assert d.stop(timeout=5) == 0
+        assert time.monotonic() - started < 5
+        assert any("stopped:" in line for line in d.lines)
+
+
+def test_sighup_with_a_new_registry_renames_services_and_keeps_counters(
+        tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    env = {**env, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
+    services = tmp_path / "services"
+    services.write_text("renamed-http 80/tcp\nrenamed-https 443/tcp\n")
+    cfg = _config(tmp_path / "pw.toml", [official_csv])
+    with DaemonProcess(["daemon", "--config.file", str(cfg), "--replay", str(SAMPLE),
+                        "--replay-speed", "0"], env=env) as d:
+        messages = []
+        while "READY=1" not in messages:
+            messages += notify.recv(4096).decode().split("\n")
+        d.wait_for_log("finished", 20)
+        before = d.samples()
+        http = value(before, "portwatch_packets_total", service="http")
+        total = value(before, "portwatch_packets_total")
+        assert http > 0
+        # New registry; SIGHUP also plays the finished replay again.
+        _config(cfg, [services])
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for_log("reloaded", 20)
+        after = d.wait_until(lambda s: value(s, "portwatch_packets_total") >= 2 * total, 20)
+        assert value(after, "portwatch_packets_total", service="http") == http  # not reset
+        assert value(after, "portwatch_packets_total", service="renamed-http") == http
+        assert value(after, "portwatch_packets_total") == 2 * total
+        while "STOPPING=1" not in messages:
+            if d.proc.poll() is None and "RELOADING=1" in messages:
+                d.proc.terminate()
+            messages += notify.recv(4096).decode().split("\n")
+        assert "RELOADING=1" in messages
+        assert "WATCHDOG=1" in messages
+        assert d.stop() == 0
+    notify.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--web.listen-address", "nope"], "expected HOST:PORT"),
+        (["--backend", "replay"], "needs --replay FILE"),
+        (["--config.file", "/nonexistent/pw.toml"], "cannot read the configuration"),
+    ],
+)
+def test_bad_flags_and_config_exit_2_with_one_line(
+        args: list[str], message: str, official_csv: Path, env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "portwatch", "--registry", str(official_csv), "daemon", *args],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+@pytest.mark.root
+def test_a_killed_dumpcap_is_restarted_and_counted(
+        tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("capturing on lo needs root")
+    if shutil.which("dumpcap") is None:
+        pytest.skip("dumpcap is not installed")
+    cfg = _config(tmp_path / "pw.toml", [official_csv])
+    with DaemonProcess(["daemon", "--config.file", str(cfg), "--backend", "dumpcap",
+                        "-i", "lo", "--bpf-filter", "udp port 44515"], env=env) as d:
+        d.wait_for_log("capture started", 20)
+        deadline = time.monotonic() + 10
+        while not _children(d.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = _children(d.proc.pid)
+        assert first
+        assert d.get("/healthz")[0] == 200
+        os.kill(first[0], signal.SIGKILL)
+        after = d.wait_until(
+            lambda s: value(s, "portwatch_backend_restarts_total", backend="dumpcap") >= 1, 20)
+        assert value(after, "portwatch_backend_restarts_total", backend="dumpcap") == 1
+        assert any("dumpcap stopped" in line or "exit status" in line for line in d.lines)
+        deadline = time.monotonic() + 10
+        while d.get("/healthz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.get("/healthz")[0] == 200
+        # the new child captures: send a few datagrams on loopback
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(20):
+                s.sendto(b"x", ("127.0.0.1", 44515))
+                time.sleep(0.05)
+        got = d.wait_until(lambda s: value(s, "portwatch_flagged_packets_total",
+                                           port="44515", reason="unassigned") > 0, 15)
+        assert value(got, "portwatch_flagged_packets_total", port="44515") > 0
+        assert d.stop() == 0
