@@ -1,0 +1,91 @@
+"""The ``portwatch`` command line: parse options, run a subcommand, map errors.
+
+Exit codes: 0 success; 1 partial result (a damaged capture after good data,
+a lookup that found nothing); 2 unusable input or wrong usage. Errors are
+one line on standard error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import __version__
+from ..errors import PortwatchError
+from . import analyze_cmd, daemon_cmd, export_cmd, lookup, registry_cmds
+from .common import Context, PortwatchArgumentParser
+
+__all__ = ["build_parser", "main"]
+
+Runner = Callable[[Context, argparse.Namespace], int]
+
+
+def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the subcommand (``--registry`` may repeat)."""
+    p = argparse.ArgumentParser(add_help=False)
+    dest = "registry_after" if suppress else "registry"
+    p.add_argument("--registry", dest=dest, action="append", metavar="FILE",
+                   default=argparse.SUPPRESS if suppress else [],
+                   help="registry source to read (repeatable); replaces the defaults")
+    p.add_argument("--strict", action="store_true",
+                   default=argparse.SUPPRESS if suppress else False,
+                   help="treat any unparseable registry row as an error")
+    p.add_argument("--no-cache", action="store_true",
+                   default=argparse.SUPPRESS if suppress else False,
+                   help="compile the table afresh instead of using the cache")
+    return p
+
+
+def _commands() -> dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]]:
+    commands: dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]] = {
+        "lookup": (lookup.add_parser, lookup.run),
+        "registry": (registry_cmds.add_parser, registry_cmds.run),
+        "export": (export_cmd.add_parser, export_cmd.run),
+        "daemon": (daemon_cmd.add_parser, daemon_cmd.run),
+    }
+    commands["analyze"] = (analyze_cmd.add_parser, analyze_cmd.run)
+    return commands
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
+    parser = PortwatchArgumentParser(
+        prog="portwatch",
+        description="Name every flow by the IANA service registry; flag unassigned and "
+        "reserved ports.",
+        parents=[_global_options(suppress=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"portwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=PortwatchArgumentParser)
+    runners: dict[str, Runner] = {}
+    after = [_global_options(suppress=True)]
+    for name, (add, runner) in _commands().items():
+        add(sub, after)
+        runners[name] = runner
+    return parser, runners
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, runners = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        ctx = Context(
+            registry_paths=[*args.registry, *getattr(args, "registry_after", [])],
+            strict=args.strict,
+            use_cache=not args.no_cache,
+        )
+        return runners[args.command](ctx, args)
+    except PortwatchError as exc:
+        print(f"portwatch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("portwatch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""What every subcommand shares: the parsed global options and the table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from ..cache import LoadedTable, cache_dir, load_table
+from ..errors import RegistryFormatError, UsageError
+from ..registry.store import SourceSelection, data_dir, select_sources
+
+__all__ = ["Context", "PortwatchArgumentParser", "format_columns"]
+
+
+class PortwatchArgumentParser(argparse.ArgumentParser):
+    """argparse, but a wrong flag is a one-line ``UsageError`` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+@dataclass(slots=True)
+class Context:
+    registry_paths: Sequence[str]
+    strict: bool = False
+    use_cache: bool = True
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    _loaded: LoadedTable | None = None
+    _selection: SourceSelection | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return data_dir(self.env)
+
+    def selection(self) -> SourceSelection:
+        if self._selection is None:
+            self._selection = select_sources(self.registry_paths, env=self.env)
+        return self._selection
+
+    def loaded(self) -> LoadedTable:
+        if self._loaded is None:
+            selection = self.selection()
+            if not selection.paths:
+                raise RegistryFormatError(
+                    "no registry: nothing imported, no --registry, and neither "
+                    "/usr/share/wireshark/services nor /etc/services exists "
+                    "(try `portwatch registry update` or `portwatch registry import FILE`)"
+                )
+            cache = cache_dir(self.env) if self.use_cache else None
+            self._loaded = load_table(selection.paths, cache=cache, strict=self.strict)
+            for problem in self._loaded.full_registry().problems if not self._loaded.from_cache \
+                    else ():
+                self.warn(f"{problem} (row skipped)")
+        return self._loaded
+
+    def warn(self, message: str) -> None:
+        print(f"portwatch: warning: {message}", file=self.stderr)
+
+
+def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns: readable in a terminal, easy to grep."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""``portwatch analyze`` as a user runs it: formats, exit codes, annotated copies."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from portwatch.cli import main
+
+PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+SAMPLE = PCAPS / "sample.pcapng"
+TSHARK = shutil.which("tshark")
+
+
+@pytest.fixture(autouse=True)
+def _registry(official_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTWATCH_REGISTRY", str(official_csv))
+    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    if not SAMPLE.exists():
+        pytest.skip("pcaps/sample.pcapng is missing: run `make pcaps`")
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_report_has_services_flagged_flows_and_decode_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = _run(capsys, "analyze", "--format", "json", str(SAMPLE))
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    truth = json.loads((PCAPS / "truth.json").read_text())["sample.pcapng"]
+    assert doc["packets"] == truth["packets"]
+    assert {f"{s['transport']}/{s['port']}": s["packets"] for s in doc["services"]} == \
+        truth["by_service"]
+    assert set(doc["services"][0]) >= {"transport", "port", "service", "status", "packets",
+                                       "bytes", "flows"}
+    flagged = {(f["transport"], f["service_port"]) for f in doc["flagged"]}
+    assert {("tcp", 44515), ("tcp", 8807), ("udp", 8806)} <= flagged
+    assert ("tcp", 80) not in flagged
+    assert doc["decode"]["icmp"] == 2
+    assert doc["decode"]["non-ip"] == 2
+
+
+def test_jsonl_gives_one_object_per_flow(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "analyze", "-f", "jsonl", str(SAMPLE))
+    flows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert len(flows) == len({(f["client"], f["client_port"], f["server"], f["service_port"],
+                               f["transport"]) for f in flows})
+    assert {f["method"] for f in flows} >= {"handshake", "registry"}
+
+
+def test_csv_has_a_header_and_a_row_per_flow(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, "analyze", "-f", "csv", str(SAMPLE))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    _, jsonl, _ = _run(capsys, "analyze", "-f", "jsonl", str(SAMPLE))
+    assert len(rows) == len(jsonl.splitlines())
+    assert {"service_port", "status", "flags", "reasons"} <= set(rows[0])
+
+
+def test_prom_output_parses_as_prometheus_text_exposition(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = _run(capsys, "analyze", "-f", "prom", str(SAMPLE))
+    families = {f.name: f for f in text_string_to_metric_families(out)}
+    packets = families["portwatch_capture_packets"]
+    by_port = {(s.labels["transport"], s.labels["port"]): s.value for s in packets.samples}
+    assert by_port[("tcp", "80")] == 11
+    assert any(s.labels["reason"] == "unauthorized-use"
+               for s in families["portwatch_capture_flagged_flows"].samples)
+
+
+def test_table_output_names_services_and_flagged_flows(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, "analyze", "-f", "table", str(SAMPLE))
+    assert "https" in out
+    assert "Flagged flows" in out
+    assert "tcp/44515" in out
+
+
+def test_filter_and_top_narrow_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, "analyze", "-f", "json", "--filter", "status:unassigned",
+                     str(SAMPLE))
+    doc = json.loads(out)
+    assert doc["services"]
+    assert {s["status"] for s in doc["services"]} == {"unassigned"}
+    _, out, _ = _run(capsys, "analyze", "-f", "json", "--top", "2", str(SAMPLE))
+    assert len(json.loads(out)["services"]) == 2
+    code, _, err = _run(capsys, "analyze", "--filter", "colour:red", str(SAMPLE))
+    assert code == 2
+    assert err.count("\n") == 1
+
+
+def test_standard_input_is_read_with_dash(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(SAMPLE.read_bytes())))
+    code, out, _ = _run(capsys, "analyze", "-f", "json", "-")
+    assert code == 0
+    assert json.loads(out)["packets"] == 68
+
+
+def test_jobs_merge_the_same_counts_as_one_process(capsys: pytest.CaptureFixture[str]) -> None:
+    captures = [str(PCAPS / n) for n in ("eth-le-usec.pcap", "linktype-sll-113.pcap",
+                                         "ip-corners.pcap")]
+    _, serial, _ = _run(capsys, "analyze", "-f", "json", *captures)
+    _, parallel, _ = _run(capsys, "analyze", "-f", "json", "--jobs", "2", *captures)
+    assert json.loads(serial)["services"] == json.loads(parallel)["services"]
+    assert json.loads(parallel)["packets"] == sum(
+        json.loads((PCAPS / "truth.json").read_text())[Path(c).name]["packets"] for c in captures)
+
+
+def test_truncated_capture_reports_what_came_before_and_exits_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    truth = json.loads((PCAPS / "truth.json").read_text())["truncated.pcap"]
+    code, out, err = _run(capsys, "analyze", "-f", "json", str(PCAPS / "truncated.pcap"))
+    assert code == 1
+    assert json.loads(out)["packets"] == truth["packets"]
+    assert err.count("\n") == 1
+    assert f"truncated.pcap: byte {truth['truncated_at']}" in err
+
+
+def _damaged(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_record_claiming_four_gigabytes_is_damage_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray((PCAPS / "eth-le-usec.pcap").read_bytes())
+    first_len = struct.unpack_from("<I", data, 24 + 8)[0]
+    second = 24 + 16 + first_len
+    struct.pack_into("<II", data, second + 8, 0xFFFF_FFF0, 0xFFFF_FFF0)
+    code, out, err = _run(capsys, "analyze", "-f", "json",
+                          _damaged(tmp_path, "huge.pcap", bytes(data)))
+    assert code == 1
+    assert json.loads(out)["packets"] == 1
+    assert f"byte {second}" in err
+
+
+def test_pcapng_block_with_a_wrong_length_keeps_earlier_packets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray(SAMPLE.read_bytes())
+    pos = 0
+    epbs = []
+    while pos + 8 <= len(data):
+        btype, blen = struct.unpack_from("<II", data, pos)
+        if btype == 6:
+            epbs.append(pos)
+        pos += blen
+    struct.pack_into("<I", data, epbs[5] + 4, 13)  # not a multiple of 4
+    code, out, err = _run(capsys, "analyze", "-f", "json",
+                          _damaged(tmp_path, "bad-block.pcapng", bytes(data)))
+    assert code == 1
+    assert json.loads(out)["packets"] == 5
+    assert f"byte {epbs[5]}" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"random bytes, not a capture" * 20,
+                                     bytes(range(256)) * 4], ids=["empty", "text", "binary"])
+def test_unreadable_capture_is_a_one_line_error_with_exit_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    path = _damaged(tmp_path, "junk.pcap", content)
+    code, out, err = _run(capsys, "analyze", path)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert path in err
+
+
+def test_missing_capture_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
+    code, _, err = _run(capsys, "analyze", str(tmp_path / "absent.pcap"))
+    assert code == 2
+    assert "absent.pcap" in err
+    assert err.count("\n") == 1
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 6623), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 6624))
+def test_mutated_captures_never_crash_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flips: list[tuple[int, int]], cut: int
+) -> None:
+    data = bytearray(SAMPLE.read_bytes())
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    path = _damaged(tmp_path, "mutant.pcapng", bytes(data[: max(cut, 1)]))
+    code, out, err = _run(capsys, "analyze", "-f", "json", path)
+    assert code in (0, 1, 2)
+    if code == 2:
+        assert out == ""
+    else:
+        assert json.loads(out)["packets"] >= 0
+    assert "Traceback" not in err
+    assert err.count("\n") <= 1
+
+
+def _tshark(*args: str) -> list[list[str]]:
+    assert TSHARK is not None
+    out = subprocess.run([TSHARK, *args], capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_annotated_copy_carries_a_comment_tshark_shows_on_every_packet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_path = tmp_path / "annotated.pcapng"
+    code, _, _ = _run(capsys, "analyze", "-f", "json", "--annotate", str(out_path), str(SAMPLE))
+    assert code == 0
+    rows = _tshark("-r", str(out_path), "-o", "ip.defragment:FALSE", "-o",
+                   "ipv6.defragment:FALSE", "-T", "fields", "-e", "frame.comment",
+                   "-e", "tcp.port", "-e", "udp.port", "-e", "sctp.port", "-e", "dccp.port")
+    assert len(rows) == 68
+    for comment, *ports in rows:
+        portwatch = [c for c in comment.split(",") if c.startswith("portwatch:")]
+        assert len(portwatch) == 1
+        text = portwatch[0]
+        seen = {p for field in ports for p in field.split(",") if p}
+        if seen:  # tshark saw ports: our service port is one of them
+            port = text.split("/")[1].split()[0]
+            assert port in seen, (text, seen)
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_annotate_only_flagged_comments_just_the_flagged_packets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_path = tmp_path / "flagged.pcapng"
+    _run(capsys, "analyze", "--annotate", str(out_path), "--annotate-only-flagged",
+         "-f", "json", str(SAMPLE))
+    rows = _tshark("-r", str(out_path), "-Y", 'frame.comment contains "portwatch"',
+                   "-T", "fields", "-e", "frame.comment")
+    comments = [r[0] for r in rows]
+    assert comments
+    assert all("portwatch: FLAG" in c for c in comments)
+    assert any("tcp/44515" in c and "unauthorized" in c for c in comments)
+
+
+def test_annotate_never_leaves_a_half_written_file(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = tmp_path / "out.pcapng"
+    out_path.write_bytes(b"precious")
+    code, _, _ = _run(capsys, "analyze", "--annotate", str(out_path),
+                      _damaged(tmp_path, "junk.pcap", b"junk" * 10))
+    assert code == 2
+    assert out_path.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
