@@ -1,0 +1,176 @@
+"""Offline analysis speed and memory, beside tshark, dpkt and scapy in the same run.
+
+Generates a capture of N mixed packets (IPv4/IPv6, TCP/UDP, 514-byte Ethernet
+frames, ~20,000 flows over a dozen services), then times, each in its own
+process so that peak memory (ru_maxrss from wait4) is that tool's alone:
+
+- ``portwatch analyze -f json`` (native engine, the whole CLI);
+- ``tshark -q -z conv,tcp -z conv,udp``;
+- ``tshark -T fields`` with addresses and ports;
+- a dpkt loop counting (transport, port pairs);
+- scapy's PcapReader over the first 50,000 packets (its rate is extrapolated).
+
+    .venv/bin/python benchmarks/bench_analyze.py [--packets 1000000] [--keep FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+FRAME = 514
+SERVICES = [(6, 443), (6, 80), (17, 53), (6, 22), (17, 8806), (6, 44515), (17, 123), (6, 8807)]
+
+
+def _templates() -> list[tuple[bytes, int]]:
+    """(frame, offset of the client port): forward and reverse frame of each service."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    out = []
+    for proto, port in SERVICES:
+        for v6 in (False, True):
+            c, s = ("2001:db8::1", "2001:db8::2") if v6 else ("192.0.2.1", "198.51.100.2")
+            l4_at = 14 + (40 if v6 else 20)
+            for back in (False, True):
+                src, dst = (s, c) if back else (c, s)
+                net = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
+                sport, dport = (port, 40000) if back else (40000, port)
+                l4 = TCP(sport=sport, dport=dport, flags="A") if proto == 6 else \
+                    UDP(sport=sport, dport=dport)
+                raw = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / net / l4)
+                out.append(((raw + b"\0" * FRAME)[:FRAME], l4_at + (2 if back else 0)))
+    return out
+
+
+def generate(path: Path, packets: int, flows: int = 20000) -> None:
+    rng = np.random.default_rng(42)
+    templates = _templates()
+    tmpl = np.frombuffer(b"".join(t[0] for t in templates), dtype=np.uint8).reshape(-1, FRAME)
+    port_at = np.array([t[1] for t in templates])
+    kinds = len(templates) // 2
+    header = np.array([0xA1B2C3D4, 0x00040002, 0, 0, 65535, 1], dtype="<u4").view(np.uint8)
+    with path.open("wb") as out:
+        out.write(header[:24].tobytes())
+        chunk = 100_000
+        for start in range(0, packets, chunk):
+            n = min(chunk, packets - start)
+            flow = rng.integers(0, flows, n)
+            which = (flow % kinds) * 2 + (rng.random(n) < 0.5)  # both directions of each flow
+            rec = np.zeros((n, 16 + FRAME), dtype=np.uint8)
+            hdr = rec[:, :16].view("<u4")
+            idx = np.arange(start, start + n)
+            hdr[:, 0] = 1_700_000_000 + idx // 100_000
+            hdr[:, 1] = idx % 100_000 * 10
+            hdr[:, 2] = FRAME
+            hdr[:, 3] = FRAME
+            rec[:, 16:] = tmpl[which]
+            client = 32768 + flow // kinds
+            rows, cols = np.arange(n), 16 + port_at[which]
+            rec[rows, cols] = (client >> 8).astype(np.uint8)
+            rec[rows, cols + 1] = (client & 0xFF).astype(np.uint8)
+            out.write(rec.tobytes())
+
+
+def measure(argv: list[str], stdout: int | None = subprocess.DEVNULL) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise RuntimeError(f"{argv[0]} failed with status {status}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+DPKT_LOOP = """
+import sys, collections, dpkt
+counts = collections.Counter()
+with open(sys.argv[1], 'rb') as f:
+    for ts, buf in dpkt.pcap.Reader(f):
+        eth = dpkt.ethernet.Ethernet(buf)
+        ip = eth.data
+        l4 = getattr(ip, 'data', None)
+        if isinstance(l4, (dpkt.tcp.TCP, dpkt.udp.UDP)):
+            counts[(ip.p, min(l4.sport, l4.dport))] += 1
+print(len(counts))
+"""
+
+SCAPY_LOOP = """
+import sys, collections, itertools
+from scapy.utils import PcapReader
+from scapy.layers.inet import TCP, UDP
+counts = collections.Counter()
+for pkt in itertools.islice(PcapReader(sys.argv[1]), int(sys.argv[2])):
+    l4 = pkt.getlayer(TCP) or pkt.getlayer(UDP)
+    if l4 is not None:
+        counts[min(l4.sport, l4.dport)] += 1
+print(len(counts))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--scapy-packets", type=int, default=50_000)
+    ap.add_argument("--keep", help="keep the generated capture at this path")
+    ap.add_argument("--registry", default=str(REPO.parent / "shared/registry/"
+                                              "service-names-port-numbers.csv"))
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="portwatch-bench-"))
+    cap = Path(args.keep) if args.keep else workdir / "mixed.pcap"
+    if not cap.exists():
+        generate(cap, args.packets)
+    n = args.packets
+    python = sys.executable
+    portwatch = [python, "-m", "portwatch", "--registry", args.registry]
+    env_cache = workdir / "cache"
+    os.environ["PORTWATCH_CACHE_DIR"] = str(env_cache)
+    subprocess.run([*portwatch, "lookup", "80"], check=True, stdout=subprocess.DEVNULL)
+
+    rows: list[tuple[str, int, float, float]] = []
+    t, mem = measure([*portwatch, "analyze", "-f", "json", "--no-progress", str(cap)])
+    rows.append(("portwatch analyze (native)", n, t, mem))
+    tshark = shutil.which("tshark")
+    if tshark:
+        t, mem = measure([tshark, "-n", "-q", "-r", str(cap), "-z", "conv,tcp", "-z",
+                          "conv,udp"])
+        rows.append(("tshark -z conv,tcp -z conv,udp", n, t, mem))
+        t, mem = measure([tshark, "-n", "-r", str(cap), "-T", "fields", "-e", "ip.src",
+                          "-e", "ipv6.src", "-e", "tcp.srcport", "-e", "udp.srcport",
+                          "-e", "tcp.dstport", "-e", "udp.dstport"])
+        rows.append(("tshark -T fields", n, t, mem))
+    t, mem = measure([python, "-c", DPKT_LOOP, str(cap)])
+    rows.append(("dpkt loop", n, t, mem))
+    k = min(args.scapy_packets, n)
+    t, mem = measure([python, "-c", SCAPY_LOOP, str(cap), str(k)])
+    rows.append((f"scapy PcapReader (first {k})", k, t, mem))
+
+    size = cap.stat().st_size
+    print(f"Machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    print(f"Capture: {n} packets, {size / 1e6:.0f} MB, IPv4/IPv6 TCP/UDP, {FRAME}-byte frames\n")
+    base = rows[0][1] / rows[0][2]
+    print("| tool | packets | seconds | packets/s | peak RSS | portwatch is |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, count, secs, rss in rows:
+        rate = count / secs
+        ratio = "" if name.startswith("portwatch") else f"{base / rate:.0f}x faster"
+        print(f"| {name} | {count} | {secs:.1f} | {rate:,.0f} | {rss:.0f} MB | {ratio} |")
+    if not args.keep:
+        shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+    main()

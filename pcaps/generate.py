@@ -1,0 +1,554 @@
+"""Write the sample captures in this folder, deterministically, plus truth.json.
+
+Run from the repository root (no network is used; scapy only builds bytes)::
+
+    unshare -n .venv/bin/python pcaps/generate.py
+
+Packets are built with scapy; the file formats are written here with
+``struct`` so that byte order, timestamp precision, sections, simple packet
+blocks and unknown blocks are exactly as wanted and regeneration is
+byte-identical (fixed timestamps, addresses, sequence numbers and gzip mtime).
+
+``truth.json`` gives, per file, the packet count and the number of packets per
+``transport/service-port`` as the analysis must find it: the server of a TCP
+handshake; otherwise the port IANA assigns; otherwise the one outside the
+dynamic range; otherwise the lower port (a flow between two dynamic ports is
+generated with the lower port as the server). Non-first IP fragments count
+with their datagram's flow. ``without_ports`` counts packets that belong to no
+flow (ARP, ICMP).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPChunkInitAck
+from scapy.packet import Packet, Raw
+
+OUT = Path(__file__).resolve().parent
+BASE_NS = 1_700_000_000_123_456_789  # 2023-11-14, with a sub-microsecond part
+STEP_NS = 1_234_567
+
+MAC_CLIENT = "02:00:00:00:00:01"
+MAC_SERVER = "02:00:00:00:00:02"
+V4_CLIENT, V4_SERVER = "192.0.2.10", "198.51.100.20"
+V6_CLIENT, V6_SERVER = "2001:db8::10", "2001:db8:1::20"
+
+LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
+LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2 = 113, 228, 229, 276
+
+
+@dataclass(frozen=True)
+class Pkt:
+    """One packet: network-layer (or link-layer for ARP/VLAN) bytes and its truth tag."""
+
+    layer: Packet
+    tag: str | None  # "tcp/80" etc.; None when the packet shows no ports
+    comment: str = ""
+
+
+# -- traffic ------------------------------------------------------------------------
+
+
+def tcp_handshake(
+    cport: int, sport: int, data: bytes = b"hello", *, v6: bool = False, ip_opts: bool = False
+) -> list[Pkt]:
+    """SYN, SYN-ACK, ACK, a request and a reply: the client uses the ephemeral port."""
+    if v6:
+        c2s: Packet = IPv6(src=V6_CLIENT, dst=V6_SERVER)
+        s2c: Packet = IPv6(src=V6_SERVER, dst=V6_CLIENT)
+    else:
+        opts = [IPOption_RR(routers=["192.0.2.1"])] if ip_opts else []
+        c2s = IP(src=V4_CLIENT, dst=V4_SERVER, id=1, options=opts)
+        s2c = IP(src=V4_SERVER, dst=V4_CLIENT, id=2)
+    tag = f"tcp/{sport}"
+    seq_c, seq_s = 1000, 5000
+    return [
+        Pkt(c2s / TCP(sport=cport, dport=sport, flags="S", seq=seq_c), tag),
+        Pkt(s2c / TCP(sport=sport, dport=cport, flags="SA", seq=seq_s, ack=seq_c + 1), tag),
+        Pkt(c2s / TCP(sport=cport, dport=sport, flags="A", seq=seq_c + 1, ack=seq_s + 1), tag),
+        Pkt(
+            c2s / TCP(sport=cport, dport=sport, flags="PA", seq=seq_c + 1, ack=seq_s + 1) / data,
+            tag,
+        ),
+        Pkt(
+            s2c
+            / TCP(sport=sport, dport=cport, flags="PA", seq=seq_s + 1, ack=seq_c + 1 + len(data))
+            / b"ok",
+            tag,
+        ),
+    ]
+
+
+def udp_exchange(cport: int, sport: int, data: bytes = b"ping", *, v6: bool = False) -> list[Pkt]:
+    if v6:
+        c2s: Packet = IPv6(src=V6_CLIENT, dst=V6_SERVER)
+        s2c: Packet = IPv6(src=V6_SERVER, dst=V6_CLIENT)
+    else:
+        c2s, s2c = IP(src=V4_CLIENT, dst=V4_SERVER, id=3), IP(src=V4_SERVER, dst=V4_CLIENT, id=4)
+    tag = f"udp/{sport}"
+    return [
+        Pkt(c2s / UDP(sport=cport, dport=sport) / data, tag),
+        Pkt(s2c / UDP(sport=sport, dport=cport) / (data + b"-reply"), tag),
+    ]
+
+
+DNS_QUERY = bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001")
+
+
+def dns_query(*, v6: bool = False) -> list[Pkt]:
+    return udp_exchange(53001, 53, DNS_QUERY, v6=v6)
+
+
+def sctp_init(sport: int) -> list[Pkt]:
+    tag = f"sctp/{sport}"
+    init = SCTPChunkInit(
+        init_tag=0x11223344, a_rwnd=65535, n_out_streams=2, n_in_streams=2, init_tsn=1
+    )
+    ack = SCTPChunkInitAck(
+        init_tag=0x55667788, a_rwnd=65535, n_out_streams=2, n_in_streams=2, init_tsn=1
+    )
+    return [
+        Pkt(IP(src=V4_CLIENT, dst=V4_SERVER, id=5) / SCTP(sport=40000, dport=sport) / init, tag),
+        Pkt(
+            IP(src=V4_SERVER, dst=V4_CLIENT, id=6)
+            / SCTP(sport=sport, dport=40000, tag=0x11223344)
+            / ack,
+            tag,
+        ),
+    ]
+
+
+def dccp_request(sport: int) -> list[Pkt]:
+    """A DCCP-Request (RFC 4340 5.1, X=1, 48-bit sequence) and a DCCP-Response."""
+
+    def header(src: int, dst: int, ptype: int, extra: bytes) -> bytes:
+        doff = (16 + len(extra)) // 4
+        res_type_x = (ptype << 1) | 1
+        return struct.pack("!HHBBHBB", src, dst, doff, 0, 0, res_type_x, 0) + (
+            b"\x00\x00\x00\x00\x00\x01" + extra
+        )
+
+    service = struct.pack("!I", 1)
+    tag = f"dccp/{sport}"
+    request = header(41000, sport, 0, service)
+    response = header(sport, 41000, 1, b"\x00\x00\x00\x00\x00\x01" + service)
+    return [
+        Pkt(IP(src=V4_CLIENT, dst=V4_SERVER, proto=33, id=7) / Raw(request), tag),
+        Pkt(IP(src=V4_SERVER, dst=V4_CLIENT, proto=33, id=8) / Raw(response), tag),
+    ]
+
+
+def icmp_echo() -> list[Pkt]:
+    return [
+        Pkt(IP(src=V4_CLIENT, dst=V4_SERVER, id=9) / ICMP(type=8, id=7, seq=1) / b"abc", None),
+        Pkt(IP(src=V4_SERVER, dst=V4_CLIENT, id=10) / ICMP(type=0, id=7, seq=1) / b"abc", None),
+    ]
+
+
+def ipv4_fragments() -> list[Pkt]:
+    """A UDP datagram to port 53 in three fragments: only the first shows the ports."""
+    payload = bytes(UDP(sport=53002, dport=53) / DNS_QUERY)
+    # UDP checksum over the whole datagram is computed by bytes(); split after that.
+    parts = [payload[0:16], payload[16:32], payload[32:]]
+    out: list[Pkt] = []
+    for i, part in enumerate(parts):
+        more = i < len(parts) - 1
+        ip = IP(
+            src=V4_CLIENT, dst=V4_SERVER, id=0x4242, proto=17, frag=i * 2, flags=1 if more else 0
+        )
+        # later fragments carry no ports but belong to the datagram's flow
+        out.append(Pkt(ip / Raw(part), "udp/53"))
+    return out
+
+
+def ipv6_extensions() -> list[Pkt]:
+    """IPv6 with hop-by-hop, routing, destination options, and a fragmented datagram."""
+    chain = (
+        IPv6(src=V6_CLIENT, dst=V6_SERVER)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrRouting(addresses=["2001:db8:2::1"], segleft=0)
+        / IPv6ExtHdrDestOpt()
+        / TCP(sport=51000, dport=80, flags="S", seq=1)
+    )
+    udp = bytes(UDP(sport=51001, dport=53) / DNS_QUERY)
+    first = (
+        IPv6(src=V6_CLIENT, dst=V6_SERVER)
+        / IPv6ExtHdrFragment(nh=17, offset=0, m=1, id=0xABCD)
+        / Raw(udp[:16])
+    )
+    second = (
+        IPv6(src=V6_CLIENT, dst=V6_SERVER)
+        / IPv6ExtHdrFragment(nh=17, offset=2, m=0, id=0xABCD)
+        / Raw(udp[16:])
+    )
+    return [Pkt(chain, "tcp/80"), Pkt(first, "udp/53"), Pkt(second, "udp/53")]
+
+
+def arp() -> list[Pkt]:
+    req = Ether(src=MAC_CLIENT, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=MAC_CLIENT, psrc=V4_CLIENT, hwdst="00:00:00:00:00:00", pdst=V4_SERVER
+    )
+    rep = Ether(src=MAC_SERVER, dst=MAC_CLIENT) / ARP(
+        op=2, hwsrc=MAC_SERVER, psrc=V4_SERVER, hwdst=MAC_CLIENT, pdst=V4_CLIENT
+    )
+    return [Pkt(req, None), Pkt(rep, None)]
+
+
+def vlan_tagged() -> list[Pkt]:
+    """802.1Q-tagged and 802.1ad+802.1Q (QinQ) frames, already with their Ethernet header."""
+    out = []
+    for p in tcp_handshake(52000, 443)[:2]:
+        out.append(Pkt(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / Dot1Q(vlan=10) / p.layer, p.tag))
+    for p in udp_exchange(52001, 8806):
+        frame = Ether(src=MAC_CLIENT, dst=MAC_SERVER) / Dot1AD(vlan=100) / Dot1Q(vlan=20) / p.layer
+        out.append(Pkt(frame, p.tag))
+    return out
+
+
+# -- link layers ----------------------------------------------------------------------
+
+
+def is_link(layer: Packet) -> bool:
+    return isinstance(layer, Ether)
+
+
+def frame(linktype: int, layer: Packet) -> bytes:
+    """Wrap a network-layer packet in the link layer of ``linktype``."""
+    raw = bytes(layer)
+    if is_link(layer):
+        if linktype != LINKTYPE_ETHERNET:
+            raise ValueError("link-layer packet on a non-Ethernet interface")
+        return raw
+    v6 = raw[0] >> 4 == 6
+    ethertype = 0x86DD if v6 else 0x0800
+    if linktype == LINKTYPE_ETHERNET:
+        src, dst = (MAC_CLIENT, MAC_SERVER)
+        return bytes(Ether(src=src, dst=dst, type=ethertype)) + raw
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        return raw
+    if linktype == LINKTYPE_LINUX_SLL:
+        addr = bytes.fromhex(MAC_CLIENT.replace(":", "")) + b"\0\0"
+        return struct.pack("!HHH8sH", 4, 1, 6, addr, ethertype) + raw
+    if linktype == LINKTYPE_LINUX_SLL2:
+        addr = bytes.fromhex(MAC_CLIENT.replace(":", "")) + b"\0\0"
+        return struct.pack("!HHIHBB8s", ethertype, 0, 2, 1, 4, 6, addr) + raw
+    if linktype == LINKTYPE_NULL:  # address family in the writer's (little-endian) order
+        return struct.pack("<I", 30 if v6 else 2) + raw
+    if linktype == LINKTYPE_LOOP:  # OpenBSD: address family in network order
+        return struct.pack("!I", 24 if v6 else 2) + raw
+    raise ValueError(f"no framing for link type {linktype}")
+
+
+# -- file formats -------------------------------------------------------------------
+
+
+def timestamps(n: int, start: int = 0) -> list[int]:
+    return [BASE_NS + (start + i) * STEP_NS for i in range(n)]
+
+
+def write_pcap(
+    packets: list[tuple[int, bytes]], linktype: int, *, order: str = "<", nano: bool = False
+) -> bytes:
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)]
+    for ts, data in packets:
+        sec, frac = divmod(ts, 1_000_000_000)
+        frac = frac if nano else frac // 1000
+        out.append(struct.pack(order + "IIII", sec, frac, len(data), len(data)) + data)
+    return b"".join(out)
+
+
+def ng_block(btype: int, body: bytes, order: str = "<") -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    length = len(body) + 12
+    return struct.pack(order + "II", btype, length) + body + struct.pack(order + "I", length)
+
+
+def ng_option(code: int, value: bytes, order: str = "<") -> bytes:
+    return struct.pack(order + "HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def ng_shb(order: str = "<", comment: str = "") -> bytes:
+    opts = ng_option(1, comment.encode(), order) + b"\0" * 4 if comment else b""
+    body = struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1) + opts
+    return ng_block(0x0A0D0D0A, body, order)
+
+
+def ng_idb(linktype: int, name: str, order: str = "<", tsresol: int = 6) -> bytes:
+    opts = ng_option(2, name.encode(), order)
+    if tsresol != 6:
+        opts += ng_option(9, bytes([tsresol]), order)
+    body = struct.pack(order + "HHI", linktype, 0, 262144) + opts + b"\0" * 4
+    return ng_block(1, body, order)
+
+
+def ng_epb(
+    iface: int, ts_ns: int, data: bytes, comment: str = "", *, order: str = "<", tsresol: int = 6
+) -> bytes:
+    if tsresol & 0x80:
+        ticks = ts_ns * (1 << (tsresol & 0x7F)) // 1_000_000_000
+    else:
+        ticks = ts_ns // 10 ** (9 - tsresol)
+    head = struct.pack(
+        order + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)
+    )
+    body = head + data + b"\0" * (-len(data) % 4)
+    if comment:
+        body += ng_option(1, comment.encode(), order) + b"\0" * 4
+    return ng_block(6, body, order)
+
+
+def ng_spb(data: bytes, order: str = "<") -> bytes:
+    return ng_block(3, struct.pack(order + "I", len(data)) + data, order)
+
+
+def ng_nrb(order: str = "<") -> bytes:
+    """Name Resolution Block: one IPv4 record, then end of records."""
+    record = socket_v4(V4_SERVER) + b"server.example\0"
+    body = struct.pack(order + "HH", 1, len(record)) + record + b"\0" * (-len(record) % 4)
+    return ng_block(4, body + b"\0" * 4, order)
+
+
+def socket_v4(addr: str) -> bytes:
+    return bytes(int(x) for x in addr.split("."))
+
+
+def ng_isb(iface: int, order: str = "<") -> bytes:
+    """Interface Statistics Block with no options."""
+    return ng_block(5, struct.pack(order + "III", iface, 0, 0), order)
+
+
+def ng_custom() -> bytes:
+    """A Custom Block (0x00000BAD) with a private enterprise number and some data."""
+    return ng_block(0x00000BAD, struct.pack("<I", 99999) + b"portwatch test data")
+
+
+def ng_dsb() -> bytes:
+    """A Decryption Secrets Block (TLS key log) of two lines."""
+    secret = b"CLIENT_RANDOM 00 00\n"
+    return ng_block(0x0000000A, struct.pack("<II", 0x544C534B, len(secret)) + secret)
+
+
+# -- truth ----------------------------------------------------------------------------
+
+
+def truth_of(packets: list[Pkt]) -> dict[str, object]:
+    tags = Counter(p.tag for p in packets if p.tag)
+    return {
+        "packets": len(packets),
+        "by_service": dict(sorted(tags.items())),
+        "without_ports": sum(1 for p in packets if p.tag is None),
+    }
+
+
+# -- the files ----------------------------------------------------------------------
+
+
+def mixed_traffic() -> list[Pkt]:
+    """The Ethernet part of the main sample."""
+    return [
+        *arp(),
+        *tcp_handshake(49200, 80, b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"),
+        *tcp_handshake(49201, 443, b"\x16\x03\x01\x00\x05hello"),
+        *tcp_handshake(49202, 22, b"SSH-2.0-OpenSSH_9.6\r\n", ip_opts=True),
+        *tcp_handshake(49203, 9100, b"%!PS-Adobe-3.0\n"),
+        *tcp_handshake(49204, 443, b"\x16\x03\x01\x00\x05hello", v6=True),
+        *tcp_handshake(49205, 44515, b"unauthorized"),
+        *tcp_handshake(49206, 8807, b"reserved tcp"),
+        *udp_exchange(49207, 8806, b"unassigned udp"),
+        *udp_exchange(49208, 3868, b"reserved udp"),
+        *udp_exchange(60000, 50000, b"dynamic to dynamic"),
+        *dns_query(),
+        *sctp_init(2905),
+        *sctp_init(3868),
+        *dccp_request(5004),
+        *icmp_echo(),
+        *ipv4_fragments(),
+        *ipv6_extensions(),
+        *vlan_tagged(),
+    ]
+
+
+def build_files() -> tuple[dict[str, bytes], dict[str, dict[str, object]]]:
+    files: dict[str, bytes] = {}
+    truth: dict[str, dict[str, object]] = {}
+
+    # Main sample: two interfaces (Ethernet, raw IPv4), comments, skipped blocks.
+    eth = mixed_traffic()
+    raw4 = tcp_handshake(49300, 80, b"GET /tun HTTP/1.1\r\n\r\n")
+    raw4[0] = Pkt(raw4[0].layer, raw4[0].tag, "SYN seen on the tunnel")
+    eth[2] = Pkt(eth[2].layer, eth[2].tag, "first HTTP packet")
+    blocks = [
+        ng_shb(comment="portwatch sample capture"),
+        ng_idb(LINKTYPE_ETHERNET, "eth0"),
+        ng_idb(LINKTYPE_IPV4, "tun0", tsresol=9),
+        ng_nrb(),
+    ]
+    ts = timestamps(len(eth) + len(raw4))
+    # Interleave: the tunnel handshake sits in the middle of the Ethernet traffic.
+    order = [(0, p) for p in eth[:20]] + [(1, p) for p in raw4] + [(0, p) for p in eth[20:]]
+    for t, (iface, p) in zip(ts, order, strict=True):
+        tsresol = 9 if iface == 1 else 6
+        linktype = LINKTYPE_IPV4 if iface == 1 else LINKTYPE_ETHERNET
+        blocks.append(ng_epb(iface, t, frame(linktype, p.layer), p.comment, tsresol=tsresol))
+    blocks += [ng_isb(0), ng_isb(1)]
+    files["sample.pcapng"] = b"".join(blocks)
+    truth["sample.pcapng"] = truth_of([p for _, p in order])
+
+    # Classic pcap in both byte orders and both precisions: the same packets.
+    small = [*tcp_handshake(49400, 80), *dns_query(), *arp()]
+    eth_frames = [frame(LINKTYPE_ETHERNET, p.layer) for p in small]
+    recs = list(zip(timestamps(len(small)), eth_frames, strict=True))
+    for name, order_, nano in [
+        ("eth-le-usec.pcap", "<", False),
+        ("eth-be-usec.pcap", ">", False),
+        ("eth-le-nsec.pcap", "<", True),
+        ("eth-be-nsec.pcap", ">", True),
+    ]:
+        files[name] = write_pcap(recs, LINKTYPE_ETHERNET, order=order_, nano=nano)
+        truth[name] = truth_of(small)
+
+    # One file per link type.
+    per_link = {
+        "linktype-raw-101.pcap": (
+            LINKTYPE_RAW,
+            [*dns_query(), *tcp_handshake(49500, 443, v6=True)],
+        ),
+        "linktype-ipv4-228.pcap": (LINKTYPE_IPV4, [*tcp_handshake(49501, 22), *icmp_echo()]),
+        "linktype-ipv6-229.pcap": (
+            LINKTYPE_IPV6,
+            [*dns_query(v6=True), *ipv6_extensions()],
+        ),
+        "linktype-sll-113.pcap": (
+            LINKTYPE_LINUX_SLL,
+            [*tcp_handshake(49503, 9100), *udp_exchange(49504, 8806)],
+        ),
+        "linktype-sll2-276.pcap": (
+            LINKTYPE_LINUX_SLL2,
+            [*tcp_handshake(49505, 44515), *sctp_init(2905)],
+        ),
+        "linktype-null-0.pcap": (
+            LINKTYPE_NULL,
+            [*udp_exchange(49506, 8807), *tcp_handshake(49507, 443, v6=True)],
+        ),
+        "linktype-loop-108.pcap": (
+            LINKTYPE_LOOP,
+            [*dccp_request(5004), *udp_exchange(61000, 50001, v6=True)],
+        ),
+    }
+    for name, (linktype, pkts) in per_link.items():
+        data = [frame(linktype, p.layer) for p in pkts]
+        files[name] = write_pcap(list(zip(timestamps(len(pkts)), data, strict=True)), linktype)
+        truth[name] = truth_of(pkts)
+
+    # Protocol corner cases on Ethernet.
+    corners = [
+        *vlan_tagged(),
+        *ipv4_fragments(),
+        *ipv6_extensions(),
+        *tcp_handshake(49600, 22, ip_opts=True),
+    ]
+    files["ip-corners.pcap"] = write_pcap(
+        list(
+            zip(
+                timestamps(len(corners)),
+                [frame(LINKTYPE_ETHERNET, p.layer) for p in corners],
+                strict=True,
+            )
+        ),
+        LINKTYPE_ETHERNET,
+    )
+    truth["ip-corners.pcap"] = truth_of(corners)
+
+    # Two sections, little- then big-endian, each with its own interfaces.
+    sec1 = tcp_handshake(49700, 80)
+    sec2a, sec2b = dns_query(), tcp_handshake(49702, 443)
+    ts = timestamps(len(sec1) + len(sec2a) + len(sec2b))
+    blocks = [ng_shb("<"), ng_idb(LINKTYPE_ETHERNET, "eth0", "<")]
+    blocks += [
+        ng_epb(0, t, frame(LINKTYPE_ETHERNET, p.layer)) for t, p in zip(ts, sec1, strict=False)
+    ]
+    blocks += [
+        ng_shb(">"),
+        ng_idb(LINKTYPE_RAW, "raw0", ">", tsresol=9),
+        ng_idb(LINKTYPE_LINUX_SLL, "any", ">"),
+    ]
+    rest = ts[len(sec1) :]
+    blocks += [
+        ng_epb(0, t, frame(LINKTYPE_RAW, p.layer), order=">", tsresol=9)
+        for t, p in zip(rest, sec2a, strict=False)
+    ]
+    blocks += [
+        ng_epb(1, t, frame(LINKTYPE_LINUX_SLL, p.layer), order=">")
+        for t, p in zip(rest[len(sec2a) :], sec2b, strict=True)
+    ]
+    files["multi-section.pcapng"] = b"".join(blocks)
+    truth["multi-section.pcapng"] = truth_of([*sec1, *sec2a, *sec2b])
+
+    # Simple packet blocks among unknown blocks (NRB, ISB, custom, decryption secrets),
+    # and a power-of-two timestamp resolution on a second interface.
+    spb = udp_exchange(49800, 8806)
+    epb = tcp_handshake(49801, 9100)[:2]
+    blocks = [
+        ng_shb(),
+        ng_idb(LINKTYPE_ETHERNET, "eth0"),
+        ng_nrb(),
+        ng_custom(),
+        *[ng_spb(frame(LINKTYPE_ETHERNET, p.layer)) for p in spb],
+        ng_dsb(),
+        ng_idb(LINKTYPE_ETHERNET, "eth1", tsresol=0x80 | 20),
+        *[
+            ng_epb(1, t, frame(LINKTYPE_ETHERNET, p.layer), tsresol=0x80 | 20)
+            for t, p in zip(timestamps(len(epb)), epb, strict=True)
+        ],
+        ng_isb(0),
+    ]
+    files["simple-and-unknown-blocks.pcapng"] = b"".join(blocks)
+    truth["simple-and-unknown-blocks.pcapng"] = truth_of([*spb, *epb])
+
+    # gzip-compressed classic pcap (fixed mtime so the bytes never change).
+    files["eth-le-usec.pcap.gz"] = gzip.compress(files["eth-le-usec.pcap"], 9, mtime=0)
+    truth["eth-le-usec.pcap.gz"] = truth["eth-le-usec.pcap"]
+
+    # Cut in the middle of the 7th record: 6 whole packets, then damage.
+    whole = files["eth-le-usec.pcap"]
+    offset = 24
+    for _ in range(6):
+        (incl,) = struct.unpack_from("<I", whole, offset + 8)
+        offset += 16 + incl
+    files["truncated.pcap"] = whole[: offset + 16 + 10]
+    truth["truncated.pcap"] = {
+        **truth_of(small[:6]),
+        "truncated_at": offset,
+    }
+    return files, truth
+
+
+def main() -> int:
+    files, truth = build_files()
+    for name, data in files.items():
+        (OUT / name).write_bytes(data)
+    (OUT / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
+    total = sum(len(d) for d in files.values())
+    print(f"wrote {len(files)} captures ({total} bytes) and truth.json to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
