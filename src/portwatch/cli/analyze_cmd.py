@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .. import engines
 from ..analysis import Analyzer, Report, merge_reports
 from ..annotation import write_annotated
 from ..atomic import atomic_output
@@ -129,12 +130,9 @@ def _analyze_native(table: CompiledTable, path: str, progress: bool) -> Analyzer
 
 def _analyze_engine(table: CompiledTable, path: str, engine: str) -> Analyzer:
     analyzer = Analyzer(table, capture=path)
-    if engine == "scapy":
-        from ..engines import scapy_engine as mod
-    else:
-        from ..engines import pyshark_engine as mod
+    iter_decoded = engines.engine(engine)
     try:
-        for decoded, ts in mod.iter_decoded(path):
+        for decoded, ts in iter_decoded(path, 4096):
             analyzer.feed_decoded(decoded, ts)
     except CaptureTruncatedError as exc:
         analyzer.note_damage(str(exc))
