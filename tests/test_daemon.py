@@ -45,9 +45,14 @@ def test_sigterm_stops_within_five_seconds_with_status_zero(
 
 def test_sighup_with_a_new_registry_renames_services_and_keeps_counters(
         tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
-    notify.settimeout(10)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(10)
+        _reload_and_stop(tmp_path, official_csv, env, notify)
+
+
+def _reload_and_stop(tmp_path: Path, official_csv: Path, env: dict[str, str],
+                     notify: socket.socket) -> None:
     env = {**env, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
     services = tmp_path / "services"
     services.write_text("renamed-http 80/tcp\nrenamed-https 443/tcp\n")
@@ -77,7 +82,22 @@ def test_sighup_with_a_new_registry_renames_services_and_keeps_counters(
         assert "RELOADING=1" in messages
         assert "WATCHDOG=1" in messages
         assert d.stop() == 0
-    notify.close()
+
+
+def test_a_storm_of_signals_never_wedges_the_main_loop(
+        tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
+    """Handlers must not take locks the interrupted main thread may hold."""
+    cfg = _config(tmp_path / "pw.toml", [official_csv])
+    with DaemonProcess(["daemon", "--config.file", str(cfg), "--replay", str(SAMPLE),
+                        "--replay-speed", "0"], env=env) as d:
+        d.wait_for_log("finished", 20)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            d.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.001)
+        d.wait_for_log("reloaded", 20)
+        assert d.stop(timeout=5) == 0
+        assert any("stopped:" in line for line in d.lines)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,9 @@ loader, clocks, the environment, the log stream) is passed in.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -74,6 +76,46 @@ class Notifier:
             pass  # systemd gone or socket absent: nothing to tell
 
 
+class Wakeup:
+    """A self-pipe the main loop sleeps on.
+
+    Signal handlers run in the main thread between bytecodes, possibly while
+    that thread holds a ``threading.Event``'s internal lock; calling
+    ``Event.set()`` from a handler can then deadlock. Writing a byte to a
+    non-blocking pipe cannot, so handlers only set plain flags and poke this.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._closed = False
+
+    def poke(self) -> None:
+        if self._closed:
+            return  # the descriptor number may already belong to another file
+        # A full pipe already holds a pending wake-up: nothing is lost.
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until poked or ``timeout`` s pass; consume pending pokes."""
+        try:
+            ready, _, _ = select.select([self._read_fd], [], [], timeout)
+            if ready:
+                os.read(self._read_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 TableLoader = Callable[[DaemonConfig], tuple[CompiledTable, RegistryFacts]]
 SourceFactory = Callable[[DaemonConfig], PacketSource]
 ConfigLoader = Callable[[], DaemonConfig]
@@ -124,9 +166,11 @@ class Daemon:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.notifier = Notifier(deps.env)
         self._stop = threading.Event()
-        self._reload = threading.Event()
+        # Set by signal handlers: plain flags, read by the main loop (see Wakeup).
+        self._stop_requested = False
+        self._reload_requested = False
+        self._wakeup = Wakeup()
         self._restart_capture = threading.Event()
-        self._wake = threading.Event()
         self._finished = threading.Event()  # a finite source ran to its end
         self._state_lock = threading.Lock()
         self._source: PacketSource | None = None
@@ -172,12 +216,19 @@ class Daemon:
         return self._web.port if self._web is not None else 0
 
     def request_stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        """Ask ``run`` to return; safe from a signal handler or any thread."""
+        self._stop_requested = True
+        self._wakeup.poke()
 
     def request_reload(self) -> None:
-        self._reload.set()
-        self._wake.set()
+        """Ask ``run`` to reload the configuration; safe from a signal handler."""
+        self._reload_requested = True
+        self._wakeup.poke()
+
+    def _tick_s(self) -> float:
+        """How long the main loop may sleep: housekeeping, or the watchdog if sooner."""
+        watchdog = self.notifier.watchdog_s
+        return min(HOUSEKEEPING_S, watchdog) if watchdog else HOUSEKEEPING_S
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
@@ -188,11 +239,12 @@ class Daemon:
         """Serve until asked to stop; return the exit status."""
         self.start()
         last_watchdog = 0.0
-        while not self._stop.is_set():
-            self._wake.wait(HOUSEKEEPING_S)
-            self._wake.clear()
-            if self._reload.is_set():
-                self._reload.clear()
+        while not self._stop_requested:
+            self._wakeup.wait(self._tick_s())
+            if self._stop_requested:
+                break
+            if self._reload_requested:
+                self._reload_requested = False
                 self._do_reload()
             self._housekeeping()
             now = self.deps.monotonic()
@@ -211,6 +263,7 @@ class Daemon:
         self._poll_drops()
         if self._web is not None:
             self._web.stop()
+        self._wakeup.close()
         snap = self.core.snapshot()
         packets = sum(v[0] for v in snap.traffic.values())
         self.log(f"stopped: {sum(snap.received.values())} packets received, {packets} in flows, "
