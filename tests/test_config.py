@@ -18,6 +18,7 @@ def test_the_shipped_example_config_loads_with_every_key() -> None:
     assert config.capture.backend is Backend.DUMPCAP
     assert config.capture.interfaces == ("eth0",)
     assert config.capture.snaplen == 128
+    assert config.capture.buffer_mib == 32
     assert config.flows.max_flows == 100000
     assert config.flows.idle_s[Transport.UDP] == 60
     assert config.flows.idle_s[Transport.DCCP] == 120
@@ -38,6 +39,7 @@ def test_the_shipped_example_config_loads_with_every_key() -> None:
         ("[flows]\nidle_timeout_seconds.icmp = 5\n", "expected tcp, udp"),
         ("[web]\nlisten_address = 'localhost'\n", "expected HOST:PORT"),
         ("[capture]\nsnaplen = 'big'\n", "expected an integer"),
+        ("[capture]\nbuffer_mib = 0\n", r"buffer_mib = 0: expected 1-4096"),
         ("[capture\n", "not valid TOML"),
     ],
 )

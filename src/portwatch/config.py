@@ -48,6 +48,7 @@ class CaptureConfig:
     interfaces: tuple[str, ...] = ("eth0",)
     bpf_filter: str = ""
     snaplen: int = 128
+    buffer_mib: int = 32  # kernel capture buffer; dumpcap's own default is 2 MiB
     replay_files: tuple[str, ...] = ()
     replay_speed: float = 1.0  # 0: as fast as possible
 
@@ -62,7 +63,7 @@ class DaemonConfig:
 
 
 _KEYS: dict[str, frozenset[str]] = {
-    "capture": frozenset({"backend", "interfaces", "bpf_filter", "snaplen"}),
+    "capture": frozenset({"backend", "interfaces", "bpf_filter", "snaplen", "buffer_mib"}),
     "flows": frozenset({"max_flows", "idle_timeout_seconds", "active_timeout_seconds"}),
     "metrics": frozenset({"max_flagged_ports"}),
     "registry": frozenset({"sources"}),
@@ -131,12 +132,16 @@ def _config(doc: Mapping[str, Any]) -> DaemonConfig:
     snaplen = _get(cap, "snaplen", int, "capture", 128)
     if not 64 <= snaplen <= 262144:
         raise ConfigError(f"[capture] snaplen = {snaplen}: expected 64-262144")
+    buffer_mib = _get(cap, "buffer_mib", int, "capture", 32)
+    if not 1 <= buffer_mib <= 4096:
+        raise ConfigError(f"[capture] buffer_mib = {buffer_mib}: expected 1-4096")
     capture = CaptureConfig(
         backend=backend,
         interfaces=_strings(_get(cap, "interfaces", list, "capture", ["eth0"]),
                             "[capture] interfaces"),
         bpf_filter=_get(cap, "bpf_filter", str, "capture", ""),
         snaplen=snaplen,
+        buffer_mib=buffer_mib,
     )
     defaults = FlowLimits()
     idle = dict(defaults.idle_s)

@@ -148,10 +148,12 @@ def make_source(config: DaemonConfig) -> PacketSource:
     cap = config.capture
     if cap.backend is Backend.DUMPCAP:
         from .capture.dumpcap import DumpcapSource
-        return DumpcapSource(cap.interfaces, cap.bpf_filter, cap.snaplen)
+        return DumpcapSource(cap.interfaces, cap.bpf_filter, cap.snaplen,
+                             buffer_mib=cap.buffer_mib)
     if cap.backend is Backend.SCAPY:
         from .capture.scapy_source import ScapySource
-        return ScapySource(cap.interfaces, cap.bpf_filter, cap.snaplen)
+        return ScapySource(cap.interfaces, cap.bpf_filter, cap.snaplen,
+                           buffer_mib=cap.buffer_mib)
     if cap.backend is Backend.PYSHARK:
         from .capture.pyshark_source import PysharkSource
         pyshark_source: PacketSource = PysharkSource(cap.interfaces, cap.bpf_filter, cap.snaplen)
@@ -266,7 +268,8 @@ class Daemon:
         self._wakeup.close()
         snap = self.core.snapshot()
         packets = sum(v[0] for v in snap.traffic.values())
-        self.log(f"stopped: {sum(snap.received.values())} packets received, {packets} in flows, "
+        self.log(f"stopped: {sum(snap.received.values())} packets received, "
+                 f"{sum(snap.dropped.values())} dropped, {packets} in flows, "
                  f"{snap.active_flows} flows active")
         return 0
 

@@ -37,11 +37,16 @@ _DROP_LINE = re.compile(r"Packets received/dropped on interface '(.*)': (\d+)/(\
 
 
 def dumpcap_argv(command: Sequence[str], interfaces: Sequence[str], bpf_filter: str,
-                 snaplen: int) -> list[str]:
-    """The child's command line: pcapng (``-n``) to standard output (``-w -``)."""
+                 snaplen: int, buffer_mib: int | None = None) -> list[str]:
+    """The child's command line: pcapng (``-n``) to standard output (``-w -``).
+
+    ``-B`` follows each ``-i``: dumpcap applies it per interface.
+    """
     argv = [*command]
     for name in interfaces:
         argv += ["-i", name]
+        if buffer_mib is not None:
+            argv += ["-B", str(buffer_mib)]
     if bpf_filter:
         argv += ["-f", bpf_filter]
     return [*argv, "-s", str(snaplen), "-n", "-w", "-"]
@@ -78,12 +83,13 @@ class DumpcapSource:
         bpf_filter: str = "",
         snaplen: int = 128,
         *,
+        buffer_mib: int | None = None,
         command: Sequence[str] = ("dumpcap",),
         popen: Popen = subprocess.Popen,
         sys_root: Path = Path("/sys"),
     ) -> None:
         self.interfaces = tuple(interfaces)
-        self.argv = dumpcap_argv(command, interfaces, bpf_filter, snaplen)
+        self.argv = dumpcap_argv(command, interfaces, bpf_filter, snaplen, buffer_mib)
         self._popen = popen
         self._sys_root = sys_root
         self._proc: subprocess.Popen[bytes] | None = None

@@ -10,6 +10,7 @@ scapy is imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -26,8 +27,18 @@ from .live import BatchCollector
 __all__ = ["ScapySource"]
 
 SOL_PACKET = 263
+SO_RCVBUFFORCE = 33
 PACKET_STATISTICS = 6
 _STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
+
+
+def _set_receive_buffer(sock: Any, size: int) -> None:
+    """As ``dumpcap -B``: SO_RCVBUFFORCE passes net.core.rmem_max with CAP_NET_ADMIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 class ScapySource:
@@ -35,10 +46,12 @@ class ScapySource:
     finite = False
 
     def __init__(self, interfaces: Sequence[str], bpf_filter: str = "", snaplen: int = 128,
-                 *, batch_packets: int = 4096, batch_age_s: float = 0.2) -> None:
+                 *, buffer_mib: int | None = None, batch_packets: int = 4096,
+                 batch_age_s: float = 0.2) -> None:
         self.interfaces = tuple(interfaces)
         self.bpf_filter = bpf_filter
         self.snaplen = snaplen
+        self.buffer_mib = buffer_mib
         self._batch_packets = batch_packets
         self._batch_age_s = batch_age_s
         self._closed = threading.Event()
@@ -71,6 +84,8 @@ class ScapySource:
         raw = [s.ins for s in opened]
         for r in raw:
             r.setblocking(False)
+            if self.buffer_mib:
+                _set_receive_buffer(r, self.buffer_mib << 20)
         linktype = [int(LinkType.ETHERNET) if s.lvl == 2 else int(LinkType.RAW) for s in opened]
         collector = BatchCollector(self._batch_packets, self._batch_age_s)
         buf = bytearray(self.snaplen)
