@@ -264,3 +264,14 @@ def test_annotate_never_leaves_a_half_written_file(tmp_path: Path,
     assert code == 2
     assert out_path.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_json_document_is_the_same_data_with_one_list_item_per_line() -> None:
+    from portwatch.report_formats import json_document
+
+    doc = {"packets": 3, "services": [{"port": 80, "service": "http"}, {"port": 53}],
+           "flagged": [], "decode": {"icmp": 1}}
+    text = json_document(doc)
+    assert json.loads(text) == doc
+    assert '    {"port": 80, "service": "http"},\n' in text
+    assert text.count("\n") == 9

@@ -14,7 +14,7 @@ from enum import Enum
 from . import __version__
 from .analysis import FlowReport, Report
 
-__all__ = ["OutputFormat", "render"]
+__all__ = ["OutputFormat", "json_document", "render"]
 
 
 class OutputFormat(Enum):
@@ -26,7 +26,26 @@ class OutputFormat(Enum):
 
 
 def _json(report: Report) -> str:
-    return json.dumps(report.as_dict(), indent=2) + "\n"
+    """Indented at the top level, one compact line per list item.
+
+    ``json.dumps(indent=...)`` falls back to the pure-Python encoder, which
+    took longer than analysing a million packets; encoding each item
+    compactly keeps the C encoder and still reads well (one service or
+    flagged flow per line).
+    """
+    return json_document(report.as_dict())
+
+
+def json_document(doc: dict[str, object]) -> str:
+    parts = []
+    for key, value in doc.items():
+        name = json.dumps(key)
+        if isinstance(value, list) and value:
+            items = ",\n".join("    " + json.dumps(item) for item in value)
+            parts.append(f"  {name}: [\n{items}\n  ]")
+        else:
+            parts.append(f"  {name}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _jsonl(report: Report) -> str:
