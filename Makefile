@@ -51,8 +51,16 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest -q
 
+# Benchmarks are not part of `make test`; results go in docs/benchmarks.md.
+# The daemon throughput benchmark needs root (network namespace, veth).
 bench: venv
-	$(BIN)/python benchmarks/run_all.py
+	PYTHONPATH=src $(BIN)/python benchmarks/bench_registry.py
+	PYTHONPATH=src $(BIN)/python benchmarks/bench_decode.py
+	PYTHONPATH=src $(BIN)/python benchmarks/bench_analyze.py
+	PYTHONPATH=src $(BIN)/python benchmarks/bench_wireshark_plugin.py
+	@if [ "$$(id -u)" = 0 ]; then \
+		PYTHONPATH=src $(BIN)/python benchmarks/bench_daemon_throughput.py; \
+	else echo "bench_daemon_throughput.py skipped: needs root"; fi
 
 pcaps: venv
 	unshare -n $(BIN)/python pcaps/generate.py || $(BIN)/python pcaps/generate.py

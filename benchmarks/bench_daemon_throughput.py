@@ -70,20 +70,21 @@ def sent_by(output: str) -> int:
 
 
 def run_backend(backend: str, rates: list[int], *, duration: int, pcap: Path, registry: str,
-                tmp: Path) -> list[tuple[int, int, int, int, float]]:
+                tmp: Path, buffer_mib: int) -> list[tuple[int, int, int, int, float]]:
+    """One daemon per rate, stopped afterwards so that dumpcap's final drop count is in."""
     results = []
     cfg = tmp / "pw.toml"
     cfg.write_text(f'[registry]\nsources = ["{registry}"]\n[capture]\ninterfaces = ["{HOST_IF}"]\n'
-                   'snaplen = 128\n[web]\nlisten_address = "127.0.0.1:0"\n'
+                   f'snaplen = 128\nbuffer_mib = {buffer_mib}\n'
+                   '[web]\nlisten_address = "127.0.0.1:0"\n'
                    "[flows]\nmax_flows = 100000\n")
-    with DaemonProcess(["daemon", "--config.file", str(cfg), "--backend", backend],
-                       env={"PORTWATCH_CACHE_DIR": str(tmp / "cache")}) as d:
-        d.wait_for_log("capture started", 30)
-        time.sleep(2)
-        for rate in rates:
+    for rate in rates:
+        with DaemonProcess(["daemon", "--config.file", str(cfg), "--backend", backend],
+                           env={"PORTWATCH_CACHE_DIR": str(tmp / "cache")}) as d:
+            d.wait_for_log("capture started", 30)
+            time.sleep(2)
             before = d.samples()
             rx0 = value(before, "portwatch_capture_packets_received_total", interface=HOST_IF)
-            drop0 = value(before, "portwatch_capture_packets_dropped_total")
             started = time.monotonic()
             rep = subprocess.run(["ip", "netns", "exec", NS, "tcpreplay", "-i", NS_IF,
                                   "--pps", str(rate), "--loop", "0", "--duration", str(duration),
@@ -96,11 +97,15 @@ def run_backend(backend: str, rates: list[int], *, duration: int, pcap: Path, re
                 10)
             rx = int(value(after, "portwatch_capture_packets_received_total",
                            interface=HOST_IF) - rx0)
-            dropped = int(value(after, "portwatch_capture_packets_dropped_total") - drop0)
-            results.append((rate, sent, rx, dropped, sent / elapsed if elapsed else 0.0))
-            print(f"{backend}: target {rate} pps: sent {sent} ({sent / duration:.0f} pps), "
-                  f"received {rx}, dropped {dropped}", flush=True)
-        d.stop()
+            live_dropped = int(value(after, "portwatch_capture_packets_dropped_total"))
+            d.stop(timeout=10)
+            m = re.search(r"stopped: \d+ packets received, (\d+) dropped", "\n".join(d.lines))
+            final_dropped = int(m[1]) if m else live_dropped
+        dropped = max(live_dropped, final_dropped)
+        results.append((rate, sent, rx, dropped, sent / elapsed if elapsed else 0.0))
+        print(f"{backend}: target {rate} pps: sent {sent} ({sent / duration:.0f} pps), "
+              f"received {rx}, dropped {dropped} (live metric {live_dropped}, "
+              f"at stop {final_dropped})", flush=True)
     return results
 
 
@@ -109,6 +114,7 @@ def main() -> int:
     parser.add_argument("--backend", action="append", choices=["dumpcap", "scapy", "pyshark"])
     parser.add_argument("--rates", default="50000,100000,200000,300000,500000")
     parser.add_argument("--duration", type=int, default=30)
+    parser.add_argument("--buffer-mib", type=int, default=32)
     parser.add_argument("--registry", default=str(
         Path(__file__).resolve().parents[2] / "shared/registry/service-names-port-numbers.csv"))
     args = parser.parse_args()
@@ -122,7 +128,8 @@ def main() -> int:
             write_pcap(pcap)
             for backend in args.backend or ["dumpcap", "scapy"]:
                 results = run_backend(backend, rates, duration=args.duration, pcap=pcap,
-                                      registry=args.registry, tmp=Path(tmpdir))
+                                      registry=args.registry, tmp=Path(tmpdir),
+                                      buffer_mib=args.buffer_mib)
                 clean = [sent / args.duration for _, sent, rx, dropped, _ in results
                          if sent and rx >= sent and dropped == 0]
                 best = f"{max(clean):.0f} pps" if clean else "none of the rates tried"

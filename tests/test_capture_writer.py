@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from portwatch.atomic import atomic_output
 from portwatch.capture.reader import open_capture, read_capture_path
-from portwatch.capture.writer import PcapngWriter, atomic_output
+from portwatch.capture.writer import PcapngWriter
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 
@@ -143,3 +144,15 @@ def test_atomic_output_replaces_the_old_file_whole(tmp_path: Path) -> None:
         assert target.read_bytes() == b"old"
     assert target.read_bytes() == b"new contents"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_output_gives_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "report.json") as fileobj:
+            fileobj.write(b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

@@ -8,17 +8,14 @@ an ``opt_comment`` when the packet has one; Wireshark shows it as
 one pass; only packet payloads and comments are copied one by one, straight
 between buffers.
 
-``atomic_output`` makes sure an annotated copy is either complete or absent:
-it writes a temporary file beside the target and renames it into place.
+The CLI writes through ``portwatch.atomic.atomic_output``, so an annotated
+copy is either complete or absent.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -39,7 +36,7 @@ from portwatch.capture.pcapng import (
     OPT_COMMENT,
 )
 
-__all__ = ["PcapngWriter", "atomic_output", "ns_to_ticks"]
+__all__ = ["PcapngWriter", "ns_to_ticks"]
 
 SHB_USERAPPL = 4
 _OPT = struct.Struct("<HH")
@@ -187,28 +184,3 @@ class PcapngWriter:
             iface = self._interfaces[idx]
             ticks[sel] = ns_to_ticks(iface.tsresol, ns[sel] - iface.tsoffset * 1_000_000_000)
         return ticks
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Yield a file that replaces ``path`` only if the ``with`` body succeeds.
-
-    The temporary file lives in the target's directory so ``os.replace`` is an
-    atomic rename; readers never see a half-written annotated capture.
-    """
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fileobj:
-            yield fileobj
-            fileobj.flush()
-            os.fsync(fileobj.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
