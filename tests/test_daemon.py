@@ -119,6 +119,16 @@ def test_bad_flags_and_config_exit_2_with_one_line(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def _bind_dynamic(sock: socket.socket) -> None:
+    for port in range(50515, 50615):
+        try:
+            sock.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            continue
+    pytest.skip("no free port in 50515-50614 to send from")
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -152,8 +162,11 @@ def test_a_killed_dumpcap_is_restarted_and_counted(
         while d.get("/healthz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert d.get("/healthz")[0] == 200
-        # the new child captures: send a few datagrams on loopback
+        # the new child captures: send a few datagrams on loopback, from a port
+        # in the dynamic range so that 44515 is the service side whatever the
+        # kernel would have picked (both unassigned: the lower port would win)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            _bind_dynamic(s)
             for _ in range(20):
                 s.sendto(b"x", ("127.0.0.1", 44515))
                 time.sleep(0.05)

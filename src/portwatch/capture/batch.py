@@ -37,6 +37,19 @@ class PacketBatch:
     def __len__(self) -> int:
         return int(self.offsets.shape[0])
 
+    def slice(self, lo: int, hi: int) -> PacketBatch:
+        """Packets ``lo:hi`` as a batch sharing this one's buffer (no copy)."""
+        return PacketBatch(
+            data=self.data,
+            offsets=self.offsets[lo:hi],
+            caplens=self.caplens[lo:hi],
+            wirelens=self.wirelens[lo:hi],
+            timestamps_ns=self.timestamps_ns[lo:hi],
+            linktypes=self.linktypes[lo:hi],
+            interfaces=self.interfaces[lo:hi],
+            file_offsets=self.file_offsets[lo:hi],
+        )
+
     def packet(self, i: int) -> bytes:
         start = int(self.offsets[i])
         return self.data[start : start + int(self.caplens[i])].tobytes()

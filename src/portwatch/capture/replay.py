@@ -12,8 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
-
 from ..errors import BackendError, CaptureError
 from .batch import PacketBatch
 from .reader import read_capture_path
@@ -92,15 +90,4 @@ class ReplaySource:
 def _split(batch: PacketBatch, size: int) -> Iterator[PacketBatch]:
     n = len(batch)
     for lo in range(0, n, size):
-        hi = min(n, lo + size)
-        yield PacketBatch(
-            data=batch.data,
-            offsets=batch.offsets[lo:hi],
-            caplens=batch.caplens[lo:hi],
-            wirelens=batch.wirelens[lo:hi],
-            timestamps_ns=batch.timestamps_ns[lo:hi],
-            linktypes=batch.linktypes[lo:hi],
-            interfaces=batch.interfaces[lo:hi],
-            file_offsets=batch.file_offsets[lo:hi] if batch.file_offsets.size else np.zeros(
-                hi - lo, np.int64),
-        )
+        yield batch.slice(lo, min(n, lo + size))
