@@ -77,3 +77,12 @@ def test_a_missing_dumpcap_is_a_backend_error(tmp_path: Path) -> None:
     source = DumpcapSource(["lo"], command=(str(tmp_path / "no-such-dumpcap"),))
     with pytest.raises(BackendError, match="cannot run"):
         next(iter(source.batches()))
+
+
+@pytest.mark.parametrize(("layer", "linktype"),
+                         [("eth", 1), ("sll", 113), ("sll2", 276), ("null", 0), ("ip", 101),
+                          ("ipv6", 101), ("something-new", 1)])
+def test_pyshark_frames_get_the_link_type_of_their_first_layer(layer: str, linktype: int) -> None:
+    from portwatch.capture.pyshark_source import link_type_of
+
+    assert link_type_of(layer) == linktype

@@ -174,3 +174,44 @@ def test_a_killed_dumpcap_is_restarted_and_counted(
                                            port="44515", reason="unassigned") > 0, 15)
         assert value(got, "portwatch_flagged_packets_total", port="44515") > 0
         assert d.stop() == 0
+
+
+@pytest.mark.root
+def test_the_pyshark_backend_counts_live_traffic_and_stops_promptly(
+        tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("capturing on lo needs root")
+    if shutil.which("tshark") is None or shutil.which("dumpcap") is None:
+        pytest.skip("tshark is not installed")
+    pytest.importorskip("pyshark")
+    cfg = _config(tmp_path / "pw.toml", [official_csv])
+    with DaemonProcess(["daemon", "--config.file", str(cfg), "--backend", "pyshark",
+                        "-i", "lo", "--bpf-filter", "udp port 44515"], env=env) as d:
+        d.wait_for_log("capture started", 20)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            _bind_dynamic(s)
+            got = d.samples()
+            deadline = time.monotonic() + 30  # tshark takes a moment to start capturing
+            while value(got, "portwatch_flagged_packets_total", port="44515") < 5 \
+                    and time.monotonic() < deadline:
+                s.sendto(b"x", ("127.0.0.1", 44515))
+                time.sleep(0.1)
+                got = d.samples()
+        assert value(got, "portwatch_flagged_packets_total", port="44515",
+                     reason="unauthorized-use") >= 5
+        assert value(got, "portwatch_capture_packets_received_total", interface="lo") >= 5
+        started = time.monotonic()
+        assert d.stop(timeout=5) == 0
+        assert time.monotonic() - started < 5
+    assert not _processes_with(b"udp port 44515")  # no orphaned tshark or dumpcap
+
+
+def _processes_with(needle: bytes) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            continue  # it exited while we looked
+    return found

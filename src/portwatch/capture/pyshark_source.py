@@ -4,15 +4,23 @@ Choice: ``use_json=True, include_raw=True``, so tshark hands over each frame's
 raw bytes (``get_raw_packet()``) and portwatch decodes them with its own
 vectorised decoder like every other backend; tshark's dissection is not used
 for counting. This is the slowest backend (tshark dissects and serialises
-every packet to JSON); use it where only tshark is allowed. pyshark runs its
-own asyncio loop in the capture thread. Drops are not reported by tshark
-while running: ``dropped()`` is always empty. pyshark is imported only here.
+every packet to JSON); use it where only tshark is allowed.
+
+pyshark's iterator blocks until tshark prints the next packet, so it runs in
+a producer thread (with its own asyncio loop) that queues raw frames; the
+consumer flushes a batch when it is full or ``batch_age_s`` old, so a quiet
+link still reports. ``close()`` kills pyshark's dumpcap/tshark children, which
+ends the iterator at once. Drops are not reported by tshark while running:
+``dropped()`` is always empty. pyshark is imported only here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +31,27 @@ from .batch import PacketBatch
 from .decode import LinkType
 from .live import BatchCollector
 
-__all__ = ["PysharkSource"]
+__all__ = ["PysharkSource", "link_type_of"]
+
+#: tshark's name for a frame's first layer -> the link type portwatch decodes.
+_FIRST_LAYER_LINK = {
+    "eth": LinkType.ETHERNET,
+    "sll": LinkType.LINUX_SLL,
+    "sll2": LinkType.LINUX_SLL2,
+    "null": LinkType.NULL,
+    "loop": LinkType.LOOP,
+    "raw": LinkType.RAW,
+    "ip": LinkType.RAW,
+    "ipv6": LinkType.RAW,
+}
+
+_END = object()
+Frame = tuple[bytes, int, int, int, int]  # raw, ts_ns, wirelen, linktype, interface
+
+
+def link_type_of(first_layer: str) -> int:
+    """The link type of a frame whose first dissected layer is ``first_layer``."""
+    return int(_FIRST_LAYER_LINK.get(first_layer, LinkType.ETHERNET))
 
 
 class PysharkSource:
@@ -31,13 +59,16 @@ class PysharkSource:
     finite = False
 
     def __init__(self, interfaces: Sequence[str], bpf_filter: str = "", snaplen: int = 128,
-                 *, batch_packets: int = 1024, batch_age_s: float = 0.2) -> None:
+                 *, batch_packets: int = 1024, batch_age_s: float = 0.2,
+                 queue_packets: int = 100_000) -> None:
         self.interfaces = tuple(interfaces)
         self.bpf_filter = bpf_filter
         self.snaplen = snaplen
         self._batch_packets = batch_packets
         self._batch_age_s = batch_age_s
+        self._queue_packets = queue_packets
         self._closed = threading.Event()
+        self._lock = threading.Lock()
         self._capture: Any = None
 
     def batches(self) -> Iterator[PacketBatch]:
@@ -46,35 +77,75 @@ class PysharkSource:
         except ImportError as exc:
             raise BackendError(f"the pyshark backend needs pyshark: {exc}") from None
         self._closed.clear()
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        capture = pyshark.LiveCapture(
-            interface=list(self.interfaces), bpf_filter=self.bpf_filter or None,
-            use_json=True, include_raw=True, eventloop=loop,
-            custom_parameters=["-s", str(self.snaplen)])
-        self._capture = capture
+        frames: queue.Queue[Frame | BaseException | object] = queue.Queue(self._queue_packets)
+        producer = threading.Thread(target=self._produce, args=(pyshark, frames), daemon=True,
+                                    name="pyshark")
+        producer.start()
         collector = BatchCollector(self._batch_packets, self._batch_age_s)
-        index = {name: i for i, name in enumerate(self.interfaces)}
+        failure: BaseException | None = None
         try:
-            for packet in capture.sniff_continuously():
-                raw = packet.get_raw_packet()
-                iface = index.get(str(getattr(packet, "interface_captured", "")), 0)
-                ts_ns = int(float(packet.sniff_timestamp) * 1e9) if hasattr(
-                    packet, "sniff_timestamp") else time.time_ns()
-                collector.add(raw, ts_ns, int(packet.length), int(LinkType.ETHERNET), iface)
+            while not self._closed.is_set():
+                try:
+                    item = frames.get(timeout=self._batch_age_s / 2)
+                except queue.Empty:
+                    item = None
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    failure = item
+                    break
+                if isinstance(item, tuple):
+                    collector.add(*item)
                 if collector.full():
                     yield collector.take()
-                if self._closed.is_set():
-                    break
-        except Exception as exc:  # pyshark raises TSharkCrashException and friends
-            if not self._closed.is_set():
-                raise BackendError(f"tshark capture failed: {exc}") from None
-        finally:
             if collector.packets:
                 yield collector.take()
-            with contextlib.suppress(Exception):  # a dead tshark may raise anything
-                capture.close()
+        finally:
+            self._kill_children()
+            producer.join(timeout=3)
+        if failure is not None and not self._closed.is_set():
+            raise BackendError(f"tshark capture failed: {failure}")
+
+    def _produce(self, pyshark: Any, frames: queue.Queue[Frame | BaseException | object]
+                 ) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        index = {name: i for i, name in enumerate(self.interfaces)}
+        try:
+            capture = pyshark.LiveCapture(
+                interface=list(self.interfaces), bpf_filter=self.bpf_filter or None,
+                use_json=True, include_raw=True, eventloop=loop,
+                custom_parameters=["-s", str(self.snaplen)])
+            with self._lock:
+                self._capture = capture
+            for packet in capture.sniff_continuously():
+                if self._closed.is_set():
+                    break
+                layers = getattr(packet, "layers", [])
+                first = layers[0].layer_name if layers else "eth"
+                ts = getattr(packet, "sniff_timestamp", None)
+                ts_ns = int(float(ts) * 1e9) if ts is not None else time.time_ns()
+                iface = index.get(str(getattr(packet, "interface_captured", "")), 0)
+                frames.put((packet.get_raw_packet(), ts_ns, int(packet.length),
+                            link_type_of(first), iface))
+            frames.put(_END)
+        except Exception as exc:  # pyshark raises TSharkCrashException and friends
+            frames.put(exc)
+        finally:
+            with self._lock:
+                capture, self._capture = self._capture, None
+            if capture is not None:
+                with contextlib.suppress(Exception):  # a dead tshark may raise anything
+                    capture.close()
             loop.close()
+
+    def _kill_children(self) -> None:
+        """End tshark and dumpcap; safe from any thread (signals, not the asyncio loop)."""
+        with self._lock:
+            capture = self._capture
+        for process in list(getattr(capture, "_running_processes", ())):
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.kill(process.pid, signal.SIGTERM)
 
     def interface_names(self) -> Sequence[str]:
         return self.interfaces
@@ -84,3 +155,4 @@ class PysharkSource:
 
     def close(self) -> None:
         self._closed.set()
+        self._kill_children()
