@@ -16,8 +16,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from .errors import ConfigError
-from .metrics import FlowLimits
 from .registry.model import Transport
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "Backend",
     "CaptureConfig",
     "DaemonConfig",
+    "FlowLimits",
     "WebSettings",
     "load_config",
     "load_web_settings",
@@ -40,6 +43,22 @@ class Backend(Enum):
     SCAPY = "scapy"
     PYSHARK = "pyshark"
     REPLAY = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """Bounds of the flow table: size, and when a flow is over."""
+
+    max_flows: int = 100_000
+    idle_s: Mapping[Transport, float] = field(
+        default_factory=lambda: {Transport.TCP: 300.0, Transport.UDP: 60.0,
+                                 Transport.SCTP: 300.0, Transport.DCCP: 120.0})
+    active_s: float = 1800.0
+    max_flagged_ports: int = 100
+
+    def idle_ns(self) -> npt.NDArray[np.int64]:
+        """One idle timeout per ``Transport`` value, as ``FlowTable.expire`` wants."""
+        return np.asarray([int(self.idle_s[t] * 1_000_000_000) for t in Transport], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)

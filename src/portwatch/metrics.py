@@ -30,7 +30,7 @@ import platform
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +48,7 @@ from . import __version__
 from .analysis import Analyzer
 from .capture.batch import PacketBatch
 from .capture.decode import DecodeStatus
+from .config import FlowLimits
 from .flows import FlowFlag
 from .registry.merge import Registry
 from .registry.model import PortStatus, RecordKind, Transport
@@ -73,22 +74,6 @@ _STATUS_LABELS = tuple(s.label for s in PortStatus)
 _FLAGS = tuple(FlowFlag)
 _ERROR_REASONS = tuple(s for s in DecodeStatus if s is not DecodeStatus.OK)
 _NS = 1_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class FlowLimits:
-    """Bounds of the flow table: size, and when a flow is over."""
-
-    max_flows: int = 100_000
-    idle_s: Mapping[Transport, float] = field(
-        default_factory=lambda: {Transport.TCP: 300.0, Transport.UDP: 60.0,
-                                 Transport.SCTP: 300.0, Transport.DCCP: 120.0})
-    active_s: float = 1800.0
-    max_flagged_ports: int = 100
-
-    def idle_ns(self) -> I64:
-        """One idle timeout per ``Transport`` value, as ``FlowTable.expire`` wants."""
-        return np.asarray([int(self.idle_s[t] * _NS) for t in Transport], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)

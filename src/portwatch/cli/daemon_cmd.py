@@ -7,7 +7,6 @@ from typing import Any
 
 from ..cache import cache_dir
 from ..config import Backend, DaemonConfig, load_config, parse_listen_address, with_overrides
-from ..daemon import Daemon, DaemonDeps, default_table_loader, make_source
 from ..errors import ConfigError
 from .common import Context
 
@@ -71,6 +70,9 @@ def _configure(ctx: Context, args: argparse.Namespace) -> DaemonConfig:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
+    # imported here: prometheus_client and http.server are not needed by other commands
+    from ..daemon import Daemon, DaemonDeps, default_table_loader, make_source
+
     _configure(ctx, args)  # flag and file errors: exit 2 before anything starts
     deps = DaemonDeps(
         load_config=lambda: _configure(ctx, args),
