@@ -10,11 +10,7 @@ SAMPLE := pcaps/sample.pcapng
 
 run: system-deps venv
 	$(BIN)/portwatch registry info
-	@if [ -f $(SAMPLE) ] && $(BIN)/portwatch analyze --help >/dev/null 2>&1; then \
-		$(BIN)/portwatch analyze $(SAMPLE); \
-	else \
-		$(BIN)/portwatch lookup 80/tcp 443 ssh 44515/tcp; \
-	fi
+	$(BIN)/portwatch analyze --format table $(SAMPLE)
 
 test: system-deps venv lint typecheck pytest
 
