@@ -93,6 +93,25 @@ def test_both_directions_meet_in_one_flow_with_per_direction_counts(
     assert (flow.client, flow.server) == (C, S)
 
 
+def test_flows_stay_apart_even_when_every_flow_key_hashes_alike(
+    table: CompiledTable, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+
+    from portwatch import flows
+
+    monkeypatch.setattr(flows, "_mix", np.zeros_like)  # every key collides
+    got = _flows(
+        table,
+        _eth(IP(src=C, dst=S) / UDP(sport=50001, dport=53)),
+        _eth(IP(src=C, dst=S) / UDP(sport=50002, dport=53)),
+        _eth(IP(src=S, dst=C) / UDP(sport=53, dport=50001)),
+        _eth(IP(src=C, dst=S) / TCP(sport=50001, dport=53, flags="A")),
+    )
+    assert sorted((f.transport, f.client_port, f.packets) for f in got) == [
+        ("tcp", 50001, 1), ("udp", 50001, 2), ("udp", 50002, 1)]
+
+
 def test_later_fragments_count_with_their_datagram_and_orphans_as_portless(
     table: CompiledTable,
 ) -> None:

@@ -212,7 +212,11 @@ class FlowTable:
         h = _mix(h ^ keys["bh"] ^ _mix(keys["bl"] ^ (keys["ap"].astype(np.uint64) << np.uint64(16))
                                        ^ keys["bp"].astype(np.uint64)))
         _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-        if not np.array_equal(keys[first][inverse], keys):  # a 64-bit collision: be exact
+        # A 64-bit collision would merge two flows: check every field of every
+        # row against its group's first row (per field: structured compares are slow).
+        representative = first[inverse]
+        if not all(np.array_equal(keys[name][representative], keys[name])
+                   for name in _KEY_DTYPE.names or ()):
             void = keys.view(np.dtype((np.void, _KEY_DTYPE.itemsize)))
             _, first, inverse = np.unique(void, return_index=True, return_inverse=True)
         return inverse.astype(np.int64).reshape(-1), first.astype(np.int64)
