@@ -22,10 +22,6 @@ from portwatch.table import CompiledTable
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 SAMPLES = sorted(p.name for p in PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else []
-#: scapy 2.8 keeps pcapng interface ids across sections (they restart per
-#: section), so the second section's packets get the first section's link type
-#: and time resolution; docs/plugins.md lists it.
-SCAPY_MISREADS = {"multi-section.pcapng"}
 
 Batches = Iterator[tuple[DecodedBatch, npt.NDArray[np.int64]]]
 
@@ -78,16 +74,7 @@ def _need(engine_name: str) -> None:
     pytest.importorskip(engine_name)
 
 
-def _cases(engine_name: str) -> list[Any]:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(
-            raises=CaptureFormatError, reason="scapy misreads later pcapng sections"))
-        if engine_name == "scapy" and name in SCAPY_MISREADS else name
-        for name in SAMPLES
-    ]
-
-
-@pytest.mark.parametrize("name", _cases("scapy"))
+@pytest.mark.parametrize("name", SAMPLES)
 def test_scapy_engine_reports_what_the_native_engine_reports(
         table: CompiledTable, name: str) -> None:
     _need("scapy")
@@ -97,7 +84,7 @@ def test_scapy_engine_reports_what_the_native_engine_reports(
     assert scapy_error == native_error
 
 
-@pytest.mark.parametrize("name", _cases("pyshark"))
+@pytest.mark.parametrize("name", SAMPLES)
 def test_pyshark_engine_reports_what_the_native_engine_reports(
         table: CompiledTable, name: str) -> None:
     _need("pyshark")

@@ -72,12 +72,13 @@ def _scapy() -> SimpleNamespace:
         )
         from scapy.layers.sctp import SCTP
         from scapy.packet import NoPayload, Padding, Raw
-        from scapy.utils import RawPcapReader
+        from scapy.utils import RawPcapNgReader, RawPcapReader
     return SimpleNamespace(
         conf=conf,
         MTU=MTU,
         Scapy_Exception=Scapy_Exception,
         RawPcapReader=RawPcapReader,
+        RawPcapNgReader=RawPcapNgReader,
         IP=IP,
         IPv6=IPv6,
         Raw=Raw,
@@ -238,13 +239,33 @@ def _open(path: str) -> Any:
     s = _scapy()
     fileobj = open(path, "rb")  # noqa: SIM115 - owned by the reader, closed with it
     try:
-        return s.RawPcapReader(fileobj)
+        reader = s.RawPcapReader(fileobj)
     except s.Scapy_Exception as exc:
         fileobj.close()
         raise CaptureFormatError(f"scapy cannot read it: {exc}", path=path, offset=0) from exc
     except BaseException:
         fileobj.close()
         raise
+    if isinstance(reader, s.RawPcapNgReader):
+        _forget_interfaces_at_each_section(reader)
+    return reader
+
+
+def _forget_interfaces_at_each_section(reader: Any) -> None:
+    """Work around scapy 2.8 keeping interface ids across pcapng sections.
+
+    Interface ids restart at 0 in every section, but scapy's reader appends
+    the new section's interfaces to the old list, so later packets get the
+    first section's link type and time resolution. The spec says a Section
+    Header Block starts a new, independent set of interfaces.
+    """
+    read_shb = reader._read_block_shb
+
+    def read_shb_and_reset() -> None:
+        read_shb()
+        reader.interfaces = []
+
+    reader._read_block_shb = read_shb_and_reset
 
 
 def _layer_class(s: SimpleNamespace, linktype: int) -> Any:
