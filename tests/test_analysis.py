@@ -132,15 +132,21 @@ def test_non_ip_and_icmp_are_counted_by_reason_never_dropped(table: CompiledTabl
     from scapy.layers.l2 import ARP
 
     analyzer = Analyzer(table)
-    analyzer.feed(batch_from_packets([
+    tcp = _eth(IP(src=C, dst=S) / TCP(sport=1, dport=2))
+    packets = [
         bytes(Ether(**MAC) / ARP()),
         _eth(IP(src=C, dst=S) / ICMP()),
         _eth(IP(src=C, dst=S, proto=47) / Raw(b"gre")),
-        _eth(IP(src=C, dst=S) / TCP(sport=1, dport=2))[:30],
-    ], 1))
+        tcp[:30],  # cut by a 30-byte snapshot length: the wire had all of it
+        tcp[:30],  # a 30-byte frame on the wire whose IP header claims more
+    ]
+    wirelens = [len(p) for p in packets]
+    wirelens[3] = len(tcp)
+    analyzer.feed(batch_from_packets(packets, 1, wirelens=wirelens))
     report = analyzer.report()
-    assert report.decode == {"non-ip": 1, "icmp": 1, "other-ip": 1, "truncated": 1}
-    assert report.packets == 4
+    assert report.decode == {"non-ip": 1, "icmp": 1, "other-ip": 1, "truncated": 1,
+                             "malformed": 1}
+    assert report.packets == 5
     assert report.flows == []
 
 

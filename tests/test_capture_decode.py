@@ -109,21 +109,21 @@ class _Stop(Exception):
         self.status = status
 
 
-def reference(pkt: bytes, linktype: int) -> Row:
+def reference(pkt: bytes, linktype: int, wirelen: int | None = None) -> Row:
     try:
-        return _reference(pkt, linktype)
+        return _reference(pkt, linktype, len(pkt) if wirelen is None else wirelen)
     except _Stop as stop:
         return Row(int(stop.status))
 
 
-def _reference(pkt: bytes, linktype: int) -> Row:
+def _reference(pkt: bytes, linktype: int, wirelen: int) -> Row:
     n = len(pkt)
 
     def need(end: int, declared: float = float("inf")) -> None:
         if end > declared:
             raise _Stop(S.MALFORMED)
-        if end > n:
-            raise _Stop(S.TRUNCATED)
+        if end > n:  # cut by the snapshot length, or never on the wire
+            raise _Stop(S.TRUNCATED if wirelen > n else S.MALFORMED)
 
     def be16(at: int) -> int:
         return int(struct.unpack_from(">H", pkt, at)[0])
@@ -594,9 +594,12 @@ def test_addresses_render_as_ip_objects_and_bytes() -> None:
 # Truncation: a packet cut at every byte
 
 
-def _cuts(packet: bytes, linktype: int) -> list[Row]:
+def _cuts(packet: bytes, linktype: int, *, whole: bool = False) -> list[Row]:
+    """Every prefix of ``packet``: cut by a snapshot length (the wire had more),
+    or, with ``whole``, frames that were that short on the wire."""
     cuts = [packet[:k] for k in range(len(packet) + 1)]
-    return rows(decode_batch(batch_from_packets(cuts, linktype)))
+    wirelens = [len(c) if whole else len(packet) + 64 for c in cuts]
+    return rows(decode_batch(batch_from_packets(cuts, linktype, wirelens=wirelens)))
 
 
 def test_cutting_a_vlan_ipv4_tcp_packet_anywhere_before_the_flags_truncates_it() -> None:
@@ -608,6 +611,15 @@ def test_cutting_a_vlan_ipv4_tcp_packet_anywhere_before_the_flags_truncates_it()
     got = _cuts(pkt, LinkType.ETHERNET)
     assert all(row == Row(int(S.TRUNCATED)) for row in got[:flags_end])
     assert all((row.status, row.src_port, row.dst_port) == (S.OK, 1, 2) for row in got[flags_end:])
+
+
+def test_a_frame_that_was_that_short_on_the_wire_is_malformed_not_truncated() -> None:
+    """As tshark: missing bytes the capture did not cut were never sent."""
+    pkt = bytes(Ether(**MACS) / IP() / TCP(sport=1, dport=2) / b"data")
+    flags_end = 14 + 20 + 14
+    got = _cuts(pkt, LinkType.ETHERNET, whole=True)
+    assert all(row == Row(int(S.MALFORMED)) for row in got[:flags_end])
+    assert all((row.status, row.src_port) == (S.OK, 1) for row in got[flags_end:])
 
 
 def test_cutting_an_ipv6_extension_chain_anywhere_before_the_ports_truncates_it() -> None:
@@ -734,12 +746,16 @@ def packets(draw: st.DrawFn) -> tuple[bytes, int]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(packets(), max_size=40))
+@given(st.lists(st.tuples(packets(), st.sampled_from([0, 0, 1, 60])), max_size=40))
 def test_vectorised_decoder_agrees_with_scalar_reference(
-    batch: Sequence[tuple[bytes, int]],
+    batch: Sequence[tuple[tuple[bytes, int], int]],
 ) -> None:
-    decoded = decode_batch(batch_from_packets([p for p, _ in batch], [lt for _, lt in batch]))
-    assert rows(decoded) == [reference(p, lt) for p, lt in batch]
+    """``snapped`` bytes more were on the wire than captured (0: the frame is whole)."""
+    packets_ = [p for (p, _), _ in batch]
+    wirelens = [len(p) + snapped for (p, _), snapped in batch]
+    decoded = decode_batch(batch_from_packets(packets_, [lt for (_, lt), _ in batch],
+                                              wirelens=wirelens))
+    assert rows(decoded) == [reference(p, lt, len(p) + snapped) for (p, lt), snapped in batch]
 
 
 @st.composite

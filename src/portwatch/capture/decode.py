@@ -12,7 +12,9 @@ near the start of the buffer and their result is discarded, so nothing is ever
 read outside ``data`` and no value derives from bytes beyond a packet's caplen.
 
 Two limits apply to every header we read. Bytes past the *capture* (caplen)
-make the packet ``TRUNCATED``; bytes past the IP header's *declared* length
+make the packet ``TRUNCATED`` when the snapshot length cut it (caplen <
+wirelen) and ``MALFORMED`` when the frame was captured whole, so the bytes were
+never on the wire; bytes past the IP header's *declared* length
 (IPv4 total length, IPv6 payload length; 0 means "unknown", as in TSO captures
 and jumbograms) make it ``MALFORMED``, because they are link-layer padding, not
 headers. TCP needs 14 bytes (ports and flags); UDP, SCTP and DCCP need 4.
@@ -621,5 +623,10 @@ def decode_batch(batch: PacketBatch) -> DecodedBatch:
     if v6.size:
         _ipv6(r, st, v6)
     _transport(r, st)
+    # A header missing from a frame we hold whole (all wirelen bytes present)
+    # was never on the wire: the packet itself is short ("Malformed Packet" in
+    # tshark), not cut by the snapshot length.
+    whole = (end - start) >= batch.wirelens
+    st.out.status[(st.out.status == _TRUNCATED) & whole] = _MALFORMED
     _clear_failed(st.out)
     return st.out
