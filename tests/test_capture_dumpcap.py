@@ -86,39 +86,3 @@ def test_pyshark_frames_get_the_link_type_of_their_first_layer(layer: str, linkt
     from portwatch.capture.pyshark_source import link_type_of
 
     assert link_type_of(layer) == linktype
-
-
-def test_coalescing_pipe_gathers_what_arrives_within_its_wait() -> None:
-    import os
-    import threading
-    import time
-
-    from portwatch.capture.dumpcap import CoalescingPipe
-
-    read_fd, write_fd = os.pipe()
-    try:
-        pipe = CoalescingPipe(read_fd, wait_s=0.5)
-
-        def trickle() -> None:
-            for _ in range(5):
-                os.write(write_fd, b"x" * 1000)
-                time.sleep(0.01)
-
-        writer = threading.Thread(target=trickle)
-        writer.start()
-        got = pipe.read1(1 << 20)
-        writer.join()
-        assert len(got) == 5000  # five writes, one read
-        os.write(write_fd, b"tail")
-        started = time.monotonic()
-        assert pipe.read1(1 << 20) == b"tail"  # a quiet pipe returns after the wait
-        assert time.monotonic() - started < 2
-        os.write(write_fd, b"abcdef")
-        assert pipe.read1(4) == b"abcd"  # never more than asked for
-        assert pipe.read1(4) == b"ef"
-    finally:
-        os.close(write_fd)
-    try:
-        assert pipe.read1(1 << 20) == b""  # end of input
-    finally:
-        os.close(read_fd)

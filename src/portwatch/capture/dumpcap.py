@@ -16,12 +16,9 @@ interface). Both are added to ``portwatch_capture_packets_dropped_total``.
 
 from __future__ import annotations
 
-import os
 import re
-import select
 import subprocess
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,7 +29,7 @@ from .batch import PacketBatch
 from .live import sysfs_counter
 from .reader import open_capture
 
-__all__ = ["CoalescingPipe", "DumpcapSource", "dumpcap_argv", "parse_drop_lines"]
+__all__ = ["DumpcapSource", "dumpcap_argv", "parse_drop_lines"]
 
 Popen = Callable[..., "subprocess.Popen[bytes]"]
 
@@ -72,43 +69,6 @@ def parse_drop_lines(lines: Sequence[str], interfaces: Sequence[str]) -> dict[st
                     interfaces[0] if len(interfaces) == 1 else label)
         out[name] = out.get(name, 0) + int(m[3])
     return out
-
-
-class CoalescingPipe:
-    """``read1`` over a pipe that gathers what arrives within ``wait_s``, up to ``n`` bytes.
-
-    A pipe hands over at most its buffer (64 KiB: about 700 small packets) per
-    read, and the per-batch cost of decoding and counting dominates at that
-    size: the core counts 650,000 packets/s in batches of 700 against
-    1,700,000 in batches of 8,192 (see ``docs/benchmarks.md``). Waiting up to
-    ``wait_s`` for more keeps batches large under load and adds at most that
-    much latency when the link is quiet.
-    """
-
-    def __init__(self, fd: int, *, wait_s: float = 0.05, target: int = 1 << 20) -> None:
-        self._fd = fd
-        self._wait_s = wait_s
-        self._target = target
-
-    def read1(self, n: int) -> bytes:
-        first = os.read(self._fd, n)  # blocks until something arrives, or EOF
-        if not first:
-            return b""
-        parts, size = [first], len(first)
-        want = min(n, self._target)
-        deadline = time.monotonic() + self._wait_s
-        while size < want:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
-                break
-            chunk = os.read(self._fd, want - size)
-            if not chunk:
-                break  # EOF: the next call reports it
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
-
-    read = read1
 
 
 class DumpcapSource:
@@ -163,8 +123,7 @@ class DumpcapSource:
                                  name="dumpcap-stderr")
         drain.start()
         try:
-            pipe = CoalescingPipe(proc.stdout.fileno())
-            reader = open_capture(cast(BinaryIO, pipe), "dumpcap")
+            reader = open_capture(cast(BinaryIO, proc.stdout), "dumpcap")
             for batch in reader:
                 self._names = [i.name or f"if{n}" for n, i in enumerate(reader.interfaces)]
                 yield batch
