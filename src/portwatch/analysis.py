@@ -23,7 +23,7 @@ from .flows import Decision, FlowDecisions, FlowFlag, FlowTable, Method, flag_la
 from .registry.model import PortStatus, Transport
 from .table import CompiledTable
 
-__all__ = ["Analyzer", "FlowReport", "Report", "ServiceCount", "merge_reports"]
+__all__ = ["Analyzer", "FlowReport", "Report", "ServiceCount", "flag_reasons", "merge_reports"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -136,7 +136,9 @@ _STATUS_LABELS = [s.label for s in PortStatus]
 _METHOD_LABELS = [m.label for m in Method]
 
 
-def _reasons(transport: str, port: int, bits: int, remark: str, assigned_only: bool) -> list[str]:
+def flag_reasons(transport: str, port: int, bits: int, remark: str,
+                 assigned_only: bool) -> list[str]:
+    """One sentence per flag, for reports, comments and the annotation API alike."""
     out = []
     where = f"{transport}/{port}"
     if bits & FlowFlag.RESERVED:
@@ -346,7 +348,7 @@ class Analyzer:
                 status=_STATUS_LABELS[statuses[j]],
                 method=_METHOD_LABELS[methods[j]],
                 flags=flag_labels(bits),
-                reasons=_reasons(transport, port, bits, remark, assigned_only),
+                reasons=flag_reasons(transport, port, bits, remark, assigned_only),
                 packets=p_ab + p_ba,
                 bytes=b_ab + b_ba,
                 packets_to_service=p_ba if svc_a else p_ab,

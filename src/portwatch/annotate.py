@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import Analyzer, _reasons
+from .analysis import Analyzer, flag_reasons
 from .cache import cache_dir, load_table
 from .capture.decode import DecodeStatus
 from .engines.rows import Row, rows_to_batch
@@ -131,7 +131,7 @@ class Annotator:
             status=PortStatus(int(dec.status[0])).label,
             flags=tuple(flag_labels(bits)),
             method=Method(int(dec.method[0])).label,
-            reasons=tuple(_reasons(transport.label, port, bits, remark,
+            reasons=tuple(flag_reasons(transport.label, port, bits, remark,
                                    self.table.assigned_only)),
         )
 
