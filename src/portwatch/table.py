@@ -83,8 +83,10 @@ class CompiledTable:
     __slots__ = (
         "_entries",
         "_entries_blob",
+        "_entry_cache",
         "_entry_rows",
         "_flag_rows",
+        "_raw_entries",
         "_service_rows",
         "_status_rows",
         "entry",
@@ -114,6 +116,8 @@ class CompiledTable:
         self.names = names
         self._entries = entries
         self._entries_blob = entries_blob
+        self._raw_entries: list[Any] | None = None
+        self._entry_cache: dict[int, SlotEntry] = {}
         self.sources = sources
         # Plain lists make scalar lookups list indexing, not numpy scalar boxing.
         self._status_rows: list[list[int]] = status.tolist()
@@ -125,12 +129,27 @@ class CompiledTable:
     def entries(self) -> list[SlotEntry]:
         """Slot details; decoded from the cache only when first asked for."""
         if self._entries is None:
-            self._entries = [
-                SlotEntry(PortStatus(st), sv, tuple(al), de, PortFlag(fl), rm, tuple(ri), so)
-                for st, sv, al, de, fl, rm, ri, so in json.loads(self._entries_blob)
-            ]
-            self._entries_blob = b""
+            self._entries = [self._entry(i) for i in range(len(self._raw()))]
+            self._raw_entries, self._entry_cache = None, {}
         return self._entries
+
+    def _raw(self) -> list[Any]:
+        if self._raw_entries is None:
+            self._raw_entries = json.loads(self._entries_blob)
+            self._entries_blob = b""
+        return self._raw_entries
+
+    def _entry(self, index: int) -> SlotEntry:
+        """One slot's details. A report looks up a few dozen ports: decoding all
+        13,000 entries (enum values and all) cost 55 ms of every start-up."""
+        if self._entries is not None:
+            return self._entries[index]
+        entry = self._entry_cache.get(index)
+        if entry is None:
+            st, sv, al, de, fl, rm, ri, so = self._raw()[index]
+            entry = SlotEntry(PortStatus(st), sv, tuple(al), de, PortFlag(fl), rm, tuple(ri), so)
+            self._entry_cache[index] = entry
+        return entry
 
     # -- scalar ---------------------------------------------------------------
     def status_of(self, transport: Transport, port: int) -> PortStatus:
@@ -149,7 +168,7 @@ class CompiledTable:
         index = self._entry_rows[transport][port]
         if index < 0:
             return PortInfo(transport, port, status, "", (), "", PortFlag.NONE, "", (), "")
-        e = self.entries[index]
+        e = self._entry(index)
         flags = self._flag_rows[transport][port]
         return PortInfo(
             transport,
