@@ -9,18 +9,15 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from .. import engines
 from ..analysis import Analyzer, Report, merge_reports
-from ..annotation import write_annotated
 from ..atomic import atomic_output
 from ..cache import load_table
 from ..capture.batch import PacketBatch
 from ..capture.reader import CaptureReader, read_capture_path
-from ..capture.writer import PcapngWriter
 from ..errors import CaptureError, CaptureFormatError, CaptureTruncatedError, UsageError
 from ..report_formats import OutputFormat, render
 from ..table import CompiledTable
@@ -224,6 +221,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 def _run_analysis(ctx: Context, args: argparse.Namespace, table: CompiledTable,
                   captures: list[str], progress: bool) -> Report:
     if args.jobs > 1 and len(captures) > 1 and "-" not in captures:
+        from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
+
         from ..cache import cache_dir
 
         cache = str(cache_dir(ctx.env)) if ctx.use_cache else None
@@ -258,6 +257,9 @@ def _run_analysis(ctx: Context, args: argparse.Namespace, table: CompiledTable,
 
 
 def _annotate(analyzer: Analyzer, path: str, out_path: str, only_flagged: bool) -> None:
+    from ..annotation import write_annotated  # only --annotate pays for the writer
+    from ..capture.writer import PcapngWriter
+
     reader = _open(path)
     try:
         with atomic_output(out_path) as out:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.error
-import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -122,6 +120,9 @@ def _import(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _update(ctx: Context, args: argparse.Namespace) -> int:
+    import urllib.error  # only `registry update` downloads
+    import urllib.request
+
     url: str = args.url
     if not url.startswith(("http://", "https://", "file:")):
         raise RegistryFormatError(f"unsupported URL {url!r}: expected http(s) or file")
