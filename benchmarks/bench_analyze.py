@@ -179,6 +179,12 @@ def main() -> None:
     report_s = statistics.median(r for _, r in timings)
     rows.append(("portwatch in-process: read+decode+flows (report: "
                  f"{report_s * 1000:.0f} ms more; median of {args.repeat})", n, feed_s, mem))
+    annotated = workdir / "annotated.pcapng"
+    t, mem = measure([*portwatch, "analyze", "-f", "json", "--no-progress",
+                      "--annotate", str(annotated), str(cap)])
+    rows.append(("portwatch analyze --annotate (two passes, writes a commented pcapng)",
+                 n, t, mem))
+    annotated.unlink(missing_ok=True)
     tshark = shutil.which("tshark")
     if tshark:
         t, mem = measure([tshark, "-n", "-q", "-r", str(cap), "-z", "conv,tcp", "-z",

@@ -13,7 +13,7 @@ import pytest
 
 from portwatch.atomic import atomic_output
 from portwatch.capture.reader import open_capture, read_capture_path
-from portwatch.capture.writer import PcapngWriter
+from portwatch.capture.writer import WRITE_PACKETS, PcapngWriter
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 
@@ -121,6 +121,9 @@ def test_big_batches_round_trip() -> None:
     back = list(open_capture(out.getvalue(), "o"))
     assert sum(len(b) for b in back) == len(big)
     assert back[0].packet(len(batch)) == batch.packet(0)
+    written = [b.packet(i) for b in back for i in range(len(b))]
+    assert written == [big.packet(i) for i in range(len(big))]  # across the write parts
+    assert len(big) > WRITE_PACKETS
 
 
 def test_atomic_output_leaves_no_file_when_the_body_fails(tmp_path: Path) -> None:
