@@ -85,7 +85,7 @@ def generate(path: Path, packets: int, flows: int = 20000) -> None:
 
 
 def measure(argv: list[str], output: list[str] | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process; its stdout into ``output``."""
+    """Wall seconds and peak RSS (MiB) of one child process; its stdout into ``output``."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE if output is not None else
                             subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
@@ -210,7 +210,7 @@ def main() -> None:
     for name, count, secs, rss in rows:
         rate = count / secs
         ratio = "" if name.startswith("portwatch") else f"{base / rate:.0f}x faster"
-        print(f"| {name} | {count} | {secs:.2f} | {rate:,.0f} | {rss:.0f} MB | {ratio} |")
+        print(f"| {name} | {count} | {secs:.2f} | {rate:,.0f} | {rss:.0f} MiB | {ratio} |")
     if not args.keep:
         shutil.rmtree(workdir)
 
