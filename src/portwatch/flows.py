@@ -227,36 +227,36 @@ class FlowTable:
         return inverse.astype(np.int64).reshape(-1), first.astype(np.int64)
 
     def _flow_ids(self, distinct: npt.NDArray[np.void]) -> I64:
+        """Flow row of each distinct key, adding rows for keys not seen before.
+
+        The dictionary is probed with ``map`` over all keys at once; only new
+        keys go through a Python loop (on a live link most keys are known).
+        """
         raw = distinct.tobytes()
         width = _KEY_DTYPE.itemsize
         index = self._index
-        free = self._free
-        ids = np.empty(distinct.shape[0], dtype=np.int64)
-        new_rows: list[int] = []
-        new_ids: list[int] = []
-        appended = 0
-        for i in range(distinct.shape[0]):
-            key = raw[i * width : (i + 1) * width]
-            fid = index.get(key)
-            if fid is None:
+        keys = [raw[at : at + width] for at in range(0, len(raw), width)]
+        found = list(map(index.get, keys))
+        new_rows = [i for i, fid in enumerate(found) if fid is None]
+        if new_rows:
+            free = self._free
+            appended = 0
+            for i in new_rows:
                 if free:
                     fid = free.pop()
                 else:
                     fid = self.size + appended
                     appended += 1
-                index[key] = fid
-                new_rows.append(i)
-                new_ids.append(fid)
-            ids[i] = fid
-        if new_rows:
+                index[keys[i]] = fid
+                found[i] = fid
             needed = self.size + appended
             if needed > self.capacity:
                 self._alloc(max(needed, self.capacity * 2))
             self.size = needed
-            rows = np.asarray(new_ids, dtype=np.int64)
+            rows = np.asarray([found[i] for i in new_rows], dtype=np.int64)
             self.keys[rows] = distinct[new_rows]
             self.alive[rows] = True
-        return ids
+        return np.asarray(found, dtype=np.int64)
 
     def _count(self, decoded: DecodedBatch, idx: I64, flows: I64, from_a: Bool,
                ts: I64) -> None:
