@@ -97,6 +97,10 @@ class Annotator:
         self.table = table
         self.max_flows = max_flows
         self.analyzer = Analyzer(table)
+        # flow row -> (its server state when answered, the answer). A flow's
+        # answer changes only when a SYN or SYN-ACK sets its server side, so
+        # it is decided once per state instead of once per packet.
+        self._answers: dict[int, tuple[int, Annotation]] = {}
 
     def __call__(self, packet: object) -> Annotation:
         row, stamp = _dissect(packet)
@@ -109,9 +113,16 @@ class Annotator:
         flow = int(flows[0])
         if flow < 0:
             return _no_ports(row.status)
-        answer = self._answer(flow)
+        server = int(self.analyzer.flows.server[flow])
+        cached = self._answers.get(flow)
+        if cached is not None and cached[0] == server:
+            answer = cached[1]
+        else:
+            answer = self._answer(flow)
+            self._answers[flow] = (server, answer)
         if len(self.analyzer.flows) > self.max_flows:
-            self.analyzer.flows.enforce_limit(self.max_flows)
+            for evicted in self.analyzer.flows.enforce_limit(self.max_flows).tolist():
+                self._answers.pop(evicted, None)  # the row will hold another flow
         return answer
 
     def _answer(self, flow: int) -> Annotation:

@@ -213,6 +213,8 @@ class FlowTable:
     @staticmethod
     def _group(keys: npt.NDArray[np.void]) -> tuple[I64, I64]:
         """Group equal keys: (group of each row, first row of each group)."""
+        if keys.shape[0] == 1:  # one packet at a time (the Annotator): nothing to group
+            return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
         h = _mix(keys["ah"] ^ _mix(keys["al"] + keys["t"].astype(np.uint64)))
         h = _mix(h ^ keys["bh"] ^ _mix(keys["bl"] ^ (keys["ap"].astype(np.uint64) << np.uint64(16))
                                        ^ keys["bp"].astype(np.uint64)))
