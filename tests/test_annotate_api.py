@@ -66,6 +66,22 @@ def test_syn_ack_alone_decides_the_service_side_even_from_a_high_port(
     assert (answer.service_port, answer.client_port, answer.method) == (60001, 80, "handshake")
 
 
+def test_a_late_syn_ack_changes_the_answer_for_the_rest_of_the_flow(
+        table: CompiledTable) -> None:
+    scapy_inet = pytest.importorskip("scapy.layers.inet")
+    from scapy.layers.l2 import Ether
+
+    annotate = Annotator(table)
+    ip_out = Ether(**MACS) / scapy_inet.IP(src=CLIENT, dst=SERVER)
+    mid = ip_out / scapy_inet.TCP(sport=60001, dport=80, flags="A")
+    before = annotate(mid)
+    assert (before.service_port, before.method) == (80, "registry")
+    # the same flow: its 60001 side answers a SYN, so 60001 is the service
+    synack = ip_out / scapy_inet.TCP(sport=60001, dport=80, flags="SA")
+    after = [annotate(synack), annotate(mid)]
+    assert {(a.service_port, a.method) for a in after} == {(60001, "handshake")}
+
+
 def test_unassigned_port_with_reported_unauthorized_use_is_flagged(
         table: CompiledTable) -> None:
     answer = Annotator(table)(udp(51000, 44515))
