@@ -27,7 +27,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from portwatch.cache import load_table
-from portwatch.export.wireshark import PLUGIN_FILENAME, plugin_bytes
+from portwatch.export.wireshark import PLUGIN_FILENAME, encode_numbers, plugin_bytes, plugin_data
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "registry"
 DEFAULT_REGISTRY = [SHARED / "service-names-port-numbers.xml",
@@ -97,6 +97,15 @@ def main() -> int:
     print(f"| `tshark -r tiny.pcap` | {base * 1000:.0f} ms |")
     print(f"| `tshark -X lua_script:portwatch.lua -r tiny.pcap` | {loaded * 1000:.0f} ms |")
     print(f"| added by the plugin | {(loaded - base) * 1000:.0f} ms |")
+    # What the size is made of (text blocks as UTF-8, numbers as encoded).
+    pieces = plugin_data(table)
+    text = sum(len(t.encode()) + 1 for t in [*pieces.names, *pieces.descriptions])
+    runs = sum(len(r) for r in pieces.runs.values())
+    numbers = len(encode_numbers(v for a in pieces.answers for v in a)) + sum(
+        len(encode_numbers(v for run in r for v in run)) for r in pieces.runs.values())
+    print(f"| of which names and descriptions | {text:,} bytes |")
+    print(f"| of which answers and runs ({len(pieces.answers):,} answers, {runs:,} runs) | "
+          f"{numbers:,} bytes |")
     return 0
 
 
