@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := tshark prometheus tcpreplay iproute2 netbase libcap2-bin
+SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin
 SAMPLE := pcaps/sample.pcapng
 
 .PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean
@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian packages the tests drive for real: tshark/dumpcap, Prometheus and
+# Debian packages: python3-venv (Debian's python3 cannot make a venv without
+# it), and what the tests drive for real: tshark/dumpcap, Prometheus and
 # promtool, tcpreplay, ip(8). Installed only when missing, and only as root.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
