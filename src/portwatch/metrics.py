@@ -338,28 +338,27 @@ def _traffic_families(snap: Snapshot) -> Iterable[Metric]:
     return [packets, nbytes, flows, fpackets, fflows]
 
 
+def _by_label(family: CounterMetricFamily, values: Mapping[str, int]) -> CounterMetricFamily:
+    """One sample per label value, in a stable order."""
+    for value, n in sorted(values.items()):
+        family.add_metric([value], n)
+    return family
+
+
 def _health_families(snap: Snapshot) -> Iterable[Metric]:
-    received = CounterMetricFamily(
+    received = _by_label(CounterMetricFamily(
         "portwatch_capture_packets_received", "Packets the capture backend delivered.",
-        labels=["interface"])
-    for name, n in sorted(snap.received.items()):
-        received.add_metric([name], n)
-    dropped = CounterMetricFamily(
+        labels=["interface"]), snap.received)
+    dropped = _by_label(CounterMetricFamily(
         "portwatch_capture_packets_dropped",
         "Packets lost by the kernel or the capture backend before portwatch saw them.",
-        labels=["interface"])
-    for name, n in sorted(snap.dropped.items()):
-        dropped.add_metric([name], n)
-    errors = CounterMetricFamily(
+        labels=["interface"]), snap.dropped)
+    errors = _by_label(CounterMetricFamily(
         "portwatch_decode_errors", "Packets that yielded no transport flow, by reason.",
-        labels=["reason"])
-    for reason, n in sorted(snap.decode_errors.items()):
-        errors.add_metric([reason], n)
-    restarts = CounterMetricFamily(
+        labels=["reason"]), snap.decode_errors)
+    restarts = _by_label(CounterMetricFamily(
         "portwatch_backend_restarts", "Times a capture backend was restarted after it stopped.",
-        labels=["backend"])
-    for backend, n in sorted(snap.restarts.items()):
-        restarts.add_metric([backend], n)
+        labels=["backend"]), snap.restarts)
     active = GaugeMetricFamily("portwatch_active_flows", "Flows currently tracked.",
                                value=snap.active_flows)
     evictions = CounterMetricFamily(
