@@ -86,3 +86,21 @@ def test_pyshark_frames_get_the_link_type_of_their_first_layer(layer: str, linkt
     from portwatch.capture.pyshark_source import link_type_of
 
     assert link_type_of(layer) == linktype
+
+
+def test_pyshark_producer_gives_up_on_a_full_queue_once_the_run_is_over() -> None:
+    import queue
+    import threading
+
+    from portwatch.capture.pyshark_source import PysharkSource
+
+    source = PysharkSource(["lo"])
+    frames: queue.Queue[object] = queue.Queue(1)
+    frames.put("unread")
+    offered = threading.Thread(target=source._offer, args=(frames, "more"), daemon=True)
+    offered.start()
+    offered.join(0.5)
+    assert offered.is_alive()  # still trying while the run goes on
+    source.close()
+    offered.join(2)
+    assert not offered.is_alive()

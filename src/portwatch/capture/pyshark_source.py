@@ -101,9 +101,11 @@ class PysharkSource:
             if collector.packets:
                 yield collector.take()
         finally:
+            closed_by_caller = self._closed.is_set()
+            self._closed.set()  # this run is over: the producer must not wait on the queue
             self._kill_children()
             producer.join(timeout=3)
-        if failure is not None and not self._closed.is_set():
+        if failure is not None and not closed_by_caller:
             raise BackendError(f"tshark capture failed: {failure}")
 
     def _produce(self, pyshark: Any, frames: queue.Queue[Frame | BaseException | object]
@@ -126,11 +128,11 @@ class PysharkSource:
                 ts = getattr(packet, "sniff_timestamp", None)
                 ts_ns = int(float(ts) * 1e9) if ts is not None else time.time_ns()
                 iface = index.get(str(getattr(packet, "interface_captured", "")), 0)
-                frames.put((packet.get_raw_packet(), ts_ns, int(packet.length),
-                            link_type_of(first), iface))
-            frames.put(_END)
+                self._offer(frames, (packet.get_raw_packet(), ts_ns, int(packet.length),
+                                     link_type_of(first), iface))
+            self._offer(frames, _END)
         except Exception as exc:  # pyshark raises TSharkCrashException and friends
-            frames.put(exc)
+            self._offer(frames, exc)
         finally:
             with self._lock:
                 capture, self._capture = self._capture, None
@@ -138,6 +140,16 @@ class PysharkSource:
                 with contextlib.suppress(Exception):  # a dead tshark may raise anything
                     capture.close()
             loop.close()
+
+    def _offer(self, frames: queue.Queue[Frame | BaseException | object], item: object) -> None:
+        """Queue ``item`` unless the consumer has gone: a full queue nobody reads
+        must not hold this thread (and tshark's pipe) forever."""
+        while not self._closed.is_set():
+            try:
+                frames.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _kill_children(self) -> None:
         """End tshark and dumpcap; safe from any thread (signals, not the asyncio loop)."""
