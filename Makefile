@@ -57,6 +57,7 @@ bench: venv
 	PYTHONPATH=src $(BIN)/python benchmarks/bench_wireshark_plugin.py
 	PYTHONPATH=src $(BIN)/python benchmarks/bench_engines.py
 	PYTHONPATH=src $(BIN)/python benchmarks/bench_flow_flood.py
+	PYTHONPATH=src $(BIN)/python benchmarks/bench_core_batches.py
 	@if [ "$$(id -u)" = 0 ]; then \
 		PYTHONPATH=src $(BIN)/python benchmarks/bench_daemon_throughput.py; \
 	else echo "bench_daemon_throughput.py skipped: needs root"; fi
