@@ -7,9 +7,13 @@ parser.
 
 from __future__ import annotations
 
+import bz2
 import hashlib
-from collections.abc import Sequence
+import lzma
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import RegistryFormatError, RegistryRowError
 from . import iana_csv, iana_xml, services_file, text_table
@@ -17,6 +21,8 @@ from .merge import Registry, merge_sources
 from .model import ParsedSource, SourceFormat
 
 __all__ = [
+    "MAX_SOURCE_BYTES",
+    "decompress_source",
     "detect_format",
     "load_registry",
     "parse_source",
@@ -26,6 +32,54 @@ __all__ = [
 ]
 
 _SNIFF_BYTES = 64 * 1024
+
+#: The official XML is about 4 MB; nothing genuine comes near this, a bomb or
+#: ``/dev/zero`` does. Applies to the file as read and as inflated.
+MAX_SOURCE_BYTES = 64 * 1024 * 1024
+
+
+class _Decompressor(Protocol):
+    """What lzma, bz2 and zlib decompressor objects share."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
+def _inflater(data: bytes) -> tuple[str, Callable[[], _Decompressor]] | None:
+    if data.startswith(b"\xfd7zXZ\x00"):
+        return "xz", lzma.LZMADecompressor
+    if data.startswith(b"\x1f\x8b"):
+        return "gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if data[:3] == b"BZh" and data[4:10] == b"1AY&SY":
+        return "bzip2", bz2.BZ2Decompressor
+    return None
+
+
+def decompress_source(data: bytes, path: str) -> bytes:
+    """Inflate an xz, gzip or bzip2 source (judged by magic bytes), bounded in size.
+
+    The packaged snapshot is xz; users may keep theirs compressed too.
+    Anything else is returned unchanged.
+    """
+    found = _inflater(data)
+    if found is None:
+        return data
+    name, make = found
+    inflater = make()
+    try:
+        out = inflater.decompress(data, MAX_SOURCE_BYTES + 1)
+    except (lzma.LZMAError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise RegistryFormatError(f"damaged {name} data: {exc}", path=path) from None
+    if len(out) > MAX_SOURCE_BYTES:
+        raise RegistryFormatError(
+            f"{name} data inflates past {MAX_SOURCE_BYTES >> 20} MiB: not a port registry",
+            path=path,
+        )
+    if not inflater.eof:
+        raise RegistryFormatError(f"{name} data ends early (truncated file)", path=path)
+    return out
 
 
 def detect_format(data: bytes, path: str) -> SourceFormat:
@@ -69,7 +123,8 @@ def _decode(data: bytes, path: str) -> str:
 
 
 def parse_source(data: bytes, path: str) -> ParsedSource:
-    """Parse one source from its bytes, whatever form it is in."""
+    """Parse one source from its bytes, whatever form (and compression) it is in."""
+    data = decompress_source(data, path)
     fmt = detect_format(data, path)
     if fmt is SourceFormat.IANA_XML:
         return iana_xml.parse_iana_xml(data, path)
@@ -82,15 +137,21 @@ def parse_source(data: bytes, path: str) -> ParsedSource:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """Read a whole source, turning OS errors into one-line registry errors."""
+    """Read a whole source (bounded), turning OS errors into one-line registry errors."""
     try:
-        return Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)
     except IsADirectoryError:
         raise RegistryFormatError(
             "is a directory, expected a registry file", path=str(path)
         ) from None
     except OSError as exc:
         raise RegistryFormatError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise RegistryFormatError(
+            f"larger than {MAX_SOURCE_BYTES >> 20} MiB: not a port registry", path=str(path)
+        )
+    return data
 
 
 def read_source(path: str | Path) -> ParsedSource:
