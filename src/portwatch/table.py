@@ -33,6 +33,7 @@ from .registry.model import (
     SourceInfo,
     Transport,
 )
+from .registry.packaged import source_label
 
 __all__ = ["TABLE_FORMAT_VERSION", "CompiledTable", "PortInfo", "SlotEntry", "compile_table"]
 
@@ -217,6 +218,17 @@ class CompiledTable:
     def last_updated(self) -> date | None:
         dates = [s.last_updated for s in self.sources if s.last_updated is not None]
         return max(dates) if dates else None
+
+    @property
+    def snapshot(self) -> str:
+        """Which source answers for the registry's date: the newest one, as users name it.
+
+        ``packaged:…`` for the snapshot shipped in the package, else its path.
+        """
+        if not self.sources:
+            return ""
+        newest = max(self.sources, key=lambda s: s.last_updated or date.min)
+        return source_label(newest.path)
 
     @property
     def assigned_only(self) -> bool:

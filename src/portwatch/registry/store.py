@@ -18,18 +18,15 @@ from ..atomic import atomic_write_bytes
 from ..errors import RegistryFormatError
 from .loader import parse_source, read_bytes, sha256_of
 from .model import ParsedSource, SourceFormat
+from .packaged import packaged_snapshot
 
 __all__ = [
-    "DEFAULT_SYSTEM_SOURCES",
     "DataStore",
     "SourceSelection",
     "StoredSource",
     "data_dir",
     "select_sources",
 ]
-
-#: Used, in this order of preference, when nothing was imported or named.
-DEFAULT_SYSTEM_SOURCES: tuple[str, ...] = ("/usr/share/wireshark/services", "/etc/services")
 
 _OFFICIAL_FORMATS = (SourceFormat.IANA_CSV, SourceFormat.IANA_XML)
 
@@ -147,22 +144,20 @@ class DataStore:
 
 @dataclass(frozen=True, slots=True)
 class SourceSelection:
-    """Which files to read and why (``explicit``, ``data-dir``, ``system`` or ``none``)."""
+    """Which files to read and why (``explicit``, ``data-dir`` or ``packaged``)."""
 
     paths: tuple[str, ...]
     origin: str
 
 
 def select_sources(
-    explicit: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    system_sources: Sequence[str] = DEFAULT_SYSTEM_SOURCES,
+    explicit: Sequence[str], *, env: Mapping[str, str] | None = None
 ) -> SourceSelection:
-    """``--registry`` and ``PORTWATCH_REGISTRY`` win; else the data dir; else the system.
+    """``--registry`` and ``PORTWATCH_REGISTRY`` win; else the data dir; else the snapshot.
 
-    Of the system files only the first one present is used: Wireshark's copy
-    is IANA-derived and fuller than ``/etc/services``.
+    The packaged snapshot is the official registry, so even a fresh install
+    tells reserved and unassigned ports apart. A machine's services(5) files
+    list assigned ports only; they are read when named, never by default.
     """
     env = os.environ if env is None else env
     named = list(explicit)
@@ -173,7 +168,4 @@ def select_sources(
     stored = DataStore(data_dir(env)).source_paths()
     if stored:
         return SourceSelection(tuple(str(p) for p in stored), "data-dir")
-    for candidate in system_sources:
-        if Path(candidate).is_file():
-            return SourceSelection((candidate,), "system")
-    return SourceSelection((), "none")
+    return SourceSelection((str(packaged_snapshot()),), "packaged")
