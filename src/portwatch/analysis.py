@@ -298,6 +298,7 @@ class Analyzer:
     def registry_summary(self) -> dict[str, Any]:
         t = self.table
         return {
+            "snapshot": t.snapshot,
             "last_updated": t.last_updated.isoformat() if t.last_updated else None,
             "assigned_only": t.assigned_only,
             "sources": [s.path for s in t.sources],

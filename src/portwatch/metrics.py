@@ -52,6 +52,7 @@ from .config import FlowLimits
 from .flows import FlowFlag
 from .registry.merge import Registry
 from .registry.model import PortStatus, RecordKind, Transport
+from .registry.packaged import source_label
 from .table import CompiledTable
 
 __all__ = [
@@ -93,7 +94,8 @@ class RegistryFacts:
         stamp = (datetime(updated.year, updated.month, updated.day, tzinfo=UTC).timestamp()
                  if updated is not None else None)
         sources = tuple(
-            (s.path, s.format.value, s.last_updated.isoformat() if s.last_updated else "")
+            (source_label(s.path), s.format.value,
+             s.last_updated.isoformat() if s.last_updated else "")
             for s in table.sources
         )
         return cls(dict(counts), stamp, sources)

@@ -148,7 +148,8 @@ def _table(report: Report) -> str:
         console.print("Packets without ports: " + ", ".join(
             f"{k} {v}" for k, v in sorted(report.decode.items())))
     reg = report.registry
-    console.print(f"Registry: last updated {reg.get('last_updated') or 'unknown'}"
+    console.print(f"Registry: {reg.get('snapshot') or 'unknown'}, last updated "
+                  f"{reg.get('last_updated') or 'unknown'}"
                   + (" (assigned ports only)" if reg.get("assigned_only") else ""))
     out = console.file
     assert isinstance(out, io.StringIO)

@@ -8,12 +8,14 @@ one line on standard error, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import PortwatchError
+from ..errors import PortwatchError, UsageError
+from ..registry.freshness import DEFAULT_MAX_AGE_DAYS
 from . import analyze_cmd, daemon_cmd, export_cmd, lookup, registry_cmds
 from .common import Context, PortwatchArgumentParser
 
@@ -35,7 +37,40 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    default=argparse.SUPPRESS if suppress else False,
                    help="compile the table afresh instead of using the cache")
+    p.add_argument("--registry-max-age", dest="registry_max_age" + ("_after" if suppress else ""),
+                   type=_days, metavar="DAYS",
+                   default=argparse.SUPPRESS if suppress else None,
+                   help="warn when the registry's Last Updated is older than DAYS "
+                   f"(default {DEFAULT_MAX_AGE_DAYS}, or PORTWATCH_REGISTRY_MAX_AGE_DAYS; "
+                   "0 turns the warning off)")
     return p
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more days, got {value}")
+    return value
+
+
+def _max_age(args: argparse.Namespace) -> int:
+    """The command line wins, then ``PORTWATCH_REGISTRY_MAX_AGE_DAYS``, then the default."""
+    given = getattr(args, "registry_max_age_after", None)
+    if given is None:
+        given = args.registry_max_age
+    if given is not None:
+        return int(given)
+    env = os.environ.get("PORTWATCH_REGISTRY_MAX_AGE_DAYS", "")
+    if not env:
+        return DEFAULT_MAX_AGE_DAYS
+    try:
+        return _days(env)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"PORTWATCH_REGISTRY_MAX_AGE_DAYS: {exc}") from None
 
 
 def _commands() -> dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]]:
@@ -75,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry_paths=[*args.registry, *getattr(args, "registry_after", [])],
             strict=args.strict,
             use_cache=not args.no_cache,
+            max_age_days=_max_age(args),
         )
         return runners[args.command](ctx, args)
     except PortwatchError as exc:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 from ..cache import LoadedTable, cache_dir, load_table
 from ..errors import RegistryFormatError, UsageError
+from ..registry.freshness import DEFAULT_MAX_AGE_DAYS, stale_warning
 from ..registry.store import SourceSelection, data_dir, select_sources
 
 __all__ = ["Context", "PortwatchArgumentParser", "format_columns"]
@@ -29,6 +31,8 @@ class Context:
     registry_paths: Sequence[str]
     strict: bool = False
     use_cache: bool = True
+    max_age_days: int = DEFAULT_MAX_AGE_DAYS
+    today: Callable[[], date] = date.today
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
@@ -48,16 +52,17 @@ class Context:
         if self._loaded is None:
             selection = self.selection()
             if not selection.paths:
-                raise RegistryFormatError(
-                    "no registry: nothing imported, no --registry, and neither "
-                    "/usr/share/wireshark/services nor /etc/services exists "
-                    "(try `portwatch registry update` or `portwatch registry import FILE`)"
-                )
+                raise RegistryFormatError("no registry source to read")
             cache = cache_dir(self.env) if self.use_cache else None
             self._loaded = load_table(selection.paths, cache=cache, strict=self.strict)
             for problem in self._loaded.full_registry().problems if not self._loaded.from_cache \
                     else ():
                 self.warn(f"{problem} (row skipped)")
+            table = self._loaded.table
+            stale = stale_warning(table.last_updated, self.today(), self.max_age_days,
+                                  table.snapshot)
+            if stale:
+                self.warn(stale)
         return self._loaded
 
     def warn(self, message: str) -> None:

@@ -90,13 +90,17 @@ def _answers(ctx: Context, query: str) -> list[tuple[PortInfo | None, list[int],
 
 def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
              transport: str) -> dict[str, Any]:
-    registry = ctx.loaded().full_registry()
+    loaded = ctx.loaded()
+    registry = loaded.full_registry()
     records = [record_dict(registry.records[i], registry.people) for i in rids]
+    updated = loaded.table.last_updated
+    answered_by = {"snapshot": loaded.table.snapshot,
+                   "last_updated": updated.isoformat() if updated else None}
     if info is None:
         rec = registry.records[rids[0]]
         return {"query": query, "port": None, "transport": transport, "status": "name-only",
                 "service": rec.name, "aliases": [], "description": rec.description,
-                "flags": [], "records": records}
+                "flags": [], "records": records, "registry": answered_by}
     return {
         "query": query,
         "port": info.port,
@@ -109,6 +113,7 @@ def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
         "remark": info.remark,
         "source": info.source,
         "records": records,
+        "registry": answered_by,
     }
 
 

@@ -7,10 +7,13 @@ import json
 from collections import Counter
 from typing import Any
 
+from .. import __version__
 from ..errors import RegistryFormatError
 from ..registry.diff import Change, ChangeKind, diff_records
+from ..registry.freshness import age_days
 from ..registry.loader import read_source
 from ..registry.model import RecordKind, Transport
+from ..registry.packaged import source_label
 from ..registry.store import DataStore
 from .common import Context, format_columns
 
@@ -59,12 +62,15 @@ def _info(ctx: Context, args: argparse.Namespace) -> int:
             kinds[(rec.kind.value, "-")] += 1
     listed = table.listed_counts()
     status_counts = table.status_counts()
+    updated = table.last_updated
     doc: dict[str, Any] = {
         "origin": selection.origin,
-        "last_updated": table.last_updated.isoformat() if table.last_updated else None,
+        "snapshot": table.snapshot,
+        "last_updated": updated.isoformat() if updated else None,
+        "age_days": age_days(updated, ctx.today()),
         "assigned_only": table.assigned_only,
         "sources": [
-            {"path": s.path, "format": s.format.value,
+            {"path": s.path, "label": source_label(s.path), "format": s.format.value,
              "last_updated": s.last_updated.isoformat() if s.last_updated else None,
              "records": per_source.get(i, 0), "assigned_only": s.assigned_only,
              "problems": sum(1 for p in registry.problems if p.path == s.path)}
@@ -84,12 +90,15 @@ def _info(ctx: Context, args: argparse.Namespace) -> int:
     origin_text = {
         "explicit": "named with --registry / PORTWATCH_REGISTRY",
         "data-dir": f"imported into {ctx.data_dir}",
-        "system": "system default (nothing imported)",
+        "packaged": f"the official IANA registry packaged with portwatch {__version__}",
     }.get(selection.origin, selection.origin)
-    print(f"Sources ({origin_text}):", file=out)
+    age = f" ({doc['age_days']} days ago)" if doc["age_days"] is not None else ""
+    print(f"Registry answering: {table.snapshot}, last updated "
+          f"{doc['last_updated'] or 'unknown'}{age}", file=out)
+    print(f"\nSources ({origin_text}):", file=out)
     print(format_columns(
-        ["PATH", "FORMAT", "LAST UPDATED", "RECORDS", "PROBLEMS"],
-        [[s["path"], s["format"] + (" (assigned ports only)" if s["assigned_only"] else ""),
+        ["SOURCE", "FORMAT", "LAST UPDATED", "RECORDS", "PROBLEMS"],
+        [[s["label"], s["format"] + (" (assigned ports only)" if s["assigned_only"] else ""),
           s["last_updated"] or "unknown", str(s["records"]), str(s["problems"])]
          for s in doc["sources"]]), file=out)
     if table.assigned_only:
