@@ -143,22 +143,111 @@ def test_registry_info_counts_kinds_and_coverage(
     assert tcp["dynamic"] == 16384
 
 
-def test_system_services_file_is_the_default_and_reports_unlisted_not_unassigned(
+def test_packaged_snapshot_is_the_default_and_reports_true_statuses(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    if not Path("/usr/share/wireshark/services").is_file() and not Path(
-        "/etc/services"
-    ).is_file():
-        pytest.skip("neither Wireshark's services file nor /etc/services is installed")
     assert main(["registry", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["origin"] == "system"
-    assert info["assigned_only"] is True
-    assert main(["lookup", "--json", "8794/tcp"]) == 0  # an IANA Unassigned port
-    (answer,) = _json_lines(capsys.readouterr().out)
-    assert answer["status"] == "unlisted"
+    assert info["origin"] == "packaged"
+    assert info["snapshot"] == "packaged:service-names-port-numbers.xml.xz"
+    assert info["last_updated"] == "2026-08-17"
+    assert info["assigned_only"] is False
+    assert main(["lookup", "--json", "0/tcp", "4/tcp", "8807/tcp", "80/tcp"]) == 0
+    answers = _json_lines(capsys.readouterr().out)
+    assert [a["status"] for a in answers] == ["reserved", "unassigned", "reserved", "assigned"]
+    assert answers[3]["service"] == "http"
+    assert answers[3]["aliases"] == ["www", "www-http"]
+    assert all(a["registry"] == {"snapshot": "packaged:service-names-port-numbers.xml.xz",
+                                 "last_updated": "2026-08-17"} for a in answers)
+
+
+def test_registry_info_text_names_the_packaged_snapshot_and_its_date(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["registry", "info"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(
+        "Registry answering: packaged:service-names-port-numbers.xml.xz, last updated 2026-08-17")
+    assert "packaged with portwatch" in out
+
+
+def test_services_file_named_with_registry_reports_unlisted_not_unassigned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    services = tmp_path / "services"
+    services.write_text("ssh\t\t22/tcp\nhttp\t\t80/tcp\t\twww\n")
+    assert main(["--registry", str(services), "lookup", "--json", "8794/tcp", "80/tcp"]) == 0
+    unlisted, http = _json_lines(capsys.readouterr().out)
+    assert unlisted["status"] == "unlisted"
+    assert http["status"] == "assigned"
+    assert main(["--registry", str(services), "registry", "info"]) == 0
     assert "unlisted" in capsys.readouterr().out
+
+
+def test_compressed_registry_sources_are_read_by_content(
+    official_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bz2
+    import gzip
+
+    for name, pack in (("reg.gz", gzip.compress), ("reg.bz2", bz2.compress)):
+        path = tmp_path / name
+        path.write_bytes(pack(official_csv.read_bytes()))
+        assert main(["--registry", str(path), "lookup", "--json", "4/tcp"]) == 0
+        (answer,) = _json_lines(capsys.readouterr().out)
+        assert answer["status"] == "unassigned"
+
+
+def test_truncated_compressed_registry_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lzma
+
+    path = tmp_path / "cut.xz"
+    path.write_bytes(lzma.compress(b"x" * 100_000)[:60])
+    assert main(["--registry", str(path), "lookup", "80/tcp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{path}" in err
+    assert "truncated" in err
+
+
+def test_old_registry_warns_once_on_stderr_past_the_configured_age(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["--registry-max-age", "30", "lookup", "80/tcp", "22/tcp"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "older than 30" in err
+    assert "portwatch registry update" in err
+    monkeypatch.setenv("PORTWATCH_REGISTRY_MAX_AGE_DAYS", "0")
+    assert main(["lookup", "80/tcp"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("PORTWATCH_REGISTRY_MAX_AGE_DAYS", "100000")
+    assert main(["lookup", "80/tcp"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_registry_max_age_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["lookup", "80/tcp", "--registry-max-age", "-3"]) == 2
+    assert "0 or more days" in capsys.readouterr().err
+    monkeypatch.setenv("PORTWATCH_REGISTRY_MAX_AGE_DAYS", "soon")
+    assert main(["lookup", "80/tcp"]) == 2
+    assert "PORTWATCH_REGISTRY_MAX_AGE_DAYS" in capsys.readouterr().err
+
+
+def test_unwritable_cache_directory_still_answers_without_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(blocker / "cache"))
+    assert main(["lookup", "--json", "4/tcp"]) == 0
+    captured = capsys.readouterr()
+    assert _json_lines(captured.out)[0]["status"] == "unassigned"
+    assert captured.err == ""
 
 
 def test_import_stores_sources_that_later_runs_use(
@@ -300,6 +389,35 @@ def test_update_downloads_validates_and_swaps_in_the_official_registry(
     info = json.loads(capsys.readouterr().out)
     assert [s["records"] for s in info["sources"]] == [14533]  # the XML replaced the CSV
     assert info["last_updated"] == "2026-08-17"
+
+
+def test_update_to_a_newer_registry_takes_over_from_the_packaged_snapshot(
+    http_server: tuple[str, dict[str, bytes]], official_xml: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    newer = official_xml.read_bytes().replace(
+        b"<updated>2026-08-17</updated>", b"<updated>2026-11-30</updated>", 1
+    ).replace(
+        b"<record>\n    <protocol>tcp</protocol>\n    <description>Unassigned</description>\n"
+        b"    <number>4</number>\n  </record>",
+        b'<record date="2026-11-30">\n    <name>fresh-svc</name>\n    <protocol>tcp</protocol>\n'
+        b"    <description>A service assigned after the snapshot</description>\n"
+        b"    <number>4</number>\n  </record>", 1)
+    assert b"fresh-svc" in newer
+    base, routes = http_server
+    routes["/newer.xml"] = newer
+    assert main(["lookup", "--json", "4/tcp"]) == 0
+    assert _json_lines(capsys.readouterr().out)[0]["status"] == "unassigned"
+    assert main(["registry", "update", "--url", f"{base}/newer.xml"]) == 0
+    assert "last updated 2026-11-30" in capsys.readouterr().out
+    assert main(["registry", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["origin"] == "data-dir"
+    assert info["last_updated"] == "2026-11-30"
+    assert main(["lookup", "--json", "4/tcp"]) == 0
+    (answer,) = _json_lines(capsys.readouterr().out)
+    assert (answer["status"], answer["service"]) == ("assigned", "fresh-svc")
+    assert answer["registry"]["last_updated"] == "2026-11-30"
 
 
 def test_update_refuses_a_much_smaller_registry_and_keeps_the_current_one(
