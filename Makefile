@@ -40,7 +40,7 @@ system-deps:
 	fi
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks pcaps
+	$(BIN)/ruff check src tests benchmarks pcaps tools
 
 typecheck: venv
 	$(BIN)/mypy --strict src
