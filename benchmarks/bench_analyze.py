@@ -103,9 +103,9 @@ def measure(argv: list[str], output: list[str] | None = None) -> tuple[float, fl
 # table loading or report rendering (those are in the end-to-end row).
 IN_PROCESS = """
 import sys, time
-from portwatch.analysis import Analyzer
-from portwatch.cache import cache_dir, load_table
-from portwatch.capture.reader import read_capture_path
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.porttable.cache import cache_dir, load_table
+from portwatch.capture.files.reader import read_capture_path
 table = load_table([sys.argv[2]], cache=cache_dir()).table
 start = time.perf_counter()
 analyzer = Analyzer(table, capture=sys.argv[1])

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_daemon_throughput import write_pcap
 
-from portwatch.cache import cache_dir, load_table
-from portwatch.capture.reader import open_capture
-from portwatch.config import FlowLimits
-from portwatch.metrics import RegistryFacts, TrafficCore
+from portwatch.analysis.flows import FlowLimits
+from portwatch.capture.files.reader import open_capture
+from portwatch.daemon.metrics import RegistryFacts, TrafficCore
+from portwatch.porttable.cache import cache_dir, load_table
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/registry/service-names-port-numbers.csv"
 

@@ -29,7 +29,7 @@ from scapy.layers.sctp import SCTP
 from scapy.packet import Packet, Raw
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.decode import batch_from_packets, decode_batch
+from portwatch.decode.native import decode_batch
 
 MACS: dict[str, Any] = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 BATCH = 65_536
@@ -85,7 +85,7 @@ def build(count: int, seed: int = 1) -> PacketBatch:
     rng = np.random.default_rng(seed)
     templates = _templates(rng)
     picks = rng.integers(0, len(templates), count)
-    return batch_from_packets([templates[i] for i in picks], 1)
+    return PacketBatch.from_packets([templates[i] for i in picks], 1)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from portwatch.cache import load_table
+from portwatch.porttable.cache import load_table
 from portwatch.registry.packaged import packaged_snapshot
 
 RUNS = 7

@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from portwatch.analysis import Analyzer
+from portwatch.analysis.analyzer import Analyzer
 from portwatch.annotate import Annotator
-from portwatch.cache import cache_dir, load_table
-from portwatch.capture.reader import read_capture_path
-from portwatch.engines import engine
+from portwatch.capture.files.reader import read_capture_path
+from portwatch.decode import engine
+from portwatch.porttable.cache import cache_dir, load_table
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = REPO.parent / "shared/registry/service-names-port-numbers.csv"

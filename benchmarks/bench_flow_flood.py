@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from portwatch.cache import cache_dir, load_table
+from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import PacketBatch
-from portwatch.config import FlowLimits
-from portwatch.metrics import RegistryFacts, TrafficCore
+from portwatch.daemon.metrics import RegistryFacts, TrafficCore
+from portwatch.porttable.cache import cache_dir, load_table
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/registry/service-names-port-numbers.csv"
 PER_BATCH = 50_000

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from portwatch.cache import load_table
+from portwatch.ports import Transport
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import compile_table
 from portwatch.registry.loader import read_source
 from portwatch.registry.merge import merge_sources
-from portwatch.registry.model import Transport
-from portwatch.table import compile_table
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/registry/service-names-port-numbers.csv"
 

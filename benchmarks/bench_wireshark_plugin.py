@@ -26,8 +26,8 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from portwatch.cache import load_table
 from portwatch.export.wireshark import PLUGIN_FILENAME, encode_numbers, plugin_bytes, plugin_data
+from portwatch.porttable.cache import load_table
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "registry"
 DEFAULT_REGISTRY = [SHARED / "service-names-port-numbers.xml",

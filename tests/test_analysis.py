@@ -10,12 +10,12 @@ from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from portwatch.analysis import Analyzer, FlowReport
-from portwatch.cache import load_table
-from portwatch.capture.decode import batch_from_packets
-from portwatch.capture.reader import read_capture_path
+from portwatch.analysis.analyzer import Analyzer, FlowReport
+from portwatch.capture.batch import PacketBatch
+from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import CaptureTruncatedError
-from portwatch.table import CompiledTable
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import CompiledTable
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -29,7 +29,7 @@ def table(official_csv: Path) -> CompiledTable:
 
 def _flows(table: CompiledTable, *packets: bytes) -> list[FlowReport]:
     analyzer = Analyzer(table)
-    analyzer.feed(batch_from_packets(list(packets), 1,
+    analyzer.feed(PacketBatch.from_packets(list(packets), 1,
                                      timestamps_ns=[i * 1000 for i in range(len(packets))]))
     return analyzer.report().flows
 
@@ -98,7 +98,7 @@ def test_flows_stay_apart_even_when_every_flow_key_hashes_alike(
 ) -> None:
     import numpy as np
 
-    from portwatch import flows
+    from portwatch.analysis import flows
 
     monkeypatch.setattr(flows, "_mix", np.zeros_like)  # every key collides
     got = _flows(
@@ -119,7 +119,7 @@ def test_later_fragments_count_with_their_datagram_and_orphans_as_portless(
     frags = [_eth(f) for f in fragment(datagram, fragsize=24)]
     orphan = _eth(IP(src=C, dst=S, id=999, frag=3, proto=17) / Raw(b"y" * 8))
     analyzer = Analyzer(table)
-    analyzer.feed(batch_from_packets([*frags, orphan], 1))
+    analyzer.feed(PacketBatch.from_packets([*frags, orphan], 1))
     report = analyzer.report()
     (flow,) = report.flows
     assert flow.packets == len(frags)
@@ -142,7 +142,7 @@ def test_non_ip_and_icmp_are_counted_by_reason_never_dropped(table: CompiledTabl
     ]
     wirelens = [len(p) for p in packets]
     wirelens[3] = len(tcp)
-    analyzer.feed(batch_from_packets(packets, 1, wirelens=wirelens))
+    analyzer.feed(PacketBatch.from_packets(packets, 1, wirelens=wirelens))
     report = analyzer.report()
     assert report.decode == {"non-ip": 1, "icmp": 1, "other-ip": 1, "truncated": 1,
                              "malformed": 1}

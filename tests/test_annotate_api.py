@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from portwatch.annotate import Annotation, Annotator
-from portwatch.cache import load_table
-from portwatch.table import CompiledTable
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import CompiledTable
 
 MACS: dict[str, Any] = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
@@ -138,7 +138,7 @@ def test_pyshark_packets_get_the_same_answers_as_scapy_packets(
     pyshark = pytest.importorskip("pyshark")
     from scapy.utils import wrpcap
 
-    from portwatch.engines.pyshark_engine import OVERRIDE_PREFS
+    from portwatch.decode.pyshark import OVERRIDE_PREFS
 
     packets = [*web_exchange(), udp(51000, 44515), udp(50000, 60000)]
     for i, p in enumerate(packets):

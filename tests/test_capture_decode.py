@@ -31,21 +31,18 @@ from scapy.layers.l2 import ARP, GRE, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q,
 from scapy.layers.sctp import SCTP
 from scapy.packet import Packet, Raw
 
-from portwatch.capture.batch import PacketBatch
-from portwatch.capture.decode import (
+from portwatch.capture.batch import SUPPORTED_LINKTYPES, LinkType, PacketBatch
+from portwatch.decode.native import (
     MAX_IPV6_EXTENSION_HEADERS,
     MAX_VLAN_TAGS,
     NO_TRANSPORT,
-    SUPPORTED_LINKTYPES,
     TRANSPORT_OF_PROTO,
     DecodedBatch,
     DecodeStatus,
-    LinkType,
     address_bytes,
-    batch_from_packets,
     decode_batch,
 )
-from portwatch.registry.model import Transport
+from portwatch.ports import Transport
 
 MACS: dict[str, Any] = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 S = DecodeStatus
@@ -85,7 +82,7 @@ def rows(decoded: DecodedBatch) -> list[Row]:
 
 
 def decode_one(packet: bytes | Packet, linktype: int = LinkType.ETHERNET) -> Row:
-    return rows(decode_batch(batch_from_packets([bytes(packet)], linktype)))[0]
+    return rows(decode_batch(PacketBatch.from_packets([bytes(packet)], linktype)))[0]
 
 
 def mapped(v4: str) -> int:
@@ -345,7 +342,7 @@ def test_mixed_link_types_in_one_batch_decode_independently() -> None:
         (ip, 9999),
         (Raw(struct.pack(">I", 24)) / IPv6() / TCP(sport=3, dport=4), LinkType.LOOP),
     ]
-    batch = batch_from_packets([bytes(p) for p, _ in packets], [lt for _, lt in packets])
+    batch = PacketBatch.from_packets([bytes(p) for p, _ in packets], [lt for _, lt in packets])
     got = rows(decode_batch(batch))
     assert [r.status for r in got] == [
         S.OK,
@@ -360,7 +357,7 @@ def test_mixed_link_types_in_one_batch_decode_independently() -> None:
 
 
 def test_empty_batch_gives_empty_arrays() -> None:
-    decoded = decode_batch(batch_from_packets([], LinkType.ETHERNET))
+    decoded = decode_batch(PacketBatch.from_packets([], LinkType.ETHERNET))
     assert len(decoded) == 0
     assert decoded.status.dtype == np.uint8
     assert decoded.src_port.shape == (0,)
@@ -402,7 +399,7 @@ def test_ipv4_fragments_carry_ports_only_in_the_first() -> None:
     )
     # scapy's fragment() has no annotations
     frags: list[Packet] = fragment(datagram, fragsize=1000)  # type: ignore[no-untyped-call]
-    got = rows(decode_batch(batch_from_packets([bytes(f) for f in frags], LinkType.RAW)))
+    got = rows(decode_batch(PacketBatch.from_packets([bytes(f) for f in frags], LinkType.RAW)))
     assert len(got) > 2
     first, *later = got
     assert (first.status, first.is_first_fragment, first.src_port, first.dst_port) == (
@@ -485,7 +482,7 @@ def test_ipv6_fragments_carry_ports_only_in_the_first() -> None:
     base = IPv6(src="2001:db8::1", dst="2001:db8::2")
     first = base / IPv6ExtHdrFragment(offset=0, m=1, id=0xDEADBEEF) / UDP(sport=7, dport=9)
     later = base / IPv6ExtHdrFragment(offset=100, m=0, id=0xDEADBEEF, nh=17) / Raw(b"x" * 64)
-    got = rows(decode_batch(batch_from_packets([bytes(first), bytes(later)], LinkType.RAW)))
+    got = rows(decode_batch(PacketBatch.from_packets([bytes(first), bytes(later)], LinkType.RAW)))
     assert got[0] == Row(
         int(S.OK), 6, 17, v6("2001:db8::1"), v6("2001:db8::2"), 7, 9, 0, 0xDEADBEEF, True
     )
@@ -581,7 +578,7 @@ def test_addresses_render_as_ip_objects_and_bytes() -> None:
         Ether(**MACS) / IPv6(src="fe80::1", dst="ff02::fb") / UDP(),
         Ether(**MACS) / ARP(),
     ]
-    decoded = decode_batch(batch_from_packets([bytes(p) for p in pkts], 1))
+    decoded = decode_batch(PacketBatch.from_packets([bytes(p) for p in pkts], 1))
     assert decoded.src_ip(0) == ipaddress.IPv4Address("198.51.100.1")
     assert decoded.dst_ip(1) == ipaddress.IPv6Address("ff02::fb")
     assert decoded.src_ip(2) is None
@@ -599,7 +596,7 @@ def _cuts(packet: bytes, linktype: int, *, whole: bool = False) -> list[Row]:
     or, with ``whole``, frames that were that short on the wire."""
     cuts = [packet[:k] for k in range(len(packet) + 1)]
     wirelens = [len(c) if whole else len(packet) + 64 for c in cuts]
-    return rows(decode_batch(batch_from_packets(cuts, linktype, wirelens=wirelens)))
+    return rows(decode_batch(PacketBatch.from_packets(cuts, linktype, wirelens=wirelens)))
 
 
 def test_cutting_a_vlan_ipv4_tcp_packet_anywhere_before_the_flags_truncates_it() -> None:
@@ -753,7 +750,7 @@ def test_vectorised_decoder_agrees_with_scalar_reference(
     """``snapped`` bytes more were on the wire than captured (0: the frame is whole)."""
     packets_ = [p for (p, _), _ in batch]
     wirelens = [len(p) + snapped for (p, _), snapped in batch]
-    decoded = decode_batch(batch_from_packets(packets_, [lt for (_, lt), _ in batch],
+    decoded = decode_batch(PacketBatch.from_packets(packets_, [lt for (_, lt), _ in batch],
                                               wirelens=wirelens))
     assert rows(decoded) == [reference(p, lt, len(p) + snapped) for (p, lt), snapped in batch]
 
@@ -798,7 +795,7 @@ def test_decoder_agrees_with_scapy_dissection(case: tuple[Packet, int, int, int]
 def test_a_caplen_running_past_the_buffer_reads_as_truncated() -> None:
     """A damaged batch must not make the decoder index outside ``data``."""
     pkt = bytes(Ether(**MACS) / IP() / TCP())
-    batch = batch_from_packets([pkt, pkt, pkt], LinkType.ETHERNET)
+    batch = PacketBatch.from_packets([pkt, pkt, pkt], LinkType.ETHERNET)
     batch.caplens[1:] = 10_000
     batch.offsets[1] = 3 * len(pkt) - 10  # ten bytes left: less than an Ethernet header
     batch.offsets[2] = 3 * len(pkt) + 50  # starts beyond the buffer
@@ -807,7 +804,7 @@ def test_a_caplen_running_past_the_buffer_reads_as_truncated() -> None:
 
 
 def test_batch_from_packets_keeps_wire_lengths_and_per_packet_link_types() -> None:
-    batch = batch_from_packets(
+    batch = PacketBatch.from_packets(
         [b"\x45" + b"\x00" * 19, b"abc"], [LinkType.RAW, 147], wirelens=[1500, 3]
     )
     assert batch.wirelens.tolist() == [1500, 3]

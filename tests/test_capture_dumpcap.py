@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.capture.dumpcap import DumpcapSource, dumpcap_argv, parse_drop_lines
-from portwatch.capture.reader import open_capture
+from portwatch.capture.files.reader import open_capture
+from portwatch.capture.live.dumpcap import DumpcapSource, dumpcap_argv, parse_drop_lines
 from portwatch.errors import BackendError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "pcaps" / "sample.pcapng"
@@ -83,7 +83,7 @@ def test_a_missing_dumpcap_is_a_backend_error(tmp_path: Path) -> None:
                          [("eth", 1), ("sll", 113), ("sll2", 276), ("null", 0), ("ip", 101),
                           ("ipv6", 101), ("something-new", 1)])
 def test_pyshark_frames_get_the_link_type_of_their_first_layer(layer: str, linktype: int) -> None:
-    from portwatch.capture.pyshark_source import link_type_of
+    from portwatch.capture.live.pyshark import link_type_of
 
     assert link_type_of(layer) == linktype
 
@@ -92,7 +92,7 @@ def test_pyshark_producer_gives_up_on_a_full_queue_once_the_run_is_over() -> Non
     import queue
     import threading
 
-    from portwatch.capture.pyshark_source import PysharkSource
+    from portwatch.capture.live.pyshark import PysharkSource
 
     source = PysharkSource(["lo"])
     frames: queue.Queue[object] = queue.Queue(1)

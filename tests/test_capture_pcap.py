@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.capture.pcap import parse_header
-from portwatch.capture.reader import open_capture
+from portwatch.capture.files.pcap import parse_header
+from portwatch.capture.files.reader import open_capture
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
@@ -105,7 +105,7 @@ def test_runs_of_equal_size_records_frame_exactly_like_one_at_a_time() -> None:
     """The numpy run predictor must accept exactly the records the loop would."""
     import struct as _struct
 
-    from portwatch.capture.reader import open_capture
+    from portwatch.capture.files.reader import open_capture
 
     sizes = [60] * 40 + [61, 60, 60] + [1500] * 100 + [60, 60] + [90] * 3 + [60] * 70
     body = b"".join(

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from portwatch.capture.pcapng import tsresol_to_ns
-from portwatch.capture.reader import open_capture
+from portwatch.capture.files.pcapng import tsresol_to_ns
+from portwatch.capture.files.reader import open_capture
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
@@ -151,14 +151,14 @@ def test_runs_of_equal_size_blocks_stop_exactly_at_a_damaged_block() -> None:
     """The numpy run check accepts just the blocks the one-by-one loop accepts."""
     import io
 
-    from portwatch.capture.decode import batch_from_packets
-    from portwatch.capture.pcap import Interface
-    from portwatch.capture.writer import PcapngWriter
+    from portwatch.capture.batch import PacketBatch
+    from portwatch.capture.files._framing import Interface
+    from portwatch.capture.files.writer import PcapngWriter
 
     packets = [bytes([i % 256]) * 60 for i in range(300)]
     out = io.BytesIO()
     PcapngWriter(out, [Interface(link_type=1, snaplen=65535)]).write_batch(
-        batch_from_packets(packets, 1))
+        PacketBatch.from_packets(packets, 1))
     data = bytearray(out.getvalue())
     packet_blocks = [pos for pos, btype in blocks(bytes(data)) if btype == 6]
     bad = packet_blocks[211]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portwatch.capture.reader import CaptureReader, open_capture, read_capture_path
+from portwatch.capture.files.reader import CaptureReader, open_capture, read_capture_path
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"

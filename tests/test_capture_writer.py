@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from portwatch.atomic import atomic_output
-from portwatch.capture.reader import open_capture, read_capture_path
-from portwatch.capture.writer import WRITE_PACKETS, PcapngWriter
+from portwatch._atomic import atomic_output
+from portwatch.capture.files.reader import open_capture, read_capture_path
+from portwatch.capture.files.writer import WRITE_PACKETS, PcapngWriter
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 

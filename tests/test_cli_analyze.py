@@ -267,7 +267,7 @@ def test_annotate_never_leaves_a_half_written_file(tmp_path: Path,
 
 
 def test_json_document_is_the_same_data_with_one_list_item_per_line() -> None:
-    from portwatch.report_formats import json_document
+    from portwatch.analysis.render import json_document
 
     doc = {"packets": 3, "services": [{"port": 80, "service": "http"}, {"port": 53}],
            "flagged": [], "decode": {"icmp": 1}}

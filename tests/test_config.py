@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.config import Backend, load_web_settings, parse_config, parse_listen_address
+from portwatch.daemon.config import Backend, parse_config, parse_listen_address
+from portwatch.daemon.web_config import load_web_settings
 from portwatch.errors import ConfigError
-from portwatch.registry.model import Transport
+from portwatch.ports import Transport
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "portwatch.toml"
 

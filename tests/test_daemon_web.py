@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from portwatch.config import WebSettings
-from portwatch.web import WebServer
+from portwatch.daemon.web import WebServer
+from portwatch.daemon.web_config import WebSettings
 
 
 def _get(url: str, *, auth: str | None = None, context: ssl.SSLContext | None = None

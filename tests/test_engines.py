@@ -11,14 +11,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from portwatch.analysis import Analyzer
-from portwatch.cache import load_table
-from portwatch.capture.decode import DecodedBatch, DecodeStatus
-from portwatch.capture.reader import read_capture_path
-from portwatch.engines import ENGINES, engine
-from portwatch.engines.rows import rows_to_batch, timestamp_ns
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.capture.files.reader import read_capture_path
+from portwatch.decode import ENGINES, engine
+from portwatch.decode.native import DecodedBatch, DecodeStatus
+from portwatch.decode.rows import rows_to_batch, timestamp_ns
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
-from portwatch.table import CompiledTable
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import CompiledTable
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 SAMPLES = sorted(p.name for p in PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else []
@@ -100,7 +100,7 @@ def test_engines_give_the_native_decode_fields_packet_by_packet(engine_name: str
     path = str(PCAPS / "sample.pcapng")
     with read_capture_path(path) as reader:
         batches = list(reader)
-    from portwatch.capture.decode import decode_batch
+    from portwatch.decode.native import decode_batch
 
     native = [decode_batch(b) for b in batches]
     theirs = [d for d, _ in engine(engine_name)(path, 4096)]
@@ -160,7 +160,7 @@ def test_epoch_text_becomes_exact_nanoseconds(text: str, ns: int) -> None:
 
 
 def test_rows_without_ip_keep_only_their_wire_length() -> None:
-    from portwatch.engines.rows import Row
+    from portwatch.decode.rows import Row
 
     batch = rows_to_batch([Row(DecodeStatus.TRUNCATED, 60, ip_version=4, src=7, src_port=9)])
     assert batch.wirelen.tolist() == [60]

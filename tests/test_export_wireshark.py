@@ -1,8 +1,8 @@
 """The generated Wireshark plugin, run in the real tshark, agrees with the flow engine.
 
 Expected values never come from the plugin's own code: they are computed by
-``portwatch.flows.FlowTable`` over the same packets, decoded by
-``portwatch.capture.decode``, with the same ``CompiledTable``.
+``portwatch.analysis.flows.FlowTable`` over the same packets, decoded by
+``portwatch.decode.native``, with the same ``CompiledTable``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from portwatch import __version__
-from portwatch.cache import load_table
+from portwatch.analysis.flows import FlowTable, flag_labels
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.decode import DecodedBatch, batch_from_packets, decode_batch
-from portwatch.capture.reader import open_capture
+from portwatch.capture.files.reader import open_capture
 from portwatch.cli import main
+from portwatch.decode.native import DecodedBatch, decode_batch
 from portwatch.errors import CaptureTruncatedError
 from portwatch.export.wireshark import (
     PLUGIN_FILENAME,
@@ -33,9 +33,9 @@ from portwatch.export.wireshark import (
     plugin_data,
     render_plugin,
 )
-from portwatch.flows import FlowTable, flag_labels
-from portwatch.registry.model import PortFlag, PortStatus, Transport
-from portwatch.table import CompiledTable
+from portwatch.ports import PortFlag, PortStatus, Transport
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import CompiledTable
 
 REPO = Path(__file__).resolve().parent.parent
 TSHARK = shutil.which("tshark")
@@ -225,7 +225,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PacketBat
     packets = _synthetic_packets()
     path = tmp_path_factory.mktemp("capture") / "synthetic.pcap"
     _write_pcap(path, packets)
-    return path, batch_from_packets(packets, 1)
+    return path, PacketBatch.from_packets(packets, 1)
 
 
 # -- agreement in tshark ----------------------------------------------------------------------

@@ -11,17 +11,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from portwatch.cache import load_table
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.decode import batch_from_packets
-from portwatch.metrics import (
+from portwatch.daemon.metrics import (
     OTHER_PORT,
     FlowLimits,
     RegistryFacts,
     TrafficCore,
     register_collectors,
 )
-from portwatch.registry.model import Transport
+from portwatch.ports import Transport
+from portwatch.porttable.cache import load_table
 
 ETH = 1
 MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
@@ -44,7 +43,7 @@ def tcp(src: str, sport: int, dst: str, dport: int, flags: int = 0x18) -> bytes:
 
 
 def batch(packets: list[bytes], t0_ns: int = 1_700_000_000 * 10**9) -> PacketBatch:
-    return batch_from_packets(packets, ETH,
+    return PacketBatch.from_packets(packets, ETH,
                               timestamps_ns=[t0_ns + i for i in range(len(packets))])
 
 

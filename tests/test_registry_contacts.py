@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from portwatch.registry.contacts import repair_contact_uri
+from portwatch.registry.formats.contacts import repair_contact_uri
 
 
 @pytest.mark.parametrize(

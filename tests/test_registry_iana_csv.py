@@ -14,14 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portwatch.errors import RegistryFormatError
-from portwatch.registry.iana_csv import (
+from portwatch.ports import Transport
+from portwatch.registry.formats.iana_csv import (
     HEADER,
     looks_like_iana_csv,
     parse_iana_csv,
     parse_port_text,
     split_bracketed,
 )
-from portwatch.registry.model import ParsedSource, RecordKind, SourceFormat, Transport
+from portwatch.registry.model import ParsedSource, RecordKind, SourceFormat
 
 HEADER_LINE = ",".join(HEADER) + "\r\n"
 

@@ -14,16 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portwatch.errors import RegistryFormatError
-from portwatch.registry.iana_csv import parse_iana_csv
-from portwatch.registry.iana_xml import looks_like_iana_xml, parse_iana_xml
-from portwatch.registry.model import (
-    ParsedSource,
-    Person,
-    RecordKind,
-    ServiceRecord,
-    SourceFormat,
-    Transport,
-)
+from portwatch.ports import Transport
+from portwatch.registry.formats.iana_csv import parse_iana_csv
+from portwatch.registry.formats.iana_xml import looks_like_iana_xml, parse_iana_xml
+from portwatch.registry.model import ParsedSource, Person, RecordKind, ServiceRecord, SourceFormat
 
 NS = "http://www.iana.org/assignments"
 

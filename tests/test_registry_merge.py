@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from portwatch.ports import PortStatus, Transport
+from portwatch.porttable.table import compile_table
 from portwatch.registry.loader import detect_format, load_registry
-from portwatch.registry.model import PortStatus, SourceFormat, Transport
-from portwatch.table import compile_table
+from portwatch.registry.model import SourceFormat
 
 HEADER = (
     "| Service Name | Port Number | Transport Protocol | Description | Assignee | Contact | "

@@ -4,12 +4,8 @@ from datetime import date
 
 import pytest
 
-from portwatch.registry.model import (
-    RecordKind,
-    Transport,
-    classify_description,
-    parse_registry_date,
-)
+from portwatch.ports import Transport
+from portwatch.registry.model import RecordKind, classify_description, parse_registry_date
 
 
 def test_tcp_transport_is_truthy_so_blank_checks_do_not_mistake_it_for_none() -> None:

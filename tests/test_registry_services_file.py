@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portwatch.registry.model import RecordKind, SourceFormat, Transport
-from portwatch.registry.services_file import (
+from portwatch.ports import Transport
+from portwatch.registry.formats.services_file import (
     looks_like_services,
     parse_services,
     parse_services_line,
 )
+from portwatch.registry.model import RecordKind, SourceFormat
 
 WIRESHARK = Path("/usr/share/wireshark/services")
 ETC = Path("/etc/services")

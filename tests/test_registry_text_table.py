@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portwatch.errors import RegistryFormatError
-from portwatch.registry.contacts import repair_contact_uri
-from portwatch.registry.iana_csv import split_bracketed
-from portwatch.registry.model import ParsedSource, RecordKind, ServiceRecord, Transport
-from portwatch.registry.text_table import looks_like_text_table, parse_text_table
+from portwatch.ports import Transport
+from portwatch.registry.formats.contacts import repair_contact_uri
+from portwatch.registry.formats.iana_csv import split_bracketed
+from portwatch.registry.formats.text_table import looks_like_text_table, parse_text_table
+from portwatch.registry.model import ParsedSource, RecordKind, ServiceRecord
 
 HEADER = (
     "Service Name | Port Number | Transport Protocol | Description | Assignee | Contact | "

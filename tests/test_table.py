@@ -12,22 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portwatch.cache import load_table
-from portwatch.registry.iana_csv import parse_iana_csv
-from portwatch.registry.iana_xml import parse_iana_xml
+from portwatch.ports import PortFlag, PortStatus, Transport
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import CompiledTable, compile_table
+from portwatch.registry.formats.iana_csv import parse_iana_csv
+from portwatch.registry.formats.iana_xml import parse_iana_xml
 from portwatch.registry.merge import merge_sources
 from portwatch.registry.model import (
     ParsedSource,
-    PortFlag,
-    PortStatus,
     Provenance,
     RecordKind,
     ServiceRecord,
     SourceFormat,
     SourceInfo,
-    Transport,
 )
-from portwatch.table import CompiledTable, compile_table
 
 Slot = tuple[str, int]
 Answer = tuple[str, str, tuple[str, ...]]  # status, canonical, aliases

@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from portwatch.atomic import atomic_write_bytes
+from portwatch._atomic import atomic_write_bytes
 from portwatch.cli import main as portwatch_main
 from portwatch.errors import PortwatchError
 from portwatch.registry.loader import parse_source, read_bytes

@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import Analyzer, flag_reasons
-from .cache import cache_dir, load_table
-from .capture.decode import DecodeStatus
-from .engines.rows import Row, rows_to_batch
-from .flows import FlowFlag, Method, flag_labels
-from .registry.model import PortStatus, Transport
-from .registry.store import select_sources
-from .table import CompiledTable
+from portwatch.analysis.analyzer import Analyzer, flag_reasons
+from portwatch.analysis.flows import FlowFlag, Method, flag_labels
+from portwatch.decode.native import DecodeStatus
+from portwatch.decode.rows import Row, rows_to_batch
+from portwatch.ports import PortStatus, Transport
+from portwatch.porttable.cache import cache_dir, load_table
+from portwatch.porttable.table import CompiledTable
+from portwatch.registry.store import select_sources
 
 __all__ = ["DEFAULT_MAX_FLOWS", "Annotation", "Annotator", "default_annotator"]
 
@@ -151,13 +151,13 @@ def _dissect(packet: object) -> tuple[Row, int]:
     """Dispatch on the packet's library without importing either library."""
     library = _library_of(packet)
     if library == "scapy":
-        from .engines import scapy_engine
+        from portwatch.decode import scapy as scapy_engine
 
         wirelen = getattr(packet, "wirelen", None)
         return (scapy_engine.dissect(packet, None if wirelen is None else int(wirelen)),
                 scapy_engine.packet_timestamp_ns(packet))
     if library == "pyshark":
-        from .engines import pyshark_engine
+        from portwatch.decode import pyshark as pyshark_engine
 
         return pyshark_engine.dissect(packet), pyshark_engine.packet_timestamp_ns(packet)
     raise TypeError(

@@ -38,9 +38,9 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether  # noqa: E402
 from scapy.layers.sctp import SCTP  # noqa: E402
 from scapy.packet import Packet, Raw  # noqa: E402
 
-from portwatch.capture.decode import decode_batch  # noqa: E402
-from portwatch.capture.reader import open_capture  # noqa: E402
-from portwatch.engines import engine  # noqa: E402
+from portwatch.capture.files.reader import open_capture  # noqa: E402
+from portwatch.decode import engine  # noqa: E402
+from portwatch.decode.native import decode_batch  # noqa: E402
 
 FIELDS = ("status", "ip_proto", "src_port", "dst_port")
 LINKTYPES = (g.LINKTYPE_ETHERNET, g.LINKTYPE_LINUX_SLL, g.LINKTYPE_LINUX_SLL2, g.LINKTYPE_RAW,

@@ -13,11 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import __version__
-from ..errors import PortwatchError, UsageError
-from ..registry.freshness import DEFAULT_MAX_AGE_DAYS
-from . import analyze_cmd, daemon_cmd, export_cmd, lookup, registry_cmds
-from .common import Context, PortwatchArgumentParser
+from portwatch import __version__
+from portwatch.cli import analyze as analyze_cmd
+from portwatch.cli import daemon as daemon_cmd
+from portwatch.cli import export as export_cmd
+from portwatch.cli import lookup
+from portwatch.cli import registry as registry_cmds
+from portwatch.cli.common import Context, PortwatchArgumentParser
+from portwatch.errors import PortwatchError, UsageError
+from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS
 
 __all__ = ["build_parser", "main"]
 

@@ -11,10 +11,10 @@ from datetime import date
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from ..cache import LoadedTable, cache_dir, load_table
-from ..errors import RegistryFormatError, UsageError
-from ..registry.freshness import DEFAULT_MAX_AGE_DAYS, stale_warning
-from ..registry.store import SourceSelection, data_dir, select_sources
+from portwatch.errors import RegistryFormatError, UsageError
+from portwatch.porttable.cache import LoadedTable, cache_dir, load_table
+from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS, stale_warning
+from portwatch.registry.store import SourceSelection, data_dir, select_sources
 
 __all__ = ["Context", "PortwatchArgumentParser", "format_columns"]
 

@@ -9,11 +9,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import UsageError
-from ..registry.model import PortFlag, RecordKind, Transport
-from ..registry.serialize import record_dict
-from ..table import PortInfo
-from .common import Context, format_columns
+from portwatch.cli.common import Context, format_columns
+from portwatch.errors import UsageError
+from portwatch.ports import PortFlag, Transport
+from portwatch.porttable.table import PortInfo
+from portwatch.registry.model import RecordKind
+from portwatch.registry.serialize import record_dict
 
 __all__ = ["add_parser", "run"]
 

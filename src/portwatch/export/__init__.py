@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .wireshark import PLUGIN_FILENAME, plugin_bytes, render_plugin
+from portwatch.export.wireshark import PLUGIN_FILENAME, plugin_bytes, render_plugin
 
 __all__ = ["PLUGIN_FILENAME", "plugin_bytes", "render_plugin"]

@@ -23,9 +23,9 @@ from importlib import resources
 
 import numpy as np
 
-from .. import __version__
-from ..registry.model import PortFlag, Transport
-from ..table import CompiledTable
+from portwatch import __version__
+from portwatch.ports import PortFlag, Transport
+from portwatch.porttable.table import CompiledTable
 
 __all__ = [
     "PLUGIN_FILENAME",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 
-from .model import ServiceRecord
+from portwatch.registry.model import ServiceRecord
 
 __all__ = ["Change", "ChangeKind", "diff_records"]
 

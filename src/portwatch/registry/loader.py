@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import RegistryFormatError, RegistryRowError
-from . import iana_csv, iana_xml, services_file, text_table
-from .merge import Registry, merge_sources
-from .model import ParsedSource, SourceFormat
+from portwatch.errors import RegistryFormatError, RegistryRowError
+from portwatch.registry.formats import iana_csv, iana_xml, services_file, text_table
+from portwatch.registry.merge import Registry, merge_sources
+from portwatch.registry.model import ParsedSource, SourceFormat
 
 __all__ = [
     "MAX_SOURCE_BYTES",

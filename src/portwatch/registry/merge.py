@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from .model import (
+from portwatch.ports import Transport
+from portwatch.registry.model import (
     ParsedSource,
     ParseProblem,
     Person,
     RecordKind,
     ServiceRecord,
     SourceInfo,
-    Transport,
 )
 
 __all__ = ["Registry", "SlotView", "merge_sources"]

@@ -12,65 +12,22 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from enum import Enum, IntEnum, IntFlag
+from enum import Enum
+
+from portwatch.ports import Transport
 
 __all__ = [
-    "DYNAMIC_PORTS",
     "ParseProblem",
     "ParsedSource",
     "Person",
-    "PortFlag",
-    "PortStatus",
     "Provenance",
     "RecordKind",
     "ServiceRecord",
     "SourceFormat",
     "SourceInfo",
-    "Transport",
     "classify_description",
     "parse_registry_date",
 ]
-
-#: RFC 6335 section 6: Dynamic and/or Private Ports, never assigned.
-DYNAMIC_PORTS = range(49152, 65536)
-
-
-class Transport(IntEnum):
-    """Transports the registry assigns ports for; the value indexes the table."""
-
-    TCP = 0
-    UDP = 1
-    SCTP = 2
-    DCCP = 3
-
-    def __bool__(self) -> bool:
-        """Always true: ``if rec.transport`` must not mistake TCP (value 0) for none."""
-        return True
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-    @property
-    def ip_protocol(self) -> int:
-        return _IP_PROTOCOLS[self]
-
-    @classmethod
-    def parse(cls, text: str) -> Transport:
-        """``'tcp'`` -> ``Transport.TCP``; raises ``ValueError`` on anything else."""
-        try:
-            return cls[text.strip().upper()]
-        except KeyError:
-            raise ValueError(f"unknown transport {text!r}") from None
-
-    @classmethod
-    def from_ip_protocol(cls, proto: int) -> Transport | None:
-        return _BY_IP_PROTOCOL.get(proto)
-
-
-_IP_PROTOCOLS = {Transport.TCP: 6, Transport.UDP: 17, Transport.SCTP: 132, Transport.DCCP: 33}
-_BY_IP_PROTOCOL = {v: k for k, v in _IP_PROTOCOLS.items()}
-
 
 class RecordKind(Enum):
     """What a registry row says about its port(s)."""
@@ -79,35 +36,6 @@ class RecordKind(Enum):
     RESERVED = "reserved"
     UNASSIGNED = "unassigned"
     NAME_ONLY = "name-only"  # a service name with no port (DNS-SD / SRV use)
-
-
-class PortStatus(IntEnum):
-    """Status of one (port, transport) slot of the compiled table.
-
-    Integer valued so that it can live in a numpy ``uint8`` array.
-    """
-
-    UNLISTED = 0  # the loaded sources say nothing about this port
-    ASSIGNED = 1
-    RESERVED = 2
-    UNASSIGNED = 3
-    DYNAMIC = 4  # 49152-65535, RFC 6335 Dynamic and/or Private Ports
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-    @property
-    def flagged(self) -> bool:
-        """Traffic whose service port has this status deserves a flag."""
-        return self in (PortStatus.RESERVED, PortStatus.UNASSIGNED, PortStatus.UNLISTED)
-
-
-class PortFlag(IntFlag):
-    """Extra facts about a port, independent of its status."""
-
-    NONE = 0
-    UNAUTHORIZED_USE = 1  # IANA's "Unauthorized Use Reported" names this port
 
 
 class SourceFormat(Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .model import Person, ServiceRecord
+from portwatch.registry.model import Person, ServiceRecord
 
 __all__ = ["person_dict", "record_dict"]
 

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes
-from ..errors import RegistryFormatError
-from .loader import parse_source, read_bytes, sha256_of
-from .model import ParsedSource, SourceFormat
-from .packaged import packaged_snapshot
+from portwatch._atomic import atomic_write_bytes
+from portwatch.errors import RegistryFormatError
+from portwatch.registry.loader import parse_source, read_bytes, sha256_of
+from portwatch.registry.model import ParsedSource, SourceFormat
+from portwatch.registry.packaged import packaged_snapshot
 
 __all__ = [
     "DataStore",

@@ -1,0 +1,79 @@
+"""Annotated copies of captures: every packet carries portwatch's verdict.
+
+The copy is pcapng with an ``opt_comment`` per packet, which Wireshark and
+tshark show as ``frame.comment``. Verdicts are per flow and known only once
+the whole capture was read, so annotation is a second pass: replaying the
+same batches through a fresh ``Analyzer`` gives every packet the same flow
+index as the first pass, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.flows import FlowDecisions, Method, flag_labels
+from portwatch.capture.batch import PacketBatch
+from portwatch.capture.files.reader import CaptureReader
+from portwatch.capture.files.writer import PcapngWriter
+from portwatch.decode.native import DecodeStatus
+from portwatch.ports import PortStatus, Transport
+
+__all__ = ["flow_comments", "write_annotated"]
+
+
+def flow_comments(analyzer: Analyzer, decisions: FlowDecisions) -> list[str]:
+    """The comment of each flow row, e.g. ``portwatch: tcp/80 http (assigned)``."""
+    table = analyzer.table
+    keys = analyzer.flows.keys
+    out: list[str] = []
+    for row in range(analyzer.flows.size):
+        transport = Transport(int(keys["t"][row])).label
+        port = int(decisions.service_port[row])
+        service = table.names[int(decisions.service_id[row])]
+        status = PortStatus(int(decisions.status[row])).label
+        flags = flag_labels(int(decisions.flags[row]))
+        method = Method(int(decisions.method[row])).label
+        named = f" {service}" if service else ""
+        if flags:
+            extra = [f for f in flags if f != status]
+            why = "; ".join([status, *("known unauthorized use" if f == "unauthorized-use"
+                                       else f for f in extra)])
+            out.append(f"portwatch: FLAG {transport}/{port}{named} {why} [{method}]")
+        else:
+            out.append(f"portwatch: {transport}/{port}{named} ({status}) [{method}]")
+    return out
+
+
+_PORTLESS = {s: f"portwatch: no transport ports ({s.label})" for s in DecodeStatus}
+
+
+def write_annotated(
+    first_pass: Analyzer,
+    batches: Iterable[PacketBatch],
+    writer: PcapngWriter,
+    *,
+    only_flagged: bool = False,
+    interfaces_of: CaptureReader | None = None,
+) -> int:
+    """Second pass: write ``batches`` with comments; returns packets written."""
+    decisions = first_pass.decisions()
+    comments_of_flow = flow_comments(first_pass, decisions)
+    flagged_flow = decisions.flags != 0
+    replay = Analyzer(first_pass.table)
+    written = 0
+    for batch in batches:
+        if interfaces_of is not None:
+            writer.sync_interfaces(interfaces_of.interfaces)
+        decoded, flows = replay.feed(batch)
+        comments: list[str | None] = []
+        status = decoded.status.tolist()
+        for flow, st in zip(flows.tolist(), status, strict=True):
+            if flow >= 0:
+                keep = not only_flagged or bool(flagged_flow[flow])
+                comments.append(comments_of_flow[flow] if keep else None)
+            else:
+                comments.append(None if only_flagged else _PORTLESS[DecodeStatus(st)])
+        writer.write_batch(batch, comments)
+        written += len(batch)
+    return written

@@ -1,0 +1,394 @@
+"""Bidirectional flows and the service port of each, computed batch by batch.
+
+The engine is pure: it takes decoded batches (numpy arrays) and timestamps and
+keeps per-flow counters in growable numpy arrays. Per-packet work is array
+arithmetic; Python loops run over the *distinct flows of a batch* only.
+
+A flow is the 5-tuple (transport, address A, port A, address B, port B) with
+the endpoints in canonical order (A <= B), so both directions meet in one
+flow. Which side is the *service* is decided from the whole flow
+(``FlowTable.decide``):
+
+1. ``handshake``: the side that received the TCP SYN (or sent the SYN-ACK);
+2. ``registry``: the side whose port the registry lists as assigned while the
+   other's is not;
+3. ``dynamic-range``: the side whose port is outside 49152-65535 while the
+   other's is inside;
+4. ``lower-port``: the lower port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from portwatch.decode.native import TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
+from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus, Transport
+from portwatch.porttable.table import CompiledTable
+
+__all__ = [
+    "Decision",
+    "FlowDecisions",
+    "FlowFlag",
+    "FlowLimits",
+    "FlowTable",
+    "Method",
+]
+
+U8 = npt.NDArray[np.uint8]
+U16 = npt.NDArray[np.uint16]
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+
+_SYN = np.uint8(0x02)
+_ACK = np.uint8(0x10)
+_SERVER_UNKNOWN, _SERVER_A, _SERVER_B = 0, 1, 2
+_FIRST_DYNAMIC = DYNAMIC_PORTS.start
+_KEY_DTYPE = np.dtype([("t", "u1"), ("ah", "u8"), ("al", "u8"), ("ap", "u2"),
+                       ("bh", "u8"), ("bl", "u8"), ("bp", "u2")])
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """Bounds of the flow table: size, and when a flow is over."""
+
+    max_flows: int = 100_000
+    idle_s: Mapping[Transport, float] = field(
+        default_factory=lambda: {Transport.TCP: 300.0, Transport.UDP: 60.0,
+                                 Transport.SCTP: 300.0, Transport.DCCP: 120.0})
+    active_s: float = 1800.0
+    max_flagged_ports: int = 100
+
+    def idle_ns(self) -> npt.NDArray[np.int64]:
+        """One idle timeout per ``Transport`` value, as ``FlowTable.expire`` wants."""
+        return np.asarray([int(self.idle_s[t] * 1_000_000_000) for t in Transport], dtype=np.int64)
+
+
+class Method(IntEnum):
+    """How a flow's service port was decided."""
+
+    HANDSHAKE = 0
+    REGISTRY = 1
+    DYNAMIC_RANGE = 2
+    LOWER_PORT = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+class FlowFlag(IntEnum):
+    """Why a flow deserves attention; values are bits of ``FlowDecisions.flags``."""
+
+    RESERVED = 1
+    UNASSIGNED = 2
+    UNLISTED = 4
+    UNAUTHORIZED_USE = 8
+    DYNAMIC = 16  # between two dynamic ports: lower severity
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+_STATUS_FLAG = np.zeros(len(PortStatus), dtype=np.uint8)
+_STATUS_FLAG[PortStatus.RESERVED] = FlowFlag.RESERVED
+_STATUS_FLAG[PortStatus.UNASSIGNED] = FlowFlag.UNASSIGNED
+_STATUS_FLAG[PortStatus.UNLISTED] = FlowFlag.UNLISTED
+_STATUS_FLAG[PortStatus.DYNAMIC] = FlowFlag.DYNAMIC
+
+
+_FLAG_LABELS = [tuple(f.label for f in FlowFlag if bits & f)
+                for bits in range(1 << len(FlowFlag))]
+
+
+def flag_labels(bits: int) -> list[str]:
+    """Labels of the flags set in ``bits``, in ``FlowFlag`` order (a table, not a loop)."""
+    return list(_FLAG_LABELS[bits & (len(_FLAG_LABELS) - 1)])
+
+
+@dataclass(slots=True)
+class FlowDecisions:
+    """Per-flow answers, parallel to the flow table's arrays."""
+
+    service_is_a: Bool
+    service_port: U16
+    client_port: U16
+    method: U8
+    status: U8
+    service_id: npt.NDArray[np.int32]
+    flags: U8
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One flow's answer, for reports and annotations."""
+
+    service_port: int
+    method: Method
+    status: PortStatus
+    service: str
+    flags: int
+
+
+def _mix(x: U64) -> U64:
+    """splitmix64 finaliser: spreads key bits so a 64-bit hash groups flows."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class FlowTable:
+    """Counters of every flow seen, in growable column arrays."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._index: dict[bytes, int] = {}
+        self._free: list[int] = []  # rows of evicted flows, reused first
+        self.size = 0  # rows in use or freed; row indices stay stable
+        self.evicted = 0
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        def grow(name: str, dtype: Any, fill: int = 0) -> None:
+            new = np.full(capacity, fill, dtype=dtype)
+            old = getattr(self, name, None)
+            if old is not None:
+                new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+
+        grow("keys", _KEY_DTYPE)
+        grow("packets_ab", np.uint64)
+        grow("packets_ba", np.uint64)
+        grow("bytes_ab", np.uint64)
+        grow("bytes_ba", np.uint64)
+        grow("first_ns", np.int64, np.iinfo(np.int64).max)
+        grow("last_ns", np.int64, np.iinfo(np.int64).min)
+        grow("server", np.uint8)
+        grow("alive", np.bool_)
+        self.capacity = capacity
+
+    # typed views of the columns
+    keys: npt.NDArray[np.void]
+    packets_ab: U64
+    packets_ba: U64
+    bytes_ab: U64
+    bytes_ba: U64
+    first_ns: I64
+    last_ns: I64
+    server: U8
+    alive: Bool
+
+    def __len__(self) -> int:
+        """Flows currently held (evicted ones excluded)."""
+        return self.size - len(self._free)
+
+    @property
+    def transport(self) -> U8:
+        return self.keys["t"][: self.size]
+
+    @property
+    def port_a(self) -> U16:
+        return self.keys["ap"][: self.size]
+
+    @property
+    def port_b(self) -> U16:
+        return self.keys["bp"][: self.size]
+
+    def packets(self) -> U64:
+        return self.packets_ab[: self.size] + self.packets_ba[: self.size]
+
+    def bytes(self) -> U64:
+        return self.bytes_ab[: self.size] + self.bytes_ba[: self.size]
+
+    def update(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:
+        """Add a batch; return each packet's flow index (-1: not in any flow)."""
+        n = len(decoded)
+        flow_of_packet = np.full(n, -1, dtype=np.int64)
+        transport = TRANSPORT_OF_PROTO[decoded.ip_proto]
+        ok = (decoded.status == DecodeStatus.OK) & (transport != 255)
+        idx = np.flatnonzero(ok)
+        if idx.size == 0:
+            return flow_of_packet
+        t = transport[idx]
+        sh, sl, sp = decoded.src_hi[idx], decoded.src_lo[idx], decoded.src_port[idx]
+        dh, dl, dp = decoded.dst_hi[idx], decoded.dst_lo[idx], decoded.dst_port[idx]
+        swap = (sh > dh) | ((sh == dh) & ((sl > dl) | ((sl == dl) & (sp > dp))))
+        keys = np.empty(idx.size, dtype=_KEY_DTYPE)
+        keys["t"] = t
+        keys["ah"] = np.where(swap, dh, sh)
+        keys["al"] = np.where(swap, dl, sl)
+        keys["ap"] = np.where(swap, dp, sp)
+        keys["bh"] = np.where(swap, sh, dh)
+        keys["bl"] = np.where(swap, sl, dl)
+        keys["bp"] = np.where(swap, sp, dp)
+        inverse, first = self._group(keys)
+        flows = self._flow_ids(keys[first])
+        per_packet = flows[inverse]
+        flow_of_packet[idx] = per_packet
+        self._count(decoded, idx, per_packet, ~swap, timestamps_ns[idx])
+        return flow_of_packet
+
+    @staticmethod
+    def _group(keys: npt.NDArray[np.void]) -> tuple[I64, I64]:
+        """Group equal keys: (group of each row, first row of each group)."""
+        if keys.shape[0] == 1:  # one packet at a time (the Annotator): nothing to group
+            return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+        h = _mix(keys["ah"] ^ _mix(keys["al"] + keys["t"].astype(np.uint64)))
+        h = _mix(h ^ keys["bh"] ^ _mix(keys["bl"] ^ (keys["ap"].astype(np.uint64) << np.uint64(16))
+                                       ^ keys["bp"].astype(np.uint64)))
+        _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        # A 64-bit collision would merge two flows: check every field of every
+        # row against its group's first row (per field: structured compares are slow).
+        representative = first[inverse]
+        if not all(np.array_equal(keys[name][representative], keys[name])
+                   for name in _KEY_DTYPE.names or ()):
+            void = keys.view(np.dtype((np.void, _KEY_DTYPE.itemsize)))
+            _, first, inverse = np.unique(void, return_index=True, return_inverse=True)
+        return inverse.astype(np.int64).reshape(-1), first.astype(np.int64)
+
+    def _flow_ids(self, distinct: npt.NDArray[np.void]) -> I64:
+        """Flow row of each distinct key, adding rows for keys not seen before.
+
+        The dictionary is probed with ``map`` over all keys at once; only new
+        keys go through a Python loop (on a live link most keys are known).
+        """
+        raw = distinct.tobytes()
+        width = _KEY_DTYPE.itemsize
+        index = self._index
+        keys = [raw[at : at + width] for at in range(0, len(raw), width)]
+        found = list(map(index.get, keys))
+        new_rows = [i for i, fid in enumerate(found) if fid is None]
+        if new_rows:
+            free = self._free
+            appended = 0
+            for i in new_rows:
+                if free:
+                    fid = free.pop()
+                else:
+                    fid = self.size + appended
+                    appended += 1
+                index[keys[i]] = fid
+                found[i] = fid
+            needed = self.size + appended
+            if needed > self.capacity:
+                self._alloc(max(needed, self.capacity * 2))
+            self.size = needed
+            rows = np.asarray([found[i] for i in new_rows], dtype=np.int64)
+            self.keys[rows] = distinct[new_rows]
+            self.alive[rows] = True
+        return np.asarray(found, dtype=np.int64)
+
+    def _count(self, decoded: DecodedBatch, idx: I64, flows: I64, from_a: Bool,
+               ts: I64) -> None:
+        size = self.size
+        wire = decoded.wirelen[idx].astype(np.uint64)
+        self.packets_ab[:size] += np.bincount(flows[from_a], minlength=size).astype(np.uint64)
+        self.packets_ba[:size] += np.bincount(flows[~from_a], minlength=size).astype(np.uint64)
+        self.bytes_ab[:size] += np.bincount(flows[from_a], weights=wire[from_a],
+                                            minlength=size).astype(np.uint64)
+        self.bytes_ba[:size] += np.bincount(flows[~from_a], weights=wire[~from_a],
+                                            minlength=size).astype(np.uint64)
+        np.minimum.at(self.first_ns, flows, ts)
+        np.maximum.at(self.last_ns, flows, ts)
+        flags = decoded.tcp_flags[idx]
+        tcp = decoded.ip_proto[idx] == 6
+        syn = tcp & ((flags & _SYN) != 0) & ((flags & _ACK) == 0)  # to the server
+        synack = tcp & ((flags & _SYN) != 0) & ((flags & _ACK) != 0)  # from the server
+        server_is_a = np.where(syn, ~from_a, from_a)
+        seen = syn | synack
+        if seen.any():
+            code = np.where(server_is_a[seen], _SERVER_A, _SERVER_B).astype(np.uint8)
+            self.server[flows[seen]] = code
+
+    def evict(self, rows: I64) -> None:
+        """Forget flows (idle, or over the limit); their rows are reused."""
+        if rows.size == 0:
+            return
+        raw = self.keys[rows].tobytes()
+        width = _KEY_DTYPE.itemsize
+        for i in range(rows.size):
+            self._index.pop(raw[i * width : (i + 1) * width], None)
+        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "server"):
+            getattr(self, name)[rows] = 0
+        self.first_ns[rows] = np.iinfo(np.int64).max
+        self.last_ns[rows] = np.iinfo(np.int64).min
+        self.alive[rows] = False
+        self._free.extend(int(r) for r in rows)
+        self.evicted += int(rows.size)
+
+    def expire(self, now_ns: int, idle_ns: npt.NDArray[np.int64], active_ns: int) -> I64:
+        """Evict flows idle longer than their transport's timeout, or active too long.
+
+        ``idle_ns`` holds one timeout per transport value (tcp, udp, sctp, dccp).
+        """
+        size = self.size
+        alive = self.alive[:size]
+        idle = (now_ns - self.last_ns[:size]) > idle_ns[self.keys["t"][:size]]
+        active = (now_ns - self.first_ns[:size]) > active_ns
+        rows = np.flatnonzero(alive & (idle | active)).astype(np.int64)
+        self.evict(rows)
+        return rows
+
+    def enforce_limit(self, max_flows: int) -> I64:
+        """Evict the least recently seen flows beyond ``max_flows``."""
+        excess = len(self) - max_flows
+        if excess <= 0:
+            return np.empty(0, dtype=np.int64)
+        live = np.flatnonzero(self.alive[: self.size])
+        oldest = live[np.argpartition(self.last_ns[live], excess - 1)[:excess]]
+        rows = oldest.astype(np.int64)
+        self.evict(rows)
+        return rows
+
+    def add_fragments(self, flows: I64, from_a: Bool, wirelen: npt.NDArray[Any],
+                      ts: I64) -> None:
+        """Count non-first fragments attributed to known flows."""
+        wire = wirelen.astype(np.uint64)
+        np.add.at(self.packets_ab, flows[from_a], np.uint64(1))
+        np.add.at(self.packets_ba, flows[~from_a], np.uint64(1))
+        np.add.at(self.bytes_ab, flows[from_a], wire[from_a])
+        np.add.at(self.bytes_ba, flows[~from_a], wire[~from_a])
+        np.minimum.at(self.first_ns, flows, ts)
+        np.maximum.at(self.last_ns, flows, ts)
+
+    def decide(self, table: CompiledTable, rows: I64 | None = None) -> FlowDecisions:
+        """The service port of every flow (or of ``rows``), how decided, and flags.
+
+        Rows of evicted flows get answers too; mask them with ``alive``.
+        """
+        sel = slice(0, self.size) if rows is None else rows
+        t = self.keys["t"][sel]
+        pa, pb = self.keys["ap"][sel], self.keys["bp"][sel]
+        st_a, _, _ = table.lookup_many(t, pa)
+        st_b, _, _ = table.lookup_many(t, pb)
+        assigned_a = st_a == PortStatus.ASSIGNED
+        assigned_b = st_b == PortStatus.ASSIGNED
+        dyn_a = pa >= _FIRST_DYNAMIC
+        dyn_b = pb >= _FIRST_DYNAMIC
+        server = self.server[sel]
+        handshake = server != _SERVER_UNKNOWN
+        registry = ~handshake & (assigned_a ^ assigned_b)
+        dynamic = ~handshake & ~registry & (dyn_a ^ dyn_b)
+        lower = ~handshake & ~registry & ~dynamic
+        service_is_a = np.select(
+            [handshake, registry, dynamic], [server == _SERVER_A, assigned_a, ~dyn_a],
+            default=pa <= pb,
+        )
+        method = np.select(
+            [handshake, registry, dynamic, lower],
+            [Method.HANDSHAKE, Method.REGISTRY, Method.DYNAMIC_RANGE, Method.LOWER_PORT],
+        ).astype(np.uint8)
+        service_port = np.where(service_is_a, pa, pb).astype(np.uint16)
+        client_port = np.where(service_is_a, pb, pa).astype(np.uint16)
+        status, service_id, port_flags = table.lookup_many(t, service_port)
+        flags = _STATUS_FLAG[status] | np.where(
+            (port_flags & PortFlag.UNAUTHORIZED_USE) != 0, FlowFlag.UNAUTHORIZED_USE, 0
+        ).astype(np.uint8)
+        return FlowDecisions(service_is_a, service_port, client_port, method, status,
+                             service_id, flags)

@@ -1,0 +1,87 @@
+"""What the pcap and pcapng framers share: stop reasons, interfaces, batch gathering.
+
+A framer walks record headers and reports where records start (``Framed``)
+and why it stopped (``Stop``); the reader turns that into batches and
+warnings. ``Interface`` describes a capture interface for readers and the
+pcapng writer alike.
+"""
+
+from __future__ import annotations
+
+import enum
+from array import array
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["REGION_SLACK", "Framed", "Interface", "Stop", "copy_region", "gather_words"]
+
+#: Gathering fixed-width headers may read past the last record; regions get this slack.
+REGION_SLACK = 32
+
+
+class Stop(enum.Enum):
+    """Why a framing call returned."""
+
+    LIMIT = "limit"  # batch is full (or a boundary such as a new pcapng section)
+    END = "end"  # consumed everything given, exactly at a record boundary
+    PARTIAL = "partial"  # the data ends inside a record
+    CORRUPT = "corrupt"  # a record header cannot be right
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """One capture interface: what a writer needs to describe packets again.
+
+    ``tsresol`` is the pcapng ``if_tsresol`` byte (6 = microseconds, 9 =
+    nanoseconds, high bit set = negative power of two). ``section`` is the
+    pcapng section the interface belongs to (always 0 for classic pcap).
+    """
+
+    link_type: int
+    snaplen: int
+    name: str = ""
+    tsresol: int = 6
+    tsoffset: int = 0
+    description: str = ""
+    fcs_len: int | None = None
+    section: int = 0
+
+
+@dataclass(slots=True)
+class Framed:
+    """The outcome of one framing call: records start at ``positions``."""
+
+    positions: array[int]
+    end: int
+    stop: Stop
+    message: str = ""
+    kinds: array[int] | None = None  # pcapng: which block type each position is
+
+
+def gather_words(
+    region: npt.NDArray[np.uint8], rel: npt.NDArray[np.int64], nwords: int, order: str
+) -> npt.NDArray[np.uint32]:
+    """The ``nwords`` 32-bit words at each of ``rel`` in ``region``, as an (n, nwords) array.
+
+    One fancy-indexing gather for the whole batch instead of a struct call per
+    field per packet. ``region`` must carry :data:`REGION_SLACK` spare bytes.
+    """
+    idx = rel[:, None] + np.arange(4 * nwords, dtype=np.int64)
+    raw = np.ascontiguousarray(region[idx])
+    words = raw.view(np.dtype(order + "u4")).reshape(-1, nwords)
+    return words.astype(np.uint32)
+
+
+def copy_region(
+    buf: bytes | bytearray | memoryview, start: int, stop: int
+) -> npt.NDArray[np.uint8]:
+    """Copy ``buf[start:stop]`` into a fresh array with zeroed slack after it.
+
+    Batches own their bytes so a consumer may keep them after the reader moved
+    on (or the mmap closed); one memcpy per batch is cheap next to framing.
+    """
+    region = np.zeros(stop - start + REGION_SLACK, dtype=np.uint8)
+    region[: stop - start] = np.frombuffer(buf, dtype=np.uint8, count=stop - start, offset=start)
+    return region

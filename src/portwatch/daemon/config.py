@@ -1,0 +1,202 @@
+"""The daemon's configuration: the TOML file and the flags that override it.
+
+The TOML keys are exactly those of ``systemd/portwatch.toml``; an unknown key
+is an error (a typo must not silently fall back to a default). The web
+configuration file (TLS, basic auth) is ``daemon.web_config``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from portwatch.analysis.flows import FlowLimits
+from portwatch.errors import ConfigError
+from portwatch.ports import Transport
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Backend",
+    "CaptureConfig",
+    "DaemonConfig",
+    "load_config",
+    "parse_config",
+    "parse_listen_address",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:9917"
+
+
+class Backend(Enum):
+    DUMPCAP = "dumpcap"
+    SCAPY = "scapy"
+    PYSHARK = "pyshark"
+    REPLAY = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    backend: Backend = Backend.DUMPCAP
+    interfaces: tuple[str, ...] = ("eth0",)
+    bpf_filter: str = ""
+    snaplen: int = 128
+    buffer_mib: int = 32  # kernel capture buffer; dumpcap's own default is 2 MiB
+    replay_files: tuple[str, ...] = ()
+    replay_speed: float = 1.0  # 0: as fast as possible
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    flows: FlowLimits = field(default_factory=FlowLimits)
+    registry_sources: tuple[str, ...] = ()
+    listen_address: str = DEFAULT_LISTEN
+    web_config_file: str = ""
+
+
+_KEYS: dict[str, frozenset[str]] = {
+    "capture": frozenset({"backend", "interfaces", "bpf_filter", "snaplen", "buffer_mib"}),
+    "flows": frozenset({"max_flows", "idle_timeout_seconds", "active_timeout_seconds"}),
+    "metrics": frozenset({"max_flagged_ports"}),
+    "registry": frozenset({"sources"}),
+    "web": frozenset({"listen_address", "config_file"}),
+}
+
+
+def _get(section: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+         default: Any) -> Any:
+    if key not in section:
+        return default
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"[{where}] {key} = {value!r}: expected {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"str": "a string", "int": "an integer", "float": "a number",
+                        "list": "a list", "dict": "a table"}[k.__name__] for k in kinds)
+
+
+def _positive(value: float, what: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{what} = {value!r}: expected a positive number")
+    return value
+
+
+def _strings(value: list[Any], what: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{what} = {value!r}: expected a list of non-empty strings")
+    return tuple(value)
+
+
+def parse_config(data: bytes, path: str) -> DaemonConfig:
+    """The configuration in ``data`` (TOML); raises ``ConfigError`` naming ``path``."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    try:
+        return _config(doc)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=path) from None
+
+
+def _config(doc: Mapping[str, Any]) -> DaemonConfig:
+    for name, section in doc.items():
+        if name not in _KEYS:
+            raise ConfigError(f"unknown section [{name}] (known: {', '.join(sorted(_KEYS))})")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name} must be a [{name}] table")
+        unknown = set(section) - _KEYS[name]
+        if unknown:
+            raise ConfigError(f"unknown key [{name}] {sorted(unknown)[0]} "
+                              f"(known: {', '.join(sorted(_KEYS[name]))})")
+    cap, flows = doc.get("capture", {}), doc.get("flows", {})
+    metrics, reg, web = doc.get("metrics", {}), doc.get("registry", {}), doc.get("web", {})
+    backend_name = _get(cap, "backend", str, "capture", "dumpcap")
+    try:
+        backend = Backend(backend_name)
+    except ValueError:
+        raise ConfigError(f"[capture] backend = {backend_name!r}: expected one of "
+                          f"{', '.join(b.value for b in Backend)}") from None
+    snaplen = _get(cap, "snaplen", int, "capture", 128)
+    if not 64 <= snaplen <= 262144:
+        raise ConfigError(f"[capture] snaplen = {snaplen}: expected 64-262144")
+    buffer_mib = _get(cap, "buffer_mib", int, "capture", 32)
+    if not 1 <= buffer_mib <= 4096:
+        raise ConfigError(f"[capture] buffer_mib = {buffer_mib}: expected 1-4096")
+    capture = CaptureConfig(
+        backend=backend,
+        interfaces=_strings(_get(cap, "interfaces", list, "capture", ["eth0"]),
+                            "[capture] interfaces"),
+        bpf_filter=_get(cap, "bpf_filter", str, "capture", ""),
+        snaplen=snaplen,
+        buffer_mib=buffer_mib,
+    )
+    defaults = FlowLimits()
+    idle = dict(defaults.idle_s)
+    for key, value in _get(flows, "idle_timeout_seconds", dict, "flows", {}).items():
+        try:
+            transport = Transport.parse(key)
+        except ValueError:
+            raise ConfigError(f"[flows] idle_timeout_seconds.{key}: expected tcp, udp, sctp "
+                              "or dccp") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"[flows] idle_timeout_seconds.{key} = {value!r}: expected a number")
+        idle[transport] = _positive(float(value), f"[flows] idle_timeout_seconds.{key}")
+    limits = FlowLimits(
+        max_flows=int(_positive(_get(flows, "max_flows", int, "flows", defaults.max_flows),
+                                "[flows] max_flows")),
+        idle_s=idle,
+        active_s=_positive(float(_get(flows, "active_timeout_seconds", (int, float), "flows",
+                                      defaults.active_s)), "[flows] active_timeout_seconds"),
+        max_flagged_ports=int(_get(metrics, "max_flagged_ports", int, "metrics",
+                                   defaults.max_flagged_ports)),
+    )
+    if limits.max_flagged_ports < 0:
+        raise ConfigError(f"[metrics] max_flagged_ports = {limits.max_flagged_ports}: "
+                          "expected 0 or more")
+    listen = _get(web, "listen_address", str, "web", DEFAULT_LISTEN)
+    parse_listen_address(listen)
+    return DaemonConfig(
+        capture=capture,
+        flows=limits,
+        registry_sources=_strings(_get(reg, "sources", list, "registry", []),
+                                  "[registry] sources"),
+        listen_address=listen,
+        web_config_file=_get(web, "config_file", str, "web", ""),
+    )
+
+
+def load_config(path: str | None) -> DaemonConfig:
+    """The file's configuration, or the defaults when no file is named."""
+    if path is None:
+        return DaemonConfig()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration: {exc.strerror}", path=path) from None
+    return parse_config(data, path)
+
+
+def with_overrides(config: DaemonConfig, **changes: Any) -> DaemonConfig:
+    """``config`` with flags applied (flags win over the file, also after SIGHUP)."""
+    capture_changes = {k: v for k, v in changes.items() if k in CaptureConfig.__slots__}
+    rest = {k: v for k, v in changes.items() if k not in CaptureConfig.__slots__}
+    return replace(config, capture=replace(config.capture, **capture_changes), **rest)
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (every address) as (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"listen address {text!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)

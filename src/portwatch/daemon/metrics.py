@@ -1,0 +1,401 @@
+"""Traffic counters for the daemon, and the Prometheus collector that reads them.
+
+``TrafficCore`` is pure: feed it ``PacketBatch``es and it keeps the counters
+the exporter publishes. Per-packet work is numpy (``bincount`` over the
+batch); Python loops run over the distinct label sets of a batch only.
+
+Counting rules:
+
+* a packet is counted when it arrives, under the *current* decision of its
+  flow (``FlowTable.decide``): labels ``transport``, ``service`` (the
+  registry's canonical name, or empty) and ``status``;
+* a flow is counted in ``flows_total`` once, when first seen, under the
+  decision of that moment (a SYN-ACK seen later may change the decision of
+  later packets, not the flow count); a flow forgotten (idle, active timeout,
+  or evicted) and seen again is counted again;
+* flagged traffic is also counted by ``transport``, ``port``, ``status`` and
+  ``reason`` (one series per flag reason, so a packet to a port that is both
+  unassigned and has reported unauthorized use counts under both reasons).
+  ``port`` is the flow's service port, never the client's, and at most
+  ``max_flagged_ports`` distinct values are used; later ones become
+  ``"other"``.
+
+``PortwatchCollector`` reads a snapshot of these counters at scrape time;
+nothing is registered at import, the caller passes the registry.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from portwatch import __version__
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.flows import FlowFlag, FlowLimits
+from portwatch.capture.batch import PacketBatch
+from portwatch.decode.native import DecodeStatus
+from portwatch.ports import PortStatus, Transport
+from portwatch.porttable.table import CompiledTable
+from portwatch.registry.merge import Registry
+from portwatch.registry.model import RecordKind
+from portwatch.registry.packaged import source_label
+
+__all__ = [
+    "OTHER_PORT",
+    "FlowLimits",
+    "PortwatchCollector",
+    "RegistryFacts",
+    "Snapshot",
+    "TrafficCore",
+    "register_collectors",
+]
+
+I64 = npt.NDArray[np.int64]
+
+#: The ``port`` label value of flagged traffic beyond the distinct-port cap.
+OTHER_PORT = "other"
+
+_TRANSPORT_LABELS = tuple(t.label for t in Transport)
+_STATUS_LABELS = tuple(s.label for s in PortStatus)
+_FLAGS = tuple(FlowFlag)
+_ERROR_REASONS = tuple(s for s in DecodeStatus if s is not DecodeStatus.OK)
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryFacts:
+    """What the registry metrics say about the loaded table."""
+
+    records: Mapping[str, int]
+    updated_seconds: float | None
+    sources: tuple[tuple[str, str, str], ...]  # (path, format, last updated or "")
+
+    @classmethod
+    def of(cls, table: CompiledTable, registry: Registry | None) -> RegistryFacts:
+        counts: Counter[str] = Counter({k.value: 0 for k in RecordKind})
+        if registry is not None:
+            counts.update(rec.kind.value for rec in registry.records)
+        updated = table.last_updated
+        stamp = (datetime(updated.year, updated.month, updated.day, tzinfo=UTC).timestamp()
+                 if updated is not None else None)
+        sources = tuple(
+            (source_label(s.path), s.format.value,
+             s.last_updated.isoformat() if s.last_updated else "")
+            for s in table.sources
+        )
+        return cls(dict(counts), stamp, sources)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A copy of every counter, taken under the core's lock for one scrape."""
+
+    traffic: dict[tuple[str, str, str], tuple[int, int, int]]
+    flagged: dict[tuple[str, str, str, str], tuple[int, int]]
+    received: dict[str, int]
+    dropped: dict[str, int]
+    decode_errors: dict[str, int]
+    restarts: dict[str, int]
+    active_flows: int
+    evictions: int
+    registry: RegistryFacts
+
+
+class TrafficCore:
+    """Flows and counters over every batch fed; safe to feed and snapshot from two threads."""
+
+    def __init__(self, table: CompiledTable, limits: FlowLimits, registry: RegistryFacts) -> None:
+        self.analyzer = Analyzer(table)
+        self.limits = limits
+        self.registry = registry
+        self.lock = threading.Lock()
+        # label tuple -> [packets, bytes, flows]
+        self.traffic: dict[tuple[str, str, str], list[int]] = {}
+        # (transport, port, status, reason) -> [packets, flows]
+        self.flagged: dict[tuple[str, str, str, str], list[int]] = {}
+        self.flagged_ports: set[int] = set()
+        self.received: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        self.restarts: dict[str, int] = {}
+        self.evictions = 0  # flows pushed out because the table was full
+        self.latest_ns = 0  # newest packet timestamp seen
+        self._counted = np.zeros(0, dtype=np.bool_)  # flow row already in flows_total
+
+    # -- configuration ----------------------------------------------------------
+    @property
+    def table(self) -> CompiledTable:
+        return self.analyzer.table
+
+    def reload(self, table: CompiledTable, limits: FlowLimits, registry: RegistryFacts) -> None:
+        """New registry and limits; counters and flows carry on."""
+        with self.lock:
+            self.analyzer.table = table
+            self.limits = limits
+            self.registry = registry
+            self._enforce_limit()
+
+    # -- feeding ----------------------------------------------------------------
+    def feed(self, batch: PacketBatch, interface_names: Sequence[str] = ()) -> None:
+        """Count one batch, then hold the flow table to its limit."""
+        if len(batch) == 0:
+            return
+        with self.lock:
+            self._count_received(batch, interface_names)
+            decoded, flow_of_packet = self.analyzer.feed(batch)
+            self.latest_ns = max(self.latest_ns, int(batch.timestamps_ns.max()))
+            in_flow = flow_of_packet >= 0
+            if in_flow.any():
+                self._count_flows(flow_of_packet[in_flow], decoded.wirelen[in_flow])
+            self._enforce_limit()
+
+    def _count_received(self, batch: PacketBatch, names: Sequence[str]) -> None:
+        per_iface = np.bincount(batch.interfaces.astype(np.intp))
+        for i in np.flatnonzero(per_iface).tolist():
+            name = names[i] if i < len(names) else str(i)
+            self.received[name] = self.received.get(name, 0) + int(per_iface[i])
+
+    def _count_flows(self, rows: I64, wirelen: npt.NDArray[np.uint32]) -> None:
+        ft = self.analyzer.flows
+        table = self.analyzer.table
+        flows, inverse = np.unique(rows, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if self._counted.shape[0] < ft.capacity:
+            grown = np.zeros(ft.capacity, dtype=np.bool_)
+            grown[: self._counted.shape[0]] = self._counted
+            self._counted = grown
+        new = ~self._counted[flows]
+        self._counted[flows] = True
+        dec = ft.decide(table, flows)
+        transport = ft.keys["t"][flows].astype(np.int64)
+        per_flow_packets = np.bincount(inverse, minlength=flows.size)
+        per_flow_bytes = np.bincount(inverse, weights=wirelen, minlength=flows.size)
+        # traffic by (transport, status, service id)
+        key = (transport * len(PortStatus) + dec.status) * len(table.names) + dec.service_id
+        self._add_traffic(key, per_flow_packets, per_flow_bytes, new, table.names)
+        flagged = np.flatnonzero(dec.flags)
+        if flagged.size:
+            fkey = ((transport[flagged] * len(PortStatus) + dec.status[flagged]) * 65536
+                    + dec.service_port[flagged]) * 256 + dec.flags[flagged]
+            self._add_flagged(fkey, per_flow_packets[flagged], new[flagged])
+
+    def _add_traffic(self, key: I64, packets: npt.NDArray[Any], nbytes: npt.NDArray[Any],
+                     new: npt.NDArray[np.bool_], names: list[str]) -> None:
+        uniq, inv = np.unique(key, return_inverse=True)
+        inv = inv.reshape(-1)
+        pk = np.bincount(inv, weights=packets, minlength=uniq.size)
+        by = np.bincount(inv, weights=nbytes, minlength=uniq.size)
+        fl = np.bincount(inv, weights=new, minlength=uniq.size)
+        width = len(names)
+        for j, k in enumerate(uniq.tolist()):
+            ts, sid = divmod(k, width)
+            t, st = divmod(ts, len(PortStatus))
+            labels = (_TRANSPORT_LABELS[t], names[sid], _STATUS_LABELS[st])
+            acc = self.traffic.setdefault(labels, [0, 0, 0])
+            acc[0] += int(pk[j])
+            acc[1] += int(by[j])
+            acc[2] += int(fl[j])
+
+    def _add_flagged(self, key: I64, packets: npt.NDArray[Any], new: npt.NDArray[np.bool_]) -> None:
+        uniq, inv = np.unique(key, return_inverse=True)
+        inv = inv.reshape(-1)
+        pk = np.bincount(inv, weights=packets, minlength=uniq.size)
+        fl = np.bincount(inv, weights=new, minlength=uniq.size)
+        for j, k in enumerate(uniq.tolist()):
+            rest, bits = divmod(k, 256)
+            ts, port = divmod(rest, 65536)
+            t, st = divmod(ts, len(PortStatus))
+            port_label = self._port_label(port)
+            for flag in _FLAGS:
+                if bits & flag:
+                    labels = (_TRANSPORT_LABELS[t], port_label, _STATUS_LABELS[st], flag.label)
+                    acc = self.flagged.setdefault(labels, [0, 0])
+                    acc[0] += int(pk[j])
+                    acc[1] += int(fl[j])
+
+    def _port_label(self, port: int) -> str:
+        """The port itself while fewer than the cap are in use, else ``"other"``."""
+        if port in self.flagged_ports:
+            return str(port)
+        if len(self.flagged_ports) < self.limits.max_flagged_ports:
+            self.flagged_ports.add(port)
+            return str(port)
+        return OTHER_PORT
+
+    # -- bounds -----------------------------------------------------------------
+    def _forget(self, rows: I64) -> None:
+        if rows.size:
+            self._counted[rows[rows < self._counted.shape[0]]] = False
+
+    def _enforce_limit(self) -> None:
+        rows = self.analyzer.flows.enforce_limit(self.limits.max_flows)
+        self.evictions += int(rows.size)
+        self._forget(rows)
+
+    def expire(self, now_ns: int) -> int:
+        """Forget flows idle or active too long at ``now_ns``; return how many."""
+        with self.lock:
+            rows = self.analyzer.flows.expire(
+                now_ns, self.limits.idle_ns(), int(self.limits.active_s * _NS))
+            self._forget(rows)
+            return int(rows.size)
+
+    # -- capture health ---------------------------------------------------------
+    def add_dropped(self, drops: Mapping[str, int]) -> None:
+        """Add packets a backend lost (increments, per interface)."""
+        with self.lock:
+            for name, n in drops.items():
+                if n > 0:
+                    self.dropped[name] = self.dropped.get(name, 0) + n
+
+    def count_restart(self, backend: str) -> None:
+        with self.lock:
+            self.restarts[backend] = self.restarts.get(backend, 0) + 1
+
+    def declare(self, backend: str, interfaces: Iterable[str]) -> None:
+        """Make the capture series exist (at 0) before the first packet or failure."""
+        with self.lock:
+            self.restarts.setdefault(backend, 0)
+            for name in interfaces:
+                self.received.setdefault(name, 0)
+                self.dropped.setdefault(name, 0)
+
+    # -- reading ----------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self.lock:
+            counts = self.analyzer.decode_counts
+            return Snapshot(
+                traffic={k: (v[0], v[1], v[2]) for k, v in self.traffic.items()},
+                flagged={k: (v[0], v[1]) for k, v in self.flagged.items()},
+                received=dict(self.received),
+                dropped=dict(self.dropped),
+                decode_errors={s.label: int(counts[s]) for s in _ERROR_REASONS},
+                restarts=dict(self.restarts),
+                active_flows=len(self.analyzer.flows),
+                evictions=self.evictions,
+                registry=self.registry,
+            )
+
+
+class PortwatchCollector(Collector):
+    """Builds every ``portwatch_*`` family from a fresh snapshot at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # register without a scrape; names are fixed anyway
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self._snapshot()
+        yield from _traffic_families(snap)
+        yield from _health_families(snap)
+        yield from _registry_families(snap.registry)
+        build = InfoMetricFamily("portwatch_build", "portwatch version and Python runtime.")
+        build.add_metric([], {"version": __version__,
+                              "python_version": platform.python_version()})
+        yield build
+
+
+def _traffic_families(snap: Snapshot) -> Iterable[Metric]:
+    labels = ["transport", "service", "status"]
+    packets = CounterMetricFamily(
+        "portwatch_packets", "Packets of flows, by the flow's service and its registry status.",
+        labels=labels)
+    nbytes = CounterMetricFamily(
+        "portwatch_bytes", "Bytes on the wire of flows, by service and registry status.",
+        labels=labels)
+    flows = CounterMetricFamily(
+        "portwatch_flows", "Flows when first seen, by service and registry status.",
+        labels=labels)
+    for key, (p, b, f) in sorted(snap.traffic.items()):
+        packets.add_metric(list(key), p)
+        nbytes.add_metric(list(key), b)
+        flows.add_metric(list(key), f)
+    flabels = ["transport", "port", "status", "reason"]
+    fpackets = CounterMetricFamily(
+        "portwatch_flagged_packets",
+        "Packets of flagged flows by service port (capped; the rest are port=\"other\").",
+        labels=flabels)
+    fflows = CounterMetricFamily(
+        "portwatch_flagged_flows", "Flagged flows when first seen, by service port and reason.",
+        labels=flabels)
+    for fkey, (p, f) in sorted(snap.flagged.items()):
+        fpackets.add_metric(list(fkey), p)
+        fflows.add_metric(list(fkey), f)
+    return [packets, nbytes, flows, fpackets, fflows]
+
+
+def _by_label(family: CounterMetricFamily, values: Mapping[str, int]) -> CounterMetricFamily:
+    """One sample per label value, in a stable order."""
+    for value, n in sorted(values.items()):
+        family.add_metric([value], n)
+    return family
+
+
+def _health_families(snap: Snapshot) -> Iterable[Metric]:
+    received = _by_label(CounterMetricFamily(
+        "portwatch_capture_packets_received", "Packets the capture backend delivered.",
+        labels=["interface"]), snap.received)
+    dropped = _by_label(CounterMetricFamily(
+        "portwatch_capture_packets_dropped",
+        "Packets lost by the kernel or the capture backend before portwatch saw them.",
+        labels=["interface"]), snap.dropped)
+    errors = _by_label(CounterMetricFamily(
+        "portwatch_decode_errors", "Packets that yielded no transport flow, by reason.",
+        labels=["reason"]), snap.decode_errors)
+    restarts = _by_label(CounterMetricFamily(
+        "portwatch_backend_restarts", "Times a capture backend was restarted after it stopped.",
+        labels=["backend"]), snap.restarts)
+    active = GaugeMetricFamily("portwatch_active_flows", "Flows currently tracked.",
+                               value=snap.active_flows)
+    evictions = CounterMetricFamily(
+        "portwatch_flow_evictions", "Flows forgotten early because the flow table was full.",
+        value=snap.evictions)
+    return [received, dropped, errors, restarts, active, evictions]
+
+
+def _registry_families(facts: RegistryFacts) -> Iterable[Metric]:
+    records = GaugeMetricFamily("portwatch_registry_records",
+                                "Records of the loaded registry sources, by kind.",
+                                labels=["kind"])
+    for kind, n in sorted(facts.records.items()):
+        records.add_metric([kind], n)
+    out: list[Metric] = [records]
+    if facts.updated_seconds is not None:
+        out.append(GaugeMetricFamily(
+            "portwatch_registry_updated_timestamp_seconds",
+            "The newest 'Last Updated' date of the loaded registry sources (Unix time).",
+            value=facts.updated_seconds))
+    info = InfoMetricFamily("portwatch_registry", "Loaded registry sources.",
+                            labels=["source", "format", "last_updated"])
+    for path, fmt, updated in facts.sources:
+        info.add_metric([path, fmt, updated], {})
+    out.append(info)
+    return out
+
+
+def register_collectors(
+    registry: CollectorRegistry, snapshot: Callable[[], Snapshot], *, process: bool = True,
+    **process_kwargs: Any,
+) -> None:
+    """Register the portwatch collector (and the process collector) on ``registry``."""
+    registry.register(PortwatchCollector(snapshot))
+    if process:
+        from prometheus_client import ProcessCollector
+
+        ProcessCollector(registry=registry, **process_kwargs)

@@ -1,0 +1,79 @@
+"""On-disk cache of compiled tables, keyed by the sources' contents.
+
+Compiling the full official registry takes a fraction of a second; loading
+the compiled arrays takes milliseconds. The key hashes every source's bytes,
+so an edited or updated source can never be answered from a stale table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from portwatch import __version__
+from portwatch._atomic import atomic_write_bytes
+from portwatch.errors import RegistryRowError
+from portwatch.porttable.table import TABLE_FORMAT_VERSION, CompiledTable, compile_table
+from portwatch.registry.loader import parse_source, read_bytes
+from portwatch.registry.merge import Registry, merge_sources
+
+__all__ = ["LoadedTable", "cache_dir", "load_table", "table_key"]
+
+
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``PORTWATCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/portwatch``."""
+    env = os.environ if env is None else env
+    if env.get("PORTWATCH_CACHE_DIR"):
+        return Path(env["PORTWATCH_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "/root")) / ".cache")
+    return Path(base) / "portwatch"
+
+
+def table_key(sources: Sequence[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256(f"portwatch {__version__} table {TABLE_FORMAT_VERSION}\n".encode())
+    for path, data in sources:
+        h.update(f"{path}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class LoadedTable:
+    """A table and, when it had to be compiled, the registry it came from."""
+
+    table: CompiledTable
+    registry: Registry | None
+    from_cache: bool
+    sources: tuple[tuple[str, bytes], ...]
+
+    def full_registry(self) -> Registry:
+        """The parsed records (needed for record details), parsed on demand."""
+        if self.registry is None:
+            self.registry = merge_sources([parse_source(d, p) for p, d in self.sources])
+        return self.registry
+
+
+def load_table(
+    paths: Sequence[str], *, cache: Path | None, strict: bool = False
+) -> LoadedTable:
+    """The compiled table of ``paths``, from the cache when it is there."""
+    sources = tuple((p, read_bytes(p)) for p in paths)
+    target = cache / f"table-{table_key(sources)}.npz" if cache is not None else None
+    if target is not None and not strict:
+        try:
+            table = CompiledTable.from_bytes(target.read_bytes())
+            return LoadedTable(table, None, True, sources)
+        except (OSError, ValueError):
+            pass  # absent or unusable: compile afresh and overwrite
+    registry = merge_sources([parse_source(d, p) for p, d in sources])
+    if strict and registry.problems:
+        first = registry.problems[0]
+        raise RegistryRowError(first.message, path=first.path, line=first.line)
+    table = compile_table(registry)
+    if target is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs speed
+            atomic_write_bytes(target, table.to_bytes())
+    return LoadedTable(table, registry, False, sources)
