@@ -104,7 +104,8 @@ def measure(argv: list[str], output: list[str] | None = None) -> tuple[float, fl
 IN_PROCESS = """
 import sys, time
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.porttable.cache import cache_dir, load_table
+from portwatch.porttable.cache import load_table
+from portwatch._paths import cache_dir
 from portwatch.capture.files.reader import read_capture_path
 table = load_table([sys.argv[2]], cache=cache_dir()).table
 start = time.perf_counter()

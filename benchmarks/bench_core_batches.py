@@ -2,7 +2,7 @@
 
 A live capture hands the core whatever one pipe read holds (about 700
 64-byte packets from dumpcap), so the per-batch cost matters. This feeds
-``TrafficCore`` the throughput benchmark's traffic (64-byte UDP frames over
+``TrafficCounters`` the throughput benchmark's traffic (64-byte UDP frames over
 4,096 flows, 409,600 packets) in batches of several sizes, in-process.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_core_batches.py
@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_daemon_throughput import write_pcap
 
+from portwatch._paths import cache_dir
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.files.reader import open_capture
-from portwatch.daemon.metrics import RegistryFacts, TrafficCore
-from portwatch.porttable.cache import cache_dir, load_table
+from portwatch.daemon.counters import RegistryFacts, TrafficCounters
+from portwatch.porttable.cache import load_table
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/registry/service-names-port-numbers.csv"
 
@@ -45,7 +46,7 @@ def main() -> None:
     print("| batch size | packets/s | per batch |")
     print("|---:|---:|---:|")
     for size in (512, 700, 2048, 8192, 65536):
-        core = TrafficCore(loaded.table, FlowLimits(), RegistryFacts.of(loaded.table, None))
+        core = TrafficCounters(loaded.table, FlowLimits(), RegistryFacts.of(loaded.table, None))
         batches = list(open_capture(data, "flows.pcap", batch_size=size))
         started = time.perf_counter()
         for batch in batches:

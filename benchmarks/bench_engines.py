@@ -18,11 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from portwatch._paths import cache_dir
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.annotate import Annotator
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.decode import engine
-from portwatch.porttable.cache import cache_dir, load_table
+from portwatch.porttable.cache import load_table
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = REPO.parent / "shared/registry/service-names-port-numbers.csv"

@@ -1,6 +1,6 @@
 """Memory of the daemon's core under a flood of new flows (a port or address scan).
 
-Feeds ``TrafficCore`` 1,000,000 UDP packets, each from a new random source
+Feeds ``TrafficCounters`` 1,000,000 UDP packets, each from a new random source
 address (so each is a new flow), in batches of 50,000, with ``max_flows =
 100000``, and prints active flows, the flow table's capacity in rows, peak RSS
 (``ru_maxrss``, which includes the loaded registry table and numpy) and the
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from portwatch._paths import cache_dir
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import PacketBatch
-from portwatch.daemon.metrics import RegistryFacts, TrafficCore
-from portwatch.porttable.cache import cache_dir, load_table
+from portwatch.daemon.counters import RegistryFacts, TrafficCounters
+from portwatch.porttable.cache import load_table
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/registry/service-names-port-numbers.csv"
 PER_BATCH = 50_000
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--max-flows", type=int, default=100_000)
     args = parser.parse_args()
     loaded = load_table([args.registry], cache=cache_dir())
-    core = TrafficCore(loaded.table, FlowLimits(max_flows=args.max_flows),
+    core = TrafficCounters(loaded.table, FlowLimits(max_flows=args.max_flows),
                        RegistryFacts.of(loaded.table, None))
     rng = np.random.default_rng(1)
     frame = template()

@@ -21,7 +21,7 @@ import numpy as np
 
 from portwatch.ports import Transport
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import compile_table
+from portwatch.porttable.compile import compile_table
 from portwatch.registry.loader import read_source
 from portwatch.registry.merge import merge_sources
 

@@ -15,7 +15,7 @@ from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import CaptureTruncatedError
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -23,11 +23,11 @@ C, S = "192.0.2.10", "198.51.100.20"
 
 
 @pytest.fixture(scope="module")
-def table(official_csv: Path) -> CompiledTable:
+def table(official_csv: Path) -> PortTable:
     return load_table([str(official_csv)], cache=None).table
 
 
-def _flows(table: CompiledTable, *packets: bytes) -> list[FlowReport]:
+def _flows(table: PortTable, *packets: bytes) -> list[FlowReport]:
     analyzer = Analyzer(table)
     analyzer.feed(PacketBatch.from_packets(list(packets), 1,
                                      timestamps_ns=[i * 1000 for i in range(len(packets))]))
@@ -39,7 +39,7 @@ def _eth(layer: object) -> bytes:
 
 
 def test_handshake_makes_the_syn_receiver_the_service_even_on_an_unassigned_port(
-    table: CompiledTable,
+    table: PortTable,
 ) -> None:
     (flow,) = _flows(
         table,
@@ -52,27 +52,27 @@ def test_handshake_makes_the_syn_receiver_the_service_even_on_an_unassigned_port
     assert any("Known UNAUTHORIZED USE" in r for r in flow.reasons)
 
 
-def test_syn_ack_alone_identifies_the_server(table: CompiledTable) -> None:
+def test_syn_ack_alone_identifies_the_server(table: PortTable) -> None:
     (flow,) = _flows(table, _eth(IP(src=S, dst=C) / TCP(sport=8807, dport=50123, flags="SA")))
     assert (flow.service_port, flow.method) == (8807, "handshake")
     assert flow.flags == ["reserved"]
 
 
-def test_mid_stream_flow_uses_the_registry_side(table: CompiledTable) -> None:
+def test_mid_stream_flow_uses_the_registry_side(table: PortTable) -> None:
     (flow,) = _flows(table, _eth(IP(src=S, dst=C) / TCP(sport=443, dport=8794, flags="A")))
     assert (flow.service_port, flow.service, flow.method) == (443, "https", "registry")
     assert flow.flags == []
 
 
 def test_without_an_assigned_side_the_port_outside_the_dynamic_range_wins(
-    table: CompiledTable,
+    table: PortTable,
 ) -> None:
     (flow,) = _flows(table, _eth(IP(src=C, dst=S) / UDP(sport=55555, dport=8806)))
     assert (flow.service_port, flow.method, flow.status) == (8806, "dynamic-range", "unassigned")
 
 
 def test_two_dynamic_ports_fall_back_to_the_lower_and_are_flagged_dynamic(
-    table: CompiledTable,
+    table: PortTable,
 ) -> None:
     (flow,) = _flows(table, _eth(IP(src=C, dst=S) / UDP(sport=61000, dport=50000)))
     assert (flow.service_port, flow.method, flow.status) == (50000, "lower-port", "dynamic")
@@ -80,7 +80,7 @@ def test_two_dynamic_ports_fall_back_to_the_lower_and_are_flagged_dynamic(
 
 
 def test_both_directions_meet_in_one_flow_with_per_direction_counts(
-    table: CompiledTable,
+    table: PortTable,
 ) -> None:
     (flow,) = _flows(
         table,
@@ -94,7 +94,7 @@ def test_both_directions_meet_in_one_flow_with_per_direction_counts(
 
 
 def test_flows_stay_apart_even_when_every_flow_key_hashes_alike(
-    table: CompiledTable, monkeypatch: pytest.MonkeyPatch,
+    table: PortTable, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import numpy as np
 
@@ -113,7 +113,7 @@ def test_flows_stay_apart_even_when_every_flow_key_hashes_alike(
 
 
 def test_later_fragments_count_with_their_datagram_and_orphans_as_portless(
-    table: CompiledTable,
+    table: PortTable,
 ) -> None:
     datagram = IP(src=C, dst=S, id=777) / UDP(sport=50002, dport=53) / Raw(b"x" * 64)
     frags = [_eth(f) for f in fragment(datagram, fragsize=24)]
@@ -127,7 +127,7 @@ def test_later_fragments_count_with_their_datagram_and_orphans_as_portless(
     assert report.packets == len(frags) + 1
 
 
-def test_non_ip_and_icmp_are_counted_by_reason_never_dropped(table: CompiledTable) -> None:
+def test_non_ip_and_icmp_are_counted_by_reason_never_dropped(table: PortTable) -> None:
     from scapy.layers.inet import ICMP
     from scapy.layers.l2 import ARP
 
@@ -150,7 +150,7 @@ def test_non_ip_and_icmp_are_counted_by_reason_never_dropped(table: CompiledTabl
     assert report.flows == []
 
 
-def _analyse(table: CompiledTable, path: Path) -> Analyzer:
+def _analyse(table: PortTable, path: Path) -> Analyzer:
     analyzer = Analyzer(table, capture=path.name)
     with read_capture_path(str(path)) as reader:
         try:
@@ -171,7 +171,7 @@ def _truth() -> dict[str, dict[str, object]]:
 @pytest.mark.parametrize("name", sorted(json.loads((PCAPS / "truth.json").read_text()))
                          if (PCAPS / "truth.json").exists() else [])
 def test_sample_capture_counts_per_service_port_equal_the_truth(
-    table: CompiledTable, name: str
+    table: PortTable, name: str
 ) -> None:
     truth = _truth()[name]
     report = _analyse(table, PCAPS / name).report()
@@ -182,7 +182,7 @@ def test_sample_capture_counts_per_service_port_equal_the_truth(
     assert in_no_flow == truth["without_ports"]
 
 
-def test_truncated_sample_keeps_what_came_before_the_damage(table: CompiledTable) -> None:
+def test_truncated_sample_keeps_what_came_before_the_damage(table: PortTable) -> None:
     truth = _truth()["truncated.pcap"]
     analyzer = _analyse(table, PCAPS / "truncated.pcap")
     assert analyzer.partial

@@ -12,14 +12,14 @@ import pytest
 
 from portwatch.annotate import Annotation, Annotator
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 MACS: dict[str, Any] = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
 
 
 @pytest.fixture(scope="module")
-def table(official_csv: Path) -> CompiledTable:
+def table(official_csv: Path) -> PortTable:
     return load_table([str(official_csv)], cache=None).table
 
 
@@ -45,7 +45,7 @@ def udp(sport: int, dport: int) -> Any:
         sport=sport, dport=dport)
 
 
-def test_handshake_names_the_service_for_every_packet_of_the_flow(table: CompiledTable) -> None:
+def test_handshake_names_the_service_for_every_packet_of_the_flow(table: PortTable) -> None:
     annotate = Annotator(table)
     answers = [annotate(p) for p in web_exchange()]
     assert [str(a) for a in answers] == ["portwatch: tcp/80 http (assigned)"] * 3
@@ -55,7 +55,7 @@ def test_handshake_names_the_service_for_every_packet_of_the_flow(table: Compile
 
 
 def test_syn_ack_alone_decides_the_service_side_even_from_a_high_port(
-        table: CompiledTable) -> None:
+        table: PortTable) -> None:
     scapy_inet = pytest.importorskip("scapy.layers.inet")
     from scapy.layers.l2 import Ether
 
@@ -67,7 +67,7 @@ def test_syn_ack_alone_decides_the_service_side_even_from_a_high_port(
 
 
 def test_a_late_syn_ack_changes_the_answer_for_the_rest_of_the_flow(
-        table: CompiledTable) -> None:
+        table: PortTable) -> None:
     scapy_inet = pytest.importorskip("scapy.layers.inet")
     from scapy.layers.l2 import Ether
 
@@ -83,7 +83,7 @@ def test_a_late_syn_ack_changes_the_answer_for_the_rest_of_the_flow(
 
 
 def test_unassigned_port_with_reported_unauthorized_use_is_flagged(
-        table: CompiledTable) -> None:
+        table: PortTable) -> None:
     answer = Annotator(table)(udp(51000, 44515))
     assert answer.flagged
     assert answer.status == "unassigned"
@@ -93,7 +93,7 @@ def test_unassigned_port_with_reported_unauthorized_use_is_flagged(
 
 
 def test_flow_between_dynamic_ports_is_flagged_with_lower_severity(
-        table: CompiledTable) -> None:
+        table: PortTable) -> None:
     answer = Annotator(table)(udp(50000, 60000))
     assert answer.status == "dynamic"
     assert answer.flags == ("dynamic",)
@@ -101,7 +101,7 @@ def test_flow_between_dynamic_ports_is_flagged_with_lower_severity(
     assert str(answer) == "portwatch: FLAG udp/50000 dynamic; both ports dynamic"
 
 
-def test_packets_without_ports_say_why(table: CompiledTable) -> None:
+def test_packets_without_ports_say_why(table: PortTable) -> None:
     scapy_l2 = pytest.importorskip("scapy.layers.l2")
     from scapy.layers.inet import ICMP, IP
 
@@ -112,27 +112,27 @@ def test_packets_without_ports_say_why(table: CompiledTable) -> None:
     assert (ping.transport, ping.status) == ("", "icmp")
 
 
-def test_annotation_is_a_frozen_record(table: CompiledTable) -> None:
+def test_annotation_is_a_frozen_record(table: PortTable) -> None:
     answer = Annotator(table)(udp(51000, 53))
     assert isinstance(answer, Annotation)
     with pytest.raises(AttributeError):
         answer.status = "reserved"  # type: ignore[misc]
 
 
-def test_flows_beyond_the_limit_are_forgotten(table: CompiledTable) -> None:
+def test_flows_beyond_the_limit_are_forgotten(table: PortTable) -> None:
     annotate = Annotator(table, max_flows=2)
     for sport in range(51000, 51010):
         annotate(udp(sport, 53))
     assert len(annotate.analyzer.flows) <= 2
 
 
-def test_other_objects_are_refused_with_their_type(table: CompiledTable) -> None:
+def test_other_objects_are_refused_with_their_type(table: PortTable) -> None:
     with pytest.raises(TypeError, match="bytes"):
         Annotator(table)(b"\x00" * 60)
 
 
 def test_pyshark_packets_get_the_same_answers_as_scapy_packets(
-        table: CompiledTable, tmp_path: Path) -> None:
+        table: PortTable, tmp_path: Path) -> None:
     if shutil.which("tshark") is None:
         pytest.skip("tshark is not installed")
     pyshark = pytest.importorskip("pyshark")

@@ -18,7 +18,7 @@ from portwatch.decode.native import DecodedBatch, DecodeStatus
 from portwatch.decode.rows import rows_to_batch, timestamp_ns
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 SAMPLES = sorted(p.name for p in PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else []
@@ -27,11 +27,11 @@ Batches = Iterator[tuple[DecodedBatch, npt.NDArray[np.int64]]]
 
 
 @pytest.fixture(scope="module")
-def table(official_csv: Path) -> CompiledTable:
+def table(official_csv: Path) -> PortTable:
     return load_table([str(official_csv)], cache=None).table
 
 
-def _native(table: CompiledTable, path: Path) -> tuple[Analyzer, type[Exception] | None]:
+def _native(table: PortTable, path: Path) -> tuple[Analyzer, type[Exception] | None]:
     analyzer = Analyzer(table)
     try:
         with read_capture_path(str(path)) as reader:
@@ -42,7 +42,7 @@ def _native(table: CompiledTable, path: Path) -> tuple[Analyzer, type[Exception]
     return analyzer, None
 
 
-def _dissected(table: CompiledTable, batches: Callable[[], Batches]) -> tuple[
+def _dissected(table: PortTable, batches: Callable[[], Batches]) -> tuple[
         Analyzer, type[Exception] | None]:
     analyzer = Analyzer(table)
     try:
@@ -76,7 +76,7 @@ def _need(engine_name: str) -> None:
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_scapy_engine_reports_what_the_native_engine_reports(
-        table: CompiledTable, name: str) -> None:
+        table: PortTable, name: str) -> None:
     _need("scapy")
     native, native_error = _native(table, PCAPS / name)
     scapy, scapy_error = _dissected(table, lambda: engine("scapy")(str(PCAPS / name), 5))
@@ -86,7 +86,7 @@ def test_scapy_engine_reports_what_the_native_engine_reports(
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_pyshark_engine_reports_what_the_native_engine_reports(
-        table: CompiledTable, name: str) -> None:
+        table: PortTable, name: str) -> None:
     _need("pyshark")
     native, native_error = _native(table, PCAPS / name)
     tshark, tshark_error = _dissected(table, lambda: engine("pyshark")(str(PCAPS / name), 5))

@@ -2,7 +2,7 @@
 
 Expected values never come from the plugin's own code: they are computed by
 ``portwatch.analysis.flows.FlowTable`` over the same packets, decoded by
-``portwatch.decode.native``, with the same ``CompiledTable``.
+``portwatch.decode.native``, with the same ``PortTable``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from portwatch.export.wireshark import (
 )
 from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 REPO = Path(__file__).resolve().parent.parent
 TSHARK = shutil.which("tshark")
@@ -55,12 +55,12 @@ def _shown(description: str) -> str:
 # -- helpers -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def csv_table(official_csv: Path) -> CompiledTable:
+def csv_table(official_csv: Path) -> PortTable:
     return load_table([str(official_csv)], cache=None).table
 
 
 @pytest.fixture(scope="module")
-def plugin(csv_table: CompiledTable, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plugin(csv_table: PortTable, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path: Path = tmp_path_factory.mktemp("plugin") / PLUGIN_FILENAME
     path.write_bytes(plugin_bytes(csv_table))
     return path
@@ -111,7 +111,7 @@ def _one_packet(d: DecodedBatch, i: int) -> DecodedBatch:
                            for f in dataclasses.fields(d)})
 
 
-def _expected(table: CompiledTable, batches: Sequence[PacketBatch], *,
+def _expected(table: PortTable, batches: Sequence[PacketBatch], *,
               whole_capture: bool) -> dict[int, Row]:
     """Per frame, the flow engine's answer for the packet's flow.
 
@@ -232,7 +232,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PacketBat
 
 @needs_tshark
 def test_plugin_agrees_with_flow_engine_packet_for_packet(
-    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: CompiledTable
+    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: PortTable
 ) -> None:
     capture, batch = synthetic
     got = _fields(plugin, capture)
@@ -241,7 +241,7 @@ def test_plugin_agrees_with_flow_engine_packet_for_packet(
 
 @needs_tshark
 def test_plugin_second_pass_agrees_with_whole_capture_decision(
-    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: CompiledTable
+    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: PortTable
 ) -> None:
     capture, batch = synthetic
     got = _fields(plugin, capture, two_pass=True)
@@ -263,7 +263,7 @@ def test_synthetic_capture_covers_every_transport_and_method(
 
 @needs_tshark
 def test_flag_filter_selects_exactly_the_flagged_packets(
-    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: CompiledTable
+    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: PortTable
 ) -> None:
     capture, batch = synthetic
     expected = _expected(csv_table, [batch], whole_capture=False)
@@ -278,7 +278,7 @@ def test_flag_filter_selects_exactly_the_flagged_packets(
 
 @needs_tshark
 def test_expert_info_warns_on_flagged_ports_and_notes_dynamic_ones(
-    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: CompiledTable
+    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: PortTable
 ) -> None:
     capture, batch = synthetic
     expected = _expected(csv_table, [batch], whole_capture=False)
@@ -296,7 +296,7 @@ def test_expert_info_warns_on_flagged_ports_and_notes_dynamic_ones(
 
 @needs_tshark
 def test_plugin_states_registry_date_and_version(
-    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: CompiledTable
+    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: PortTable
 ) -> None:
     capture, _ = synthetic
     rows = _tshark(plugin, capture, "-T", "fields", "-e", "portwatch.registry_date",
@@ -305,7 +305,7 @@ def test_plugin_states_registry_date_and_version(
     assert {tuple(r) for r in rows} == {(csv_table.last_updated.isoformat(), __version__)}
 
 
-def _boundary_ports(table: CompiledTable, transport: Transport, rng: np.random.Generator
+def _boundary_ports(table: PortTable, transport: Transport, rng: np.random.Generator
                     ) -> list[int]:
     """Both ends of every status change below 10000, plus random ports anywhere."""
     status = table.status[transport]
@@ -318,7 +318,7 @@ def _boundary_ports(table: CompiledTable, transport: Transport, rng: np.random.G
 
 @needs_tshark
 def test_plugin_lookups_match_the_table_at_run_boundaries(
-    plugin: Path, csv_table: CompiledTable, tmp_path: Path
+    plugin: Path, csv_table: PortTable, tmp_path: Path
 ) -> None:
     """Same source and destination port: every method names that port."""
     pytest.importorskip("scapy")
@@ -377,7 +377,7 @@ def _sample_captures() -> list[Path]:
 @needs_tshark
 @pytest.mark.parametrize("two_pass", [False, True], ids=["one-pass", "two-pass"])
 def test_plugin_agrees_with_flow_engine_on_sample_captures(
-    plugin: Path, csv_table: CompiledTable, tmp_path: Path, two_pass: bool
+    plugin: Path, csv_table: PortTable, tmp_path: Path, two_pass: bool
 ) -> None:
     captures = _sample_captures()
     if not captures:
@@ -418,7 +418,7 @@ def test_encoding_refuses_negative_numbers() -> None:
         encode_numbers([-1])
 
 
-def test_runs_rebuild_every_slot_of_the_table(csv_table: CompiledTable) -> None:
+def test_runs_rebuild_every_slot_of_the_table(csv_table: PortTable) -> None:
     data = plugin_data(csv_table)
     for transport in Transport:
         runs = data.runs[transport]
@@ -432,7 +432,7 @@ def test_runs_rebuild_every_slot_of_the_table(csv_table: CompiledTable) -> None:
         assert names == [csv_table.names[i] for i in csv_table.service_id[transport][::97]]
 
 
-def test_port_data_takes_under_half_a_byte_per_slot(csv_table: CompiledTable) -> None:
+def test_port_data_takes_under_half_a_byte_per_slot(csv_table: PortTable) -> None:
     """What keeps the plugin small: 4 x 65,536 slots as runs of interned answers."""
     data = plugin_data(csv_table)
     runs = sum(len(encode_numbers(v for run in data.runs[t] for v in run)) for t in Transport)
@@ -440,7 +440,7 @@ def test_port_data_takes_under_half_a_byte_per_slot(csv_table: CompiledTable) ->
     assert runs + answers < 4 * 65536 // 2
 
 
-def test_header_names_registry_date_sources_and_version(csv_table: CompiledTable) -> None:
+def test_header_names_registry_date_sources_and_version(csv_table: PortTable) -> None:
     text = render_plugin(csv_table, version="9.8.7")
     assert csv_table.last_updated is not None
     head = text[: text.index("local ")]
@@ -451,7 +451,7 @@ def test_header_names_registry_date_sources_and_version(csv_table: CompiledTable
 
 
 def test_different_registries_give_different_plugins_with_their_dates(
-    official_csv: Path, history_csv: Path, csv_table: CompiledTable
+    official_csv: Path, history_csv: Path, csv_table: PortTable
 ) -> None:
     old = load_table([str(history_csv)], cache=None).table
     assert old.last_updated is not None
@@ -464,7 +464,7 @@ def test_different_registries_give_different_plugins_with_their_dates(
 
 
 def test_cli_writes_the_plugin_for_the_loaded_registry(
-    official_csv: Path, csv_table: CompiledTable, tmp_path: Path,
+    official_csv: Path, csv_table: PortTable, tmp_path: Path,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "plugins"

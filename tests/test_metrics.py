@@ -12,13 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.daemon.metrics import (
-    OTHER_PORT,
-    FlowLimits,
-    RegistryFacts,
-    TrafficCore,
-    register_collectors,
-)
+from portwatch.daemon.collector import register_collectors
+from portwatch.daemon.counters import OTHER_PORT, FlowLimits, RegistryFacts, TrafficCounters
 from portwatch.ports import Transport
 from portwatch.porttable.cache import load_table
 
@@ -52,9 +47,9 @@ def loaded(official_csv: Path, tmp_path_factory: pytest.TempPathFactory):  # typ
     return load_table([str(official_csv)], cache=tmp_path_factory.mktemp("cache"))
 
 
-def core_for(loaded, **limits: int) -> TrafficCore:  # type: ignore[no-untyped-def]
+def core_for(loaded, **limits: int) -> TrafficCounters:  # type: ignore[no-untyped-def]
     facts = RegistryFacts.of(loaded.table, loaded.full_registry())
-    return TrafficCore(loaded.table, FlowLimits(**limits), facts)  # type: ignore[arg-type]
+    return TrafficCounters(loaded.table, FlowLimits(**limits), facts)  # type: ignore[arg-type]
 
 
 def test_packets_bytes_and_flows_are_counted_by_service(loaded) -> None:  # type: ignore[no-untyped-def]

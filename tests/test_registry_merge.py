@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from portwatch.ports import PortStatus, Transport
-from portwatch.porttable.table import compile_table
+from portwatch.porttable.compile import compile_table
 from portwatch.registry.loader import detect_format, load_registry
 from portwatch.registry.model import SourceFormat
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable, compile_table
+from portwatch.porttable.compile import compile_table
+from portwatch.porttable.table import PortTable
 from portwatch.registry.formats.iana_csv import parse_iana_csv
 from portwatch.registry.formats.iana_xml import parse_iana_xml
 from portwatch.registry.merge import merge_sources
@@ -77,7 +78,7 @@ def _expected_slots(rows: list[tuple[str, str, str, str]]) -> dict[Slot, Answer]
     return out
 
 
-def _check(table: CompiledTable, expected: dict[Slot, Answer]) -> None:
+def _check(table: PortTable, expected: dict[Slot, Answer]) -> None:
     mismatches = []
     for t in Transport:
         for port in range(65536):
@@ -180,7 +181,7 @@ def test_vectorised_lookup_equals_scalar_lookup(csv_source: ParsedSource) -> Non
 
 def test_table_survives_serialisation_unchanged(csv_source: ParsedSource) -> None:
     table = compile_table(merge_sources([csv_source]))
-    again = CompiledTable.from_bytes(table.to_bytes())
+    again = PortTable.from_bytes(table.to_bytes())
     assert np.array_equal(again.status, table.status)
     assert np.array_equal(again.entry, table.entry)
     assert again.names == table.names
@@ -190,7 +191,7 @@ def test_table_survives_serialisation_unchanged(csv_source: ParsedSource) -> Non
 
 def test_garbage_is_not_taken_for_a_compiled_table() -> None:
     with pytest.raises(ValueError, match="not a compiled portwatch table"):
-        CompiledTable.from_bytes(b"garbage")
+        PortTable.from_bytes(b"garbage")
 
 
 def test_cache_is_reused_and_invalidated_when_a_source_changes(tmp_path: Path) -> None:

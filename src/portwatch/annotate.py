@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from portwatch._paths import cache_dir
 from portwatch.analysis.analyzer import Analyzer, flag_reasons
 from portwatch.analysis.flows import FlowFlag, Method, flag_labels
 from portwatch.decode.native import DecodeStatus
 from portwatch.decode.rows import Row, rows_to_batch
 from portwatch.ports import PortStatus, Transport
-from portwatch.porttable.cache import cache_dir, load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import PortTable
 from portwatch.registry.store import select_sources
 
 __all__ = ["DEFAULT_MAX_FLOWS", "Annotation", "Annotator", "default_annotator"]
@@ -90,7 +91,7 @@ class Annotator:
     its own annotator.
     """
 
-    def __init__(self, table: CompiledTable | None = None, *,
+    def __init__(self, table: PortTable | None = None, *,
                  max_flows: int = DEFAULT_MAX_FLOWS) -> None:
         if table is None:
             table = load_table(list(select_sources([]).paths), cache=cache_dir()).table

@@ -28,7 +28,7 @@ from portwatch.analysis.flows import (
 from portwatch.capture.batch import PacketBatch
 from portwatch.decode.native import DecodedBatch, DecodeStatus, decode_batch
 from portwatch.ports import PortStatus, Transport
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 __all__ = ["Analyzer", "FlowReport", "Report", "ServiceCount", "flag_reasons", "merge_reports"]
 
@@ -165,7 +165,7 @@ def flag_reasons(transport: str, port: int, bits: int, remark: str,
 class Analyzer:
     """Accumulates flows over any number of batches (one capture or many)."""
 
-    def __init__(self, table: CompiledTable, *, capture: str = "") -> None:
+    def __init__(self, table: PortTable, *, capture: str = "") -> None:
         self.table = table
         self.flows = FlowTable()
         self.capture = capture

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from portwatch.decode.native import TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
 from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus, Transport
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 __all__ = [
     "Decision",
@@ -357,7 +357,7 @@ class FlowTable:
         np.minimum.at(self.first_ns, flows, ts)
         np.maximum.at(self.last_ns, flows, ts)
 
-    def decide(self, table: CompiledTable, rows: I64 | None = None) -> FlowDecisions:
+    def decide(self, table: PortTable, rows: I64 | None = None) -> FlowDecisions:
         """The service port of every flow (or of ``rows``), how decided, and flags.
 
         Rows of evicted flows get answers too; mask them with ``alive``.

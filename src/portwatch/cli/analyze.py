@@ -21,7 +21,7 @@ from portwatch.capture.files.reader import CaptureReader, read_capture_path
 from portwatch.cli.common import Context
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError, UsageError
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 __all__ = ["add_parser", "run"]
 
@@ -112,7 +112,7 @@ def _progress(reader: CaptureReader, path: str, enabled: bool) -> Iterator[Packe
             yield batch
 
 
-def _analyze_native(table: CompiledTable, path: str, progress: bool) -> Analyzer:
+def _analyze_native(table: PortTable, path: str, progress: bool) -> Analyzer:
     analyzer = Analyzer(table, capture=path)
     reader = _open(path)
     try:
@@ -125,7 +125,7 @@ def _analyze_native(table: CompiledTable, path: str, progress: bool) -> Analyzer
     return analyzer
 
 
-def _analyze_engine(table: CompiledTable, path: str, engine: str) -> Analyzer:
+def _analyze_engine(table: PortTable, path: str, engine: str) -> Analyzer:
     analyzer = Analyzer(table, capture=path)
     iter_decoded = engines.engine(engine)
     try:
@@ -136,7 +136,7 @@ def _analyze_engine(table: CompiledTable, path: str, engine: str) -> Analyzer:
     return analyzer
 
 
-def _analyze_one(table: CompiledTable, path: str, engine: str, progress: bool) -> Analyzer:
+def _analyze_one(table: PortTable, path: str, engine: str, progress: bool) -> Analyzer:
     if engine == "native":
         return _analyze_native(table, path, progress)
     return _analyze_engine(table, path, engine)
@@ -218,12 +218,12 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if report.partial else 0
 
 
-def _run_analysis(ctx: Context, args: argparse.Namespace, table: CompiledTable,
+def _run_analysis(ctx: Context, args: argparse.Namespace, table: PortTable,
                   captures: list[str], progress: bool) -> Report:
     if args.jobs > 1 and len(captures) > 1 and "-" not in captures:
         from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
 
-        from portwatch.porttable.cache import cache_dir
+        from portwatch._paths import cache_dir
 
         cache = str(cache_dir(ctx.env)) if ctx.use_cache else None
         paths = ctx.selection().paths

@@ -11,10 +11,11 @@ from datetime import date
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+from portwatch._paths import cache_dir, data_dir
 from portwatch.errors import RegistryFormatError, UsageError
-from portwatch.porttable.cache import LoadedTable, cache_dir, load_table
+from portwatch.porttable.cache import LoadedTable, load_table
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS, stale_warning
-from portwatch.registry.store import SourceSelection, data_dir, select_sources
+from portwatch.registry.store import SourceSelection, select_sources
 
 __all__ = ["Context", "PortwatchArgumentParser", "format_columns"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from portwatch._paths import cache_dir
 from portwatch.cli.common import Context
 from portwatch.daemon.config import (
     Backend,
@@ -14,7 +15,6 @@ from portwatch.daemon.config import (
     with_overrides,
 )
 from portwatch.errors import ConfigError
-from portwatch.porttable.cache import cache_dir
 
 __all__ = ["add_parser", "run"]
 

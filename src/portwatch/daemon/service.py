@@ -33,13 +33,14 @@ from typing import TextIO
 from prometheus_client import CollectorRegistry
 
 from portwatch.capture.live.source import PacketSource
+from portwatch.daemon.collector import register_collectors
 from portwatch.daemon.config import Backend, DaemonConfig
-from portwatch.daemon.metrics import RegistryFacts, TrafficCore, register_collectors
+from portwatch.daemon.counters import RegistryFacts, TrafficCounters
 from portwatch.daemon.web import WebServer
 from portwatch.daemon.web_config import WebSettings, load_web_settings
 from portwatch.errors import BackendError, ConfigError, PortwatchError
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 __all__ = ["Daemon", "DaemonDeps", "Notifier", "make_source"]
 
@@ -117,7 +118,7 @@ class Wakeup:
                 os.close(fd)
 
 
-TableLoader = Callable[[DaemonConfig], tuple[CompiledTable, RegistryFacts]]
+TableLoader = Callable[[DaemonConfig], tuple[PortTable, RegistryFacts]]
 SourceFactory = Callable[[DaemonConfig], PacketSource]
 ConfigLoader = Callable[[], DaemonConfig]
 
@@ -136,7 +137,7 @@ class DaemonDeps:
 
 
 def default_table_loader(cache: Path | None) -> TableLoader:
-    def load(config: DaemonConfig) -> tuple[CompiledTable, RegistryFacts]:
+    def load(config: DaemonConfig) -> tuple[PortTable, RegistryFacts]:
         if not config.registry_sources:
             raise ConfigError("no registry sources: set [registry] sources or --registry")
         loaded = load_table(list(config.registry_sources), cache=cache)
@@ -164,9 +165,12 @@ def make_source(config: DaemonConfig) -> PacketSource:
 
 
 class Daemon:
-    def __init__(self, deps: DaemonDeps, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, deps: DaemonDeps, collector_registry: CollectorRegistry | None = None
+    ) -> None:
         self.deps = deps
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.collector_registry = (
+            collector_registry if collector_registry is not None else CollectorRegistry())
         self.notifier = Notifier(deps.env)
         self._stop = threading.Event()
         # Set by signal handlers: plain flags, read by the main loop (see Wakeup).
@@ -184,7 +188,7 @@ class Daemon:
         self._drops_seen: dict[str, int] = {}
         self.config = deps.load_config()
         table, facts = deps.load_table(self.config)
-        self.core = TrafficCore(table, self.config.flows, facts)
+        self.counters = TrafficCounters(table, self.config.flows, facts)
 
     # -- logging ----------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -202,9 +206,10 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
-        register_collectors(self.registry, self.core.snapshot)
+        register_collectors(self.collector_registry, self.counters.snapshot)
         settings = _web_settings(self.config)
-        self._web = WebServer(self.config.listen_address, self.registry, self.health, settings)
+        self._web = WebServer(self.config.listen_address, self.collector_registry, self.health,
+                              settings)
         self._web.start()
         self.log(f"listening on {self.config.listen_address} "
                  f"({'https' if settings and settings.tls else 'http'}) port {self._web.port}")
@@ -267,7 +272,7 @@ class Daemon:
         if self._web is not None:
             self._web.stop()
         self._wakeup.close()
-        snap = self.core.snapshot()
+        snap = self.counters.snapshot()
         packets = sum(v[0] for v in snap.traffic.values())
         self.log(f"stopped: {sum(snap.received.values())} packets received, "
                  f"{sum(snap.dropped.values())} dropped, {packets} in flows, "
@@ -287,7 +292,7 @@ class Daemon:
             self.log("web listen address changes take effect on restart only")
         old_capture = self.config.capture
         self.config = config
-        self.core.reload(table, config.flows, facts)
+        self.counters.reload(table, config.flows, facts)
         self.log(f"reloaded: registry {', '.join(p for p, _, _ in facts.sources)}, "
                  f"{sum(facts.records.values())} records")
         if config.capture != old_capture or self._finished.is_set():
@@ -298,11 +303,11 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         if self.config.capture.backend is Backend.REPLAY:
-            now = self.core.latest_ns  # replayed time, not the wall clock
+            now = self.counters.latest_ns  # replayed time, not the wall clock
         else:
             now = self.deps.wall_ns()
         if now:
-            self.core.expire(now)
+            self.counters.expire(now)
         self._poll_drops()
 
     def _poll_drops(self) -> None:
@@ -314,7 +319,7 @@ class Daemon:
         with self._state_lock:
             delta = {k: v - self._drops_seen.get(k, 0) for k, v in current.items()}
             self._drops_seen = current
-        self.core.add_dropped(delta)
+        self.counters.add_dropped(delta)
 
     def _close_source(self) -> None:
         with self._state_lock:
@@ -335,10 +340,10 @@ class Daemon:
                 source = None
                 error = str(exc)
             if source is not None:
-                self.core.declare(source.backend, config.capture.interfaces
+                self.counters.declare(source.backend, config.capture.interfaces
                                   if config.capture.backend is not Backend.REPLAY else ())
                 if not first:
-                    self.core.count_restart(source.backend)
+                    self.counters.count_restart(source.backend)
                 first = False
                 started = self.deps.monotonic()
                 error = self._run_source(source)
@@ -359,7 +364,7 @@ class Daemon:
                 if self.deps.monotonic() - started > STABLE_RUN_S:
                     backoff = BACKOFF_MIN_S
             else:
-                self.core.count_restart(config.capture.backend.value)
+                self.counters.count_restart(config.capture.backend.value)
             reason = error or "capture ended"
             self._set_health(False, f"{config.capture.backend.value}: {reason}; "
                                     f"restarting in {backoff:g}s")
@@ -384,7 +389,7 @@ class Daemon:
                  f"{' '.join(self.config.capture.interfaces) if not source.finite else ''}")
         try:
             for batch in source.batches():
-                self.core.feed(batch, source.interface_names())
+                self.counters.feed(batch, source.interface_names())
                 if self._stop.is_set():
                     break
             return None

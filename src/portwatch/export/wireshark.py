@@ -25,7 +25,7 @@ import numpy as np
 
 from portwatch import __version__
 from portwatch.ports import PortFlag, Transport
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 
 __all__ = [
     "PLUGIN_FILENAME",
@@ -64,7 +64,7 @@ def _one_line(text: str) -> str:
     return _CONTROL.sub(" ", text)
 
 
-def plugin_data(table: CompiledTable) -> PluginData:
+def plugin_data(table: PortTable) -> PluginData:
     """Intern each slot's answer and run-length encode every transport."""
     names: list[str] = [""]
     name_ids: dict[str, int] = {"": 0}
@@ -143,12 +143,12 @@ def _lua_quoted(text: str) -> str:
     return '"' + _CONTROL.sub(" ", escaped) + '"'
 
 
-def _registry_date(table: CompiledTable) -> str:
+def _registry_date(table: PortTable) -> str:
     last = table.last_updated
     return last.isoformat() if last is not None else "unknown"
 
 
-def _source_lines(table: CompiledTable) -> list[str]:
+def _source_lines(table: PortTable) -> list[str]:
     if not table.sources:
         return ["(no sources)"]
     out = []
@@ -163,7 +163,7 @@ def _template() -> str:
     return (resources.files(__package__) / "portwatch.lua.in").read_text(encoding="utf-8")
 
 
-def render_plugin(table: CompiledTable, *, version: str = __version__) -> str:
+def render_plugin(table: PortTable, *, version: str = __version__) -> str:
     """The complete Lua source of the post-dissector for ``table``."""
     data = plugin_data(table)
     sources = _source_lines(table)
@@ -187,6 +187,6 @@ def render_plugin(table: CompiledTable, *, version: str = __version__) -> str:
     return _PLACEHOLDER.sub(fill, _template())
 
 
-def plugin_bytes(table: CompiledTable, *, version: str = __version__) -> bytes:
+def plugin_bytes(table: PortTable, *, version: str = __version__) -> bytes:
     return render_plugin(table, version=version).encode("utf-8")
 

@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from portwatch import __version__
 from portwatch._atomic import atomic_write_bytes
 from portwatch.errors import RegistryRowError
-from portwatch.porttable.table import TABLE_FORMAT_VERSION, CompiledTable, compile_table
+from portwatch.porttable.compile import compile_table
+from portwatch.porttable.table import TABLE_FORMAT_VERSION, PortTable
 from portwatch.registry.loader import parse_source, read_bytes
 from portwatch.registry.merge import Registry, merge_sources
 
-__all__ = ["LoadedTable", "cache_dir", "load_table", "table_key"]
-
-
-def cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``PORTWATCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/portwatch``."""
-    env = os.environ if env is None else env
-    if env.get("PORTWATCH_CACHE_DIR"):
-        return Path(env["PORTWATCH_CACHE_DIR"])
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "/root")) / ".cache")
-    return Path(base) / "portwatch"
+__all__ = ["LoadedTable", "load_table", "table_key"]
 
 
 def table_key(sources: Sequence[tuple[str, bytes]]) -> str:
@@ -44,7 +35,7 @@ def table_key(sources: Sequence[tuple[str, bytes]]) -> str:
 class LoadedTable:
     """A table and, when it had to be compiled, the registry it came from."""
 
-    table: CompiledTable
+    table: PortTable
     registry: Registry | None
     from_cache: bool
     sources: tuple[tuple[str, bytes], ...]
@@ -64,7 +55,7 @@ def load_table(
     target = cache / f"table-{table_key(sources)}.npz" if cache is not None else None
     if target is not None and not strict:
         try:
-            table = CompiledTable.from_bytes(target.read_bytes())
+            table = PortTable.from_bytes(target.read_bytes())
             return LoadedTable(table, None, True, sources)
         except (OSError, ValueError):
             pass  # absent or unusable: compile afresh and overwrite

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portwatch._atomic import atomic_write_bytes
+from portwatch._paths import data_dir
 from portwatch.errors import RegistryFormatError
 from portwatch.registry.loader import parse_source, read_bytes, sha256_of
 from portwatch.registry.model import ParsedSource, SourceFormat
@@ -24,20 +25,10 @@ __all__ = [
     "DataStore",
     "SourceSelection",
     "StoredSource",
-    "data_dir",
     "select_sources",
 ]
 
 _OFFICIAL_FORMATS = (SourceFormat.IANA_CSV, SourceFormat.IANA_XML)
-
-
-def data_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``PORTWATCH_DATA_DIR``, else ``$XDG_DATA_HOME/portwatch``."""
-    env = os.environ if env is None else env
-    if env.get("PORTWATCH_DATA_DIR"):
-        return Path(env["PORTWATCH_DATA_DIR"])
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "/root")) / ".local" / "share")
-    return Path(base) / "portwatch"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
-"""Traffic counters for the daemon, and the Prometheus collector that reads them.
+"""Traffic counters for the daemon: what the exporter publishes, kept in numpy.
 
-``TrafficCore`` is pure: feed it ``PacketBatch``es and it keeps the counters
+``TrafficCounters`` is pure: feed it ``PacketBatch``es and it keeps the counters
 the exporter publishes. Per-packet work is numpy (``bincount`` over the
 batch); Python loops run over the distinct label sets of a batch only.
 
@@ -20,49 +20,36 @@ Counting rules:
   ``max_flagged_ports`` distinct values are used; later ones become
   ``"other"``.
 
-``PortwatchCollector`` reads a snapshot of these counters at scrape time;
-nothing is registered at import, the caller passes the registry.
+``daemon.collector`` reads a snapshot of these counters at scrape time.
 """
 
 from __future__ import annotations
 
-import platform
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
 
-from portwatch import __version__
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowFlag, FlowLimits
 from portwatch.capture.batch import PacketBatch
 from portwatch.decode.native import DecodeStatus
 from portwatch.ports import PortStatus, Transport
-from portwatch.porttable.table import CompiledTable
+from portwatch.porttable.table import PortTable
 from portwatch.registry.merge import Registry
 from portwatch.registry.model import RecordKind
 from portwatch.registry.packaged import source_label
 
 __all__ = [
     "OTHER_PORT",
-    "FlowLimits",
-    "PortwatchCollector",
     "RegistryFacts",
     "Snapshot",
-    "TrafficCore",
-    "register_collectors",
+    "TrafficCounters",
 ]
 
 I64 = npt.NDArray[np.int64]
@@ -70,10 +57,10 @@ I64 = npt.NDArray[np.int64]
 #: The ``port`` label value of flagged traffic beyond the distinct-port cap.
 OTHER_PORT = "other"
 
-_TRANSPORT_LABELS = tuple(t.label for t in Transport)
-_STATUS_LABELS = tuple(s.label for s in PortStatus)
-_FLAGS = tuple(FlowFlag)
-_ERROR_REASONS = tuple(s for s in DecodeStatus if s is not DecodeStatus.OK)
+TRANSPORT_LABELS = tuple(t.label for t in Transport)
+STATUS_LABELS = tuple(s.label for s in PortStatus)
+FLAGS = tuple(FlowFlag)
+ERROR_REASONS = tuple(s for s in DecodeStatus if s is not DecodeStatus.OK)
 _NS = 1_000_000_000
 
 
@@ -86,7 +73,7 @@ class RegistryFacts:
     sources: tuple[tuple[str, str, str], ...]  # (path, format, last updated or "")
 
     @classmethod
-    def of(cls, table: CompiledTable, registry: Registry | None) -> RegistryFacts:
+    def of(cls, table: PortTable, registry: Registry | None) -> RegistryFacts:
         counts: Counter[str] = Counter({k.value: 0 for k in RecordKind})
         if registry is not None:
             counts.update(rec.kind.value for rec in registry.records)
@@ -113,16 +100,17 @@ class Snapshot:
     restarts: dict[str, int]
     active_flows: int
     evictions: int
-    registry: RegistryFacts
+    registry_facts: RegistryFacts
 
 
-class TrafficCore:
+class TrafficCounters:
     """Flows and counters over every batch fed; safe to feed and snapshot from two threads."""
 
-    def __init__(self, table: CompiledTable, limits: FlowLimits, registry: RegistryFacts) -> None:
+    def __init__(self, table: PortTable, limits: FlowLimits,
+                 registry_facts: RegistryFacts) -> None:
         self.analyzer = Analyzer(table)
         self.limits = limits
-        self.registry = registry
+        self.registry_facts = registry_facts
         self.lock = threading.Lock()
         # label tuple -> [packets, bytes, flows]
         self.traffic: dict[tuple[str, str, str], list[int]] = {}
@@ -138,15 +126,16 @@ class TrafficCore:
 
     # -- configuration ----------------------------------------------------------
     @property
-    def table(self) -> CompiledTable:
+    def table(self) -> PortTable:
         return self.analyzer.table
 
-    def reload(self, table: CompiledTable, limits: FlowLimits, registry: RegistryFacts) -> None:
+    def reload(self, table: PortTable, limits: FlowLimits,
+               registry_facts: RegistryFacts) -> None:
         """New registry and limits; counters and flows carry on."""
         with self.lock:
             self.analyzer.table = table
             self.limits = limits
-            self.registry = registry
+            self.registry_facts = registry_facts
             self._enforce_limit()
 
     # -- feeding ----------------------------------------------------------------
@@ -204,7 +193,7 @@ class TrafficCore:
         for j, k in enumerate(uniq.tolist()):
             ts, sid = divmod(k, width)
             t, st = divmod(ts, len(PortStatus))
-            labels = (_TRANSPORT_LABELS[t], names[sid], _STATUS_LABELS[st])
+            labels = (TRANSPORT_LABELS[t], names[sid], STATUS_LABELS[st])
             acc = self.traffic.setdefault(labels, [0, 0, 0])
             acc[0] += int(pk[j])
             acc[1] += int(by[j])
@@ -220,9 +209,9 @@ class TrafficCore:
             ts, port = divmod(rest, 65536)
             t, st = divmod(ts, len(PortStatus))
             port_label = self._port_label(port)
-            for flag in _FLAGS:
+            for flag in FLAGS:
                 if bits & flag:
-                    labels = (_TRANSPORT_LABELS[t], port_label, _STATUS_LABELS[st], flag.label)
+                    labels = (TRANSPORT_LABELS[t], port_label, STATUS_LABELS[st], flag.label)
                     acc = self.flagged.setdefault(labels, [0, 0])
                     acc[0] += int(pk[j])
                     acc[1] += int(fl[j])
@@ -283,119 +272,9 @@ class TrafficCore:
                 flagged={k: (v[0], v[1]) for k, v in self.flagged.items()},
                 received=dict(self.received),
                 dropped=dict(self.dropped),
-                decode_errors={s.label: int(counts[s]) for s in _ERROR_REASONS},
+                decode_errors={s.label: int(counts[s]) for s in ERROR_REASONS},
                 restarts=dict(self.restarts),
                 active_flows=len(self.analyzer.flows),
                 evictions=self.evictions,
-                registry=self.registry,
+                registry_facts=self.registry_facts,
             )
-
-
-class PortwatchCollector(Collector):
-    """Builds every ``portwatch_*`` family from a fresh snapshot at each scrape."""
-
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self._snapshot = snapshot
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # register without a scrape; names are fixed anyway
-
-    def collect(self) -> Iterable[Metric]:
-        snap = self._snapshot()
-        yield from _traffic_families(snap)
-        yield from _health_families(snap)
-        yield from _registry_families(snap.registry)
-        build = InfoMetricFamily("portwatch_build", "portwatch version and Python runtime.")
-        build.add_metric([], {"version": __version__,
-                              "python_version": platform.python_version()})
-        yield build
-
-
-def _traffic_families(snap: Snapshot) -> Iterable[Metric]:
-    labels = ["transport", "service", "status"]
-    packets = CounterMetricFamily(
-        "portwatch_packets", "Packets of flows, by the flow's service and its registry status.",
-        labels=labels)
-    nbytes = CounterMetricFamily(
-        "portwatch_bytes", "Bytes on the wire of flows, by service and registry status.",
-        labels=labels)
-    flows = CounterMetricFamily(
-        "portwatch_flows", "Flows when first seen, by service and registry status.",
-        labels=labels)
-    for key, (p, b, f) in sorted(snap.traffic.items()):
-        packets.add_metric(list(key), p)
-        nbytes.add_metric(list(key), b)
-        flows.add_metric(list(key), f)
-    flabels = ["transport", "port", "status", "reason"]
-    fpackets = CounterMetricFamily(
-        "portwatch_flagged_packets",
-        "Packets of flagged flows by service port (capped; the rest are port=\"other\").",
-        labels=flabels)
-    fflows = CounterMetricFamily(
-        "portwatch_flagged_flows", "Flagged flows when first seen, by service port and reason.",
-        labels=flabels)
-    for fkey, (p, f) in sorted(snap.flagged.items()):
-        fpackets.add_metric(list(fkey), p)
-        fflows.add_metric(list(fkey), f)
-    return [packets, nbytes, flows, fpackets, fflows]
-
-
-def _by_label(family: CounterMetricFamily, values: Mapping[str, int]) -> CounterMetricFamily:
-    """One sample per label value, in a stable order."""
-    for value, n in sorted(values.items()):
-        family.add_metric([value], n)
-    return family
-
-
-def _health_families(snap: Snapshot) -> Iterable[Metric]:
-    received = _by_label(CounterMetricFamily(
-        "portwatch_capture_packets_received", "Packets the capture backend delivered.",
-        labels=["interface"]), snap.received)
-    dropped = _by_label(CounterMetricFamily(
-        "portwatch_capture_packets_dropped",
-        "Packets lost by the kernel or the capture backend before portwatch saw them.",
-        labels=["interface"]), snap.dropped)
-    errors = _by_label(CounterMetricFamily(
-        "portwatch_decode_errors", "Packets that yielded no transport flow, by reason.",
-        labels=["reason"]), snap.decode_errors)
-    restarts = _by_label(CounterMetricFamily(
-        "portwatch_backend_restarts", "Times a capture backend was restarted after it stopped.",
-        labels=["backend"]), snap.restarts)
-    active = GaugeMetricFamily("portwatch_active_flows", "Flows currently tracked.",
-                               value=snap.active_flows)
-    evictions = CounterMetricFamily(
-        "portwatch_flow_evictions", "Flows forgotten early because the flow table was full.",
-        value=snap.evictions)
-    return [received, dropped, errors, restarts, active, evictions]
-
-
-def _registry_families(facts: RegistryFacts) -> Iterable[Metric]:
-    records = GaugeMetricFamily("portwatch_registry_records",
-                                "Records of the loaded registry sources, by kind.",
-                                labels=["kind"])
-    for kind, n in sorted(facts.records.items()):
-        records.add_metric([kind], n)
-    out: list[Metric] = [records]
-    if facts.updated_seconds is not None:
-        out.append(GaugeMetricFamily(
-            "portwatch_registry_updated_timestamp_seconds",
-            "The newest 'Last Updated' date of the loaded registry sources (Unix time).",
-            value=facts.updated_seconds))
-    info = InfoMetricFamily("portwatch_registry", "Loaded registry sources.",
-                            labels=["source", "format", "last_updated"])
-    for path, fmt, updated in facts.sources:
-        info.add_metric([path, fmt, updated], {})
-    out.append(info)
-    return out
-
-
-def register_collectors(
-    registry: CollectorRegistry, snapshot: Callable[[], Snapshot], *, process: bool = True,
-    **process_kwargs: Any,
-) -> None:
-    """Register the portwatch collector (and the process collector) on ``registry``."""
-    registry.register(PortwatchCollector(snapshot))
-    if process:
-        from prometheus_client import ProcessCollector
-
-        ProcessCollector(registry=registry, **process_kwargs)
