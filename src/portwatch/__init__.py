@@ -34,6 +34,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "Report": ("portwatch.analysis.analyzer", "Report"),
     "Transport": ("portwatch.ports", "Transport"),
     "PortStatus": ("portwatch.ports", "PortStatus"),
+    "PYSHARK_PREFS": ("portwatch.decode.pyshark", "OVERRIDE_PREFS"),
     "PortwatchError": ("portwatch.errors", "PortwatchError"),
     "UsageError": ("portwatch.errors", "UsageError"),
     "ConfigError": ("portwatch.errors", "ConfigError"),
@@ -47,6 +48,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
 }
 
 __all__ = [
+    "PYSHARK_PREFS",
     "Analyzer",
     "Annotation",
     "Annotator",
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from portwatch.annotate import Annotation as Annotation
     from portwatch.annotate import Annotator as Annotator
     from portwatch.capture.files.reader import read_capture_path as read_capture
+    from portwatch.decode.pyshark import OVERRIDE_PREFS as PYSHARK_PREFS
     from portwatch.errors import BackendError as BackendError
     from portwatch.errors import CaptureError as CaptureError
     from portwatch.errors import CaptureFormatError as CaptureFormatError
