@@ -174,7 +174,7 @@ def address_bytes(hi: U64, lo: U64) -> U8:
     return words.view(np.uint8).reshape(-1, 16)
 
 
-class _Reader:
+class _FieldLoads:
     """Big-endian (and little-endian u32) loads at arbitrary byte positions.
 
     The 32- and 64-bit views overlap themselves with a stride of one byte, so
@@ -245,7 +245,7 @@ class _Link:
     status: U8
 
 
-def _ethertype_link(r: _Reader, start: I64, end: I64, proto_at: int, header: int) -> _Link:
+def _ethertype_link(r: _FieldLoads, start: I64, end: I64, proto_at: int, header: int) -> _Link:
     """Cooked captures: a fixed header with an ethertype-valued protocol field."""
     ok = start + header <= end
     proto = r.be16(np.where(ok, start, 0) + proto_at)
@@ -261,7 +261,7 @@ def _by_ethertype(l3: I64, ethertype: U16, ok: Bool) -> _Link:
     return _Link(l3, version, status)
 
 
-def _ethernet(r: _Reader, start: I64, end: I64) -> _Link:
+def _ethernet(r: _FieldLoads, start: I64, end: I64) -> _Link:
     ok = start + 14 <= end
     ethertype = r.be16(np.where(ok, start, 0) + 12)
     l3 = start + 14
@@ -288,7 +288,7 @@ def _family_link(start: I64, end: I64, family: U32, ok: Bool) -> _Link:
     return _Link(start + 4, version, status)
 
 
-def _null(r: _Reader, start: I64, end: I64) -> _Link:
+def _null(r: _FieldLoads, start: I64, end: I64) -> _Link:
     """Host byte order of the writer: a family above 0xFFFF was written swapped."""
     ok = start + 4 <= end
     family = r.le32(np.where(ok, start, 0))
@@ -297,7 +297,7 @@ def _null(r: _Reader, start: I64, end: I64) -> _Link:
     return _family_link(start, end, family, ok)
 
 
-def _loop(r: _Reader, start: I64, end: I64) -> _Link:
+def _loop(r: _FieldLoads, start: I64, end: I64) -> _Link:
     ok = start + 4 <= end
     return _family_link(start, end, r.be32(np.where(ok, start, 0)), ok)
 
@@ -307,7 +307,7 @@ def _fixed_ip(start: I64, version: np.uint8) -> _Link:
     return _Link(start.copy(), np.full(n, version, dtype=np.uint8), np.zeros(n, dtype=np.uint8))
 
 
-def _link(r: _Reader, linktype: int, start: I64, end: I64) -> _Link:
+def _link(r: _FieldLoads, linktype: int, start: I64, end: I64) -> _Link:
     if linktype == LinkType.ETHERNET:
         return _ethernet(r, start, end)
     if linktype == LinkType.LINUX_SLL:
@@ -362,7 +362,7 @@ def _new_state(n: int, wirelen: U32, end: I64) -> _State:
     return _State(out, z(np.int64), z(np.uint8), z(np.int64), z(np.int64), end)
 
 
-def _decode_links(r: _Reader, st: _State, linktypes: npt.NDArray[Any], start: I64) -> None:
+def _decode_links(r: _FieldLoads, st: _State, linktypes: npt.NDArray[Any], start: I64) -> None:
     first = int(linktypes[0])
     if bool((linktypes == first).all()):
         groups: list[tuple[int, I64 | None]] = [(first, None)]
@@ -378,7 +378,7 @@ def _decode_links(r: _Reader, st: _State, linktypes: npt.NDArray[Any], start: I6
             st.l3[idx], st.version[idx], st.out.status[idx] = link.l3, link.version, link.status
 
 
-def _check_versions(r: _Reader, st: _State) -> tuple[I64, I64]:
+def _check_versions(r: _FieldLoads, st: _State) -> tuple[I64, I64]:
     """Read the version nibble; split continuing packets into IPv4 and IPv6."""
     idx = np.flatnonzero(st.out.status == _OK)
     l3, end, version = st.l3[idx], st.end[idx], st.version[idx]
@@ -392,7 +392,7 @@ def _check_versions(r: _Reader, st: _State) -> tuple[I64, I64]:
     return idx[good & (version == 4)], idx[good & (version == 6)]
 
 
-def _ipv4(r: _Reader, st: _State, idx: I64) -> None:
+def _ipv4(r: _FieldLoads, st: _State, idx: I64) -> None:
     out = st.out
     l3, end = st.l3[idx], st.end[idx]
     ok = l3 + 20 <= end
@@ -419,7 +419,7 @@ def _ipv4(r: _Reader, st: _State, idx: I64) -> None:
     st.declared_end[idx] = np.where(total_len == 0, _UNKNOWN_LIMIT, l3 + total_len)
 
 
-def _ipv6(r: _Reader, st: _State, idx: I64) -> None:
+def _ipv6(r: _FieldLoads, st: _State, idx: I64) -> None:
     out = st.out
     l3, end = st.l3[idx], st.end[idx]
     ok = l3 + 40 <= end
@@ -456,7 +456,7 @@ def _ipv6(r: _Reader, st: _State, idx: I64) -> None:
 
 
 def _ipv6_chain(
-    r: _Reader,
+    r: _FieldLoads,
     ok: Bool,
     *,
     pos: I64,
@@ -501,7 +501,7 @@ def _ipv6_chain(
     status[active] = _MALFORMED  # a longer chain than MAX_IPV6_EXTENSION_HEADERS
 
 
-def _transport(r: _Reader, st: _State) -> None:
+def _transport(r: _FieldLoads, st: _State) -> None:
     out = st.out
     idx = np.flatnonzero(out.status == _OK)
     proto = out.ip_proto[idx]
@@ -554,7 +554,7 @@ def decode_batch(batch: PacketBatch) -> DecodedBatch:
         return st.out
     if size < _PAD:
         data = np.concatenate([data, np.zeros(_PAD - size, dtype=np.uint8)])
-    r = _Reader(data)
+    r = _FieldLoads(data)
     _decode_links(r, st, batch.linktypes, start)
     v4, v6 = _check_versions(r, st)
     if v4.size:
