@@ -73,6 +73,7 @@ def raw_controls(text: str) -> list[str]:
     ("zero\u200bwidth", "zero\\u200bwidth"),
     ("line\u2028sep", "line\\u2028sep"),
     ("\U000e0001tag", "\\U000e0001tag"),
+    ("undecodable\udcffname", "undecodable\\udcffname"),  # surrogateescape from a file name
     ("名前 café", "名前 café"),
 ])
 def test_sanitize_escapes_control_and_invisible_characters_only(text: str, shown: str) -> None:
