@@ -82,6 +82,9 @@ def test_prom_output_parses_as_prometheus_text_exposition(
     assert by_port[("tcp", "80")] == 11
     assert any(s.labels["reason"] == "unauthorized-use"
                for s in families["portwatch_capture_flagged_flows"].samples)
+    assert [s.value for s in families["portwatch_capture_analysed_packets"].samples] == [68]
+    assert not [name for name, f in families.items()
+                if f.type == "gauge" and name.endswith("_total")]
 
 
 def test_table_output_names_services_and_flagged_flows(capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,6 +92,10 @@ def test_table_output_names_services_and_flagged_flows(capsys: pytest.CaptureFix
     assert "https" in out
     assert "Flagged flows" in out
     assert "tcp/44515" in out
+    # standard output is not a terminal here: full text, no colour, nothing cut
+    assert "Known UNAUTHORIZED USE: Ports 44515 & 44516" in out
+    assert "\x1b" not in out
+    assert "\u2026" not in out
 
 
 def test_filter_and_top_narrow_the_report(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,10 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from portwatch import __version__
+from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table
 from portwatch.analysis.analyzer import FlowReport, Report
 
 __all__ = ["OutputFormat", "json_document", "render"]
@@ -67,48 +72,74 @@ def _csv(report: Report) -> str:
     return buf.getvalue()
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+class _ReportCollector(Collector):
+    """The report as metric families, for one ``generate_latest`` in a throwaway registry.
 
+    Gauges, not counters: each run describes the captures it was given, and the
+    next run's file replaces this one (node_exporter's textfile collector).
+    """
 
-def _prom(report: Report) -> str:
-    """Text exposition for node_exporter's textfile collector (no timestamps)."""
-    lines: list[str] = []
+    def __init__(self, report: Report) -> None:
+        self.report = report
 
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
+    def describe(self) -> Iterable[Metric]:
+        return []
 
-    for metric, attr, text in (
-        ("portwatch_capture_packets", "packets", "Packets per service in the analysed captures."),
-        ("portwatch_capture_bytes", "bytes", "Bytes per service in the analysed captures."),
-        ("portwatch_capture_flows", "flows", "Flows per service in the analysed captures."),
-    ):
-        family(metric, "gauge", text)
+    def collect(self) -> Iterable[Metric]:
+        report = self.report
+        labels = ["transport", "port", "service", "status"]
+        per_service = [
+            (GaugeMetricFamily("portwatch_capture_packets",
+                               "Packets per service in the analysed captures.", labels=labels),
+             "packets"),
+            (GaugeMetricFamily("portwatch_capture_bytes",
+                               "Bytes per service in the analysed captures.", labels=labels),
+             "bytes"),
+            (GaugeMetricFamily("portwatch_capture_flows",
+                               "Flows per service in the analysed captures.", labels=labels),
+             "flows"),
+        ]
         for s in report.services:
-            lines.append(
-                f'{metric}{{transport="{s.transport}",port="{s.port}",'
-                f'service="{_label(s.service)}",status="{s.status}"}} {getattr(s, attr)}'
-            )
-    family("portwatch_capture_flagged_flows", "gauge",
-           "Flagged flows by service port and reason in the analysed captures.")
-    flagged: dict[tuple[str, int, str, str], int] = {}
-    for f in report.flagged:
-        for reason in f.flags:
-            key = (f.transport, f.service_port, f.status, reason)
-            flagged[key] = flagged.get(key, 0) + 1
-    for (transport, port, status, reason), n in sorted(flagged.items()):
-        lines.append(f'portwatch_capture_flagged_flows{{transport="{transport}",port="{port}",'
-                     f'status="{status}",reason="{reason}"}} {n}')
-    family("portwatch_capture_undecoded_packets", "gauge",
-           "Packets without transport ports, by reason.")
-    for reason, n in sorted(report.decode.items()):
-        lines.append(f'portwatch_capture_undecoded_packets{{reason="{reason}"}} {n}')
-    family("portwatch_capture_packets_total_count", "gauge", "All packets analysed.")
-    lines.append(f"portwatch_capture_packets_total_count {report.packets}")
-    family("portwatch_build_info", "gauge", "portwatch version.")
-    lines.append(f'portwatch_build_info{{version="{__version__}"}} 1')
-    return "\n".join(lines) + "\n"
+            values = [s.transport, str(s.port), s.service, s.status]
+            for family, attr in per_service:
+                family.add_metric(values, getattr(s, attr))
+        yield from (family for family, _ in per_service)
+        flagged = GaugeMetricFamily(
+            "portwatch_capture_flagged_flows",
+            "Flagged flows by service port and reason in the analysed captures.",
+            labels=["transport", "port", "status", "reason"])
+        counts: dict[tuple[str, int, str, str], int] = {}
+        for f in report.flagged:
+            for reason in f.flags:
+                key = (f.transport, f.service_port, f.status, reason)
+                counts[key] = counts.get(key, 0) + 1
+        for (transport, port, status, reason), n in sorted(counts.items()):
+            flagged.add_metric([transport, str(port), status, reason], n)
+        yield flagged
+        undecoded = GaugeMetricFamily("portwatch_capture_undecoded_packets",
+                                      "Packets without transport ports of their own, by reason "
+                                      "(fragment-attributed: later IP fragments counted with "
+                                      "their flow).",
+                                      labels=["reason"])
+        for reason, n in sorted(report.decode.items()):
+            undecoded.add_metric([reason], n)
+        yield undecoded
+        yield GaugeMetricFamily("portwatch_capture_analysed_packets",
+                                "All packets analysed, with or without transport ports.",
+                                value=report.packets)
+        yield GaugeMetricFamily("portwatch_capture_analysed_bytes",
+                                "Bytes on the wire of all packets analysed.",
+                                value=report.bytes)
+        build = InfoMetricFamily("portwatch_build", "portwatch version.")
+        build.add_metric([], {"version": __version__})
+        yield build
+
+
+def _prom(report: Report, width: int | None, color: bool) -> str:
+    """Text exposition for node_exporter's textfile collector (no timestamps)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ReportCollector(report))
+    return generate_latest(registry).decode()
 
 
 def _human(n: float) -> str:
@@ -119,51 +150,88 @@ def _human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def _table(report: Report) -> str:
-    from rich.console import Console
-    from rich.table import Table
+_SERVICE_COLUMNS = (
+    Column("port", priority=100),
+    Column("service", priority=80, shrink=True, min_width=8),
+    Column("status", priority=90, colors=STATUS_COLORS),
+    Column("packets", priority=70, align=Align.RIGHT),
+    Column("bytes", priority=50, align=Align.RIGHT),
+    Column("flows", priority=40, align=Align.RIGHT),
+    Column("flags", priority=60, shrink=True, min_width=10),
+)
 
-    console = Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
+_FLAGGED_COLUMNS = (
+    # an IPv4 flow (up to 33 columns with typical addresses) is never cut
+    Column("flow", priority=80, shrink=True, min_width=33),
+    Column("port", priority=100),
+    Column("status", priority=90, colors=STATUS_COLORS),
+    Column("method", priority=30),
+    Column("packets", priority=40, align=Align.RIGHT),
+    Column("why", priority=70, shrink=True, min_width=20),
+)
+
+
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _table(report: Report, width: int | None, color: bool) -> str:
+    """Services, flagged flows with their reasons, then what had no ports and the registry.
+
+    Every line fits ``width`` (None: unlimited); the status column is coloured
+    when ``color`` is true. The flags column lists only what the status does
+    not already say (``unauthorized-use``).
+    """
     title = (f"{', '.join(report.captures) or 'capture'}: {report.packets} packets, "
              f"{_human(report.bytes)}B, {len(report.flows)} flows")
-    services = Table(title=title, title_justify="left")
-    for col, justify in (("transport", "left"), ("port", "right"), ("service", "left"),
-                         ("status", "left"), ("packets", "right"), ("bytes", "right"),
-                         ("flows", "right"), ("flags", "left")):
-        services.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for s in report.services:
-        services.add_row(s.transport, str(s.port), s.service or "-", s.status, str(s.packets),
-                         _human(s.bytes), str(s.flows), ", ".join(s.flags))
-    console.print(services)
-    if report.flagged:
-        flagged = Table(title=f"Flagged flows ({len(report.flagged)})", title_justify="left")
-        for col in ("flow", "service port", "status", "method", "packets", "why"):
-            flagged.add_column(col)
-        for f in report.flagged:
-            flagged.add_row(f"{f.client}:{f.client_port} -> {f.server}", f"{f.transport}/"
-                            f"{f.service_port}", f.status, f.method, str(f.packets),
-                            "; ".join(f.reasons))
-        console.print(flagged)
+    services = [
+        [f"{s.transport}/{s.port}", s.service or "-", s.status, str(s.packets),
+         _human(s.bytes), str(s.flows), ", ".join(f for f in s.flags if f != s.status)]
+        for s in report.services
+    ]
+    parts = [fit(title, width), render_table(_SERVICE_COLUMNS, services, width=width,
+                                             color=color)]
+    flagged = report.flagged
+    if flagged:
+        rows = [
+            [f"{_endpoint(f.client, f.client_port)} -> {f.server}",
+             f"{f.transport}/{f.service_port}", f.status, f.method, str(f.packets),
+             "; ".join(f.reasons)]
+            for f in flagged
+        ]
+        parts += ["", fit(f"Flagged flows ({len(flagged)})", width),
+                  render_table(_FLAGGED_COLUMNS, rows, width=width, color=color)]
+    parts.append("")
     if report.decode:
-        console.print("Packets without ports: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(report.decode.items())))
+        parts.append(fit("Packets without ports: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(report.decode.items())), width))
     reg = report.registry
-    console.print(f"Registry: {reg.get('snapshot') or 'unknown'}, last updated "
-                  f"{reg.get('last_updated') or 'unknown'}"
-                  + (" (assigned ports only)" if reg.get("assigned_only") else ""))
-    out = console.file
-    assert isinstance(out, io.StringIO)
-    return out.getvalue()
+    parts.append(fit(f"Registry: {reg.get('snapshot') or 'unknown'}, last updated "
+                     f"{reg.get('last_updated') or 'unknown'}"
+                     + (" (assigned ports only)" if reg.get("assigned_only") else ""), width))
+    return "\n".join(parts) + "\n"
 
 
-_RENDERERS: dict[OutputFormat, Callable[[Report], str]] = {
+def _plain(fn: Callable[[Report], str]) -> Callable[[Report, int | None, bool], str]:
+    """A format that ignores terminal width and colour (machine-readable output)."""
+    return lambda report, width, color: fn(report)
+
+
+_RENDERERS: dict[OutputFormat, Callable[[Report, int | None, bool], str]] = {
     OutputFormat.TABLE: _table,
-    OutputFormat.JSON: _json,
-    OutputFormat.JSONL: _jsonl,
-    OutputFormat.CSV: _csv,
+    OutputFormat.JSON: _plain(_json),
+    OutputFormat.JSONL: _plain(_jsonl),
+    OutputFormat.CSV: _plain(_csv),
     OutputFormat.PROM: _prom,
 }
 
 
-def render(report: Report, fmt: OutputFormat) -> str:
-    return _RENDERERS[fmt](report)
+def render(report: Report, fmt: OutputFormat, *, width: int | None = None,
+           color: bool = False) -> str:
+    """``report`` as ``fmt``. ``width`` and ``color`` shape the table format only.
+
+    The defaults (unlimited width, no colour) suit a pipe or a file; for a
+    terminal pass ``_terminal.terminal_width(stream, env)`` and
+    ``_terminal.should_color(stream, env)``.
+    """
+    return _RENDERERS[fmt](report, width, color)

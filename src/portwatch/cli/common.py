@@ -71,12 +71,11 @@ class Context:
 
 
 def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Rows as left-aligned columns: readable in a terminal, easy to grep."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
-    return "\n".join(lines)
+    """Rows as left-aligned columns: readable in a terminal, easy to grep.
+
+    The shared renderer at unlimited width and without colour: nothing is
+    shortened, and control characters from registry text are shown escaped.
+    """
+    from portwatch._terminal import Column, render_table  # the shared renderer, stdlib only
+
+    return render_table([Column(h) for h in header], rows)
