@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from portwatch import __version__
-from portwatch.analysis.flows import FlowTable, flag_labels
+from portwatch.analysis.flows import FlowTable
+from portwatch.analysis.verdict import flag_labels
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import open_capture
 from portwatch.cli import main

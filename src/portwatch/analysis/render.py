@@ -12,7 +12,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from portwatch import __version__
-from portwatch.analysis.analyzer import FlowReport, Report
+from portwatch.analysis.report import FlowReport, Report
 
 __all__ = ["OutputFormat", "json_document", "render"]
 
