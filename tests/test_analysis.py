@@ -10,7 +10,8 @@ from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from portwatch.analysis.analyzer import Analyzer, FlowReport
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.report import FlowReport
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import CaptureTruncatedError
@@ -154,7 +155,8 @@ def _analyse(table: PortTable, path: Path) -> Analyzer:
     analyzer = Analyzer(table, capture=path.name)
     with read_capture_path(str(path)) as reader:
         try:
-            analyzer.feed_all(reader)
+            for batch in reader:
+                analyzer.feed(batch)
         except CaptureTruncatedError as exc:
             analyzer.note_damage(str(exc))
     return analyzer

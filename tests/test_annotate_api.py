@@ -88,8 +88,10 @@ def test_unassigned_port_with_reported_unauthorized_use_is_flagged(
     assert answer.flagged
     assert answer.status == "unassigned"
     assert answer.flags == ("unassigned", "unauthorized-use")
-    assert str(answer) == "portwatch: FLAG udp/44515 unassigned; unauthorized use reported"
-    assert any("unauthorized use reported on udp/44515" in r for r in answer.reasons)
+    assert answer.reasons == (
+        "udp/44515 is unassigned in the IANA registry",
+        "unauthorized use reported on udp/44515: Known UNAUTHORIZED USE: Ports 44515 & 44516")
+    assert str(answer) == ("portwatch: FLAG udp/44515 (unassigned): " + "; ".join(answer.reasons))
 
 
 def test_flow_between_dynamic_ports_is_flagged_with_lower_severity(
@@ -98,7 +100,9 @@ def test_flow_between_dynamic_ports_is_flagged_with_lower_severity(
     assert answer.status == "dynamic"
     assert answer.flags == ("dynamic",)
     assert answer.method == "lower-port"
-    assert str(answer) == "portwatch: FLAG udp/50000 dynamic; both ports dynamic"
+    assert answer.reasons == (
+        "both ports of the flow are in the dynamic range 49152-65535 (udp/50000)",)
+    assert str(answer) == f"portwatch: FLAG udp/50000 (dynamic): {answer.reasons[0]}"
 
 
 def test_packets_without_ports_say_why(table: PortTable) -> None:

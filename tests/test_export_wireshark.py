@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from portwatch import __version__
-from portwatch.analysis.flows import FlowTable, flag_labels
+from portwatch.analysis.flows import FlowTable
+from portwatch.analysis.verdict import Verdict, flag_labels
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import open_capture
 from portwatch.cli import main
@@ -43,8 +44,12 @@ needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installe
 # tshark says this on stderr whenever it runs as root; it is not the plugin's.
 _ROOT_NOTICE = re.compile(r'^Running as user "root" and group "root"\. This could be dangerous\.$')
 FIELDS = ("frame.number", "portwatch.service_port", "portwatch.status", "portwatch.service",
-          "portwatch.flag", "portwatch.description")
-Row = tuple[str, str, str, str, str]
+          "portwatch.flag", "portwatch.description", "portwatch.reason", "portwatch.summary")
+#: Joins a field's occurrences in tshark's output (the reason sentences hold commas).
+AGGREGATOR = "|"
+#: Port, status, service, flags, description, reasons, summary (flags and reasons joined).
+Row = tuple[str, str, str, str, str, str, str]
+NO_ROW: Row = ("", "", "", "", "", "", "")
 
 
 def _shown(description: str) -> str:
@@ -93,12 +98,12 @@ def _fields(plugin: Path, capture: Path, **kw: bool) -> dict[int, Row]:
     tshark also shows pcapng Custom Blocks as frames; they have no
     encapsulation and are no packets.
     """
-    args = ["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
+    args = ["-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={AGGREGATOR}",
             "-e", "frame.encap_type"]
     for f in FIELDS[1:]:
         args += ["-e", f]
     rows = [r for r in _tshark(plugin, capture, *args, **kw) if r[0]]
-    return {n: (r[1], r[2], r[3], r[4], r[5]) for n, r in enumerate(rows, start=1)}
+    return {n: (r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for n, r in enumerate(rows, start=1)}
 
 
 def _frames(plugin: Path, capture: Path, display_filter: str) -> set[int]:
@@ -126,9 +131,12 @@ def _expected(table: PortTable, batches: Sequence[PacketBatch], *,
         dec = flows.decide(table)
         port = int(dec.service_port[fid])
         t = Transport(int(flows.transport[fid]))
+        verdict = dec.verdict(fid, table)
         return (str(port), PortStatus(int(dec.status[fid])).label,
-                table.names[int(dec.service_id[fid])], ",".join(flag_labels(int(dec.flags[fid]))),
-                _shown(table.lookup(t, port).description))
+                table.names[int(dec.service_id[fid])],
+                AGGREGATOR.join(flag_labels(int(dec.flags[fid]))),
+                _shown(table.lookup(t, port).description), AGGREGATOR.join(verdict.reasons()),
+                verdict.summary())
 
     for batch in batches:
         decoded = decode_batch(batch)
@@ -139,7 +147,7 @@ def _expected(table: PortTable, batches: Sequence[PacketBatch], *,
     out: dict[int, Row] = {}
     for n, fid in enumerate(per_packet, start=1):
         if fid < 0:
-            out[n] = ("", "", "", "", "")
+            out[n] = NO_ROW
         else:
             answer = row(fid) if whole_capture else decided[n - 1]
             assert answer is not None
@@ -209,6 +217,8 @@ def _synthetic_packets() -> list[bytes]:
         # capture started after the SYN: the SYN-ACK's source is the server
         eth() / IP(src=s, dst=c) / TCP(sport=9100, dport=40200, flags="SA"),
         eth() / IP(src=c, dst=s) / TCP(sport=40200, dport=9100, flags="A"),
+        # a SYN-ACK from dynamic 60001 to 80: the handshake makes the dynamic port the service
+        eth() / IP(src=s, dst=c) / TCP(sport=60001, dport=80, flags="SA"),
         # IPv6 handshake to 443
         eth() / IPv6(src=c6, dst=s6) / TCP(sport=40300, dport=443, flags="S"),
         eth() / IPv6(src=s6, dst=c6) / TCP(sport=443, dport=40300, flags="SA"),
@@ -273,7 +283,7 @@ def test_flag_filter_selects_exactly_the_flagged_packets(
     assert _frames(plugin, capture, 'portwatch.status == "unassigned"') == {
         n for n, row in expected.items() if row[1] == "unassigned"}
     assert _frames(plugin, capture, 'portwatch.flag == "unauthorized-use"') == {
-        n for n, row in expected.items() if "unauthorized-use" in row[3].split(",")}
+        n for n, row in expected.items() if "unauthorized-use" in row[3].split(AGGREGATOR)}
 
 
 @needs_tshark
@@ -355,8 +365,11 @@ def test_plugin_lookups_match_the_table_at_run_boundaries(
             flags.append(info.status.label)
         if info.flags & PortFlag.UNAUTHORIZED_USE:
             flags.append("unauthorized-use")
-        want = (str(port), info.status.label, info.service, ",".join(flags),
-                _shown(info.description))
+        # every port is the service and the client port of its packet
+        verdict = dataclasses.replace(Verdict.of_port(info, assigned_only=csv_table.assigned_only),
+                                      client_port=port)
+        want = (str(port), info.status.label, info.service, AGGREGATOR.join(flags),
+                _shown(info.description), AGGREGATOR.join(verdict.reasons()), verdict.summary())
         assert got[n] == want, (transport.label, port)
 
 
@@ -505,3 +518,36 @@ def test_cli_rejects_an_output_that_is_a_file(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "is not a directory" in err
+
+
+@needs_tshark
+def test_plugin_gives_every_reason_in_the_reports_words(
+    plugin: Path, synthetic: tuple[Path, PacketBatch], csv_table: PortTable
+) -> None:
+    """The synthetic capture reaches every sentence but unlisted; tshark shows each one."""
+    capture, _ = synthetic
+    shown = {reason for row in _fields(plugin, capture).values()
+             for reason in row[5].split(AGGREGATOR) if reason}
+    assert shown == {
+        "tcp/44515 is unassigned in the IANA registry",
+        "unauthorized use reported on tcp/44515: Known UNAUTHORIZED USE: Ports 44515 & 44516",
+        "udp/8806 is unassigned in the IANA registry",
+        "tcp/8807 is reserved in the IANA registry",
+        "both ports of the flow are in the dynamic range 49152-65535 (udp/50000)",
+        "tcp/60001 is in the dynamic range 49152-65535",
+    }
+    messages = {m for r in _tshark(plugin, capture, "-Y", "portwatch.flagged", "-T", "fields",
+                                   "-E", f"aggregator={AGGREGATOR}", "-e", "_ws.expert.message")
+                for m in r[0].split(AGGREGATOR)}
+    assert "FLAG tcp/8807 (reserved): tcp/8807 is reserved in the IANA registry" in messages
+
+
+def test_plugin_says_unlisted_as_the_report_does_for_assigned_only_sources(
+    tmp_path: Path,
+) -> None:
+    services = tmp_path / "services"
+    services.write_text("ssh\t\t22/tcp\nhttp\t\t80/tcp\t\twww\n")
+    table = load_table([str(services)], cache=None).table
+    assert table.assigned_only
+    text = render_plugin(table)
+    assert '" is not listed by the loaded registry sources (they list assigned ports only)"' in text

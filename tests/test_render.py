@@ -14,8 +14,9 @@ from prometheus_client.samples import Sample
 
 from portwatch import __version__
 from portwatch._terminal import should_color, terminal_width
-from portwatch.analysis.analyzer import Analyzer, Report, ServiceCount
+from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.render import OutputFormat, render
+from portwatch.analysis.report import Report, ServiceCount
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.porttable.cache import load_table
 
@@ -30,7 +31,8 @@ def report(official_csv: Path) -> Report:
     table = load_table([str(official_csv)], cache=None).table
     analyzer = Analyzer(table, capture=str(SAMPLE))
     with read_capture_path(str(SAMPLE)) as reader:
-        analyzer.feed_all(reader)
+        for batch in reader:
+            analyzer.feed(batch)
     return analyzer.report()
 
 

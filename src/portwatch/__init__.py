@@ -31,7 +31,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "PortInfo": ("portwatch.porttable", "PortInfo"),
     "read_capture": ("portwatch.capture.files.reader", "read_capture_path"),
     "Analyzer": ("portwatch.analysis.analyzer", "Analyzer"),
-    "Report": ("portwatch.analysis.analyzer", "Report"),
+    "Report": ("portwatch.analysis.report", "Report"),
     "Transport": ("portwatch.ports", "Transport"),
     "PortStatus": ("portwatch.ports", "PortStatus"),
     "PYSHARK_PREFS": ("portwatch.decode.pyshark", "OVERRIDE_PREFS"),
@@ -76,7 +76,7 @@ __all__ = [
 if TYPE_CHECKING:
     from portwatch import annotate as annotate
     from portwatch.analysis.analyzer import Analyzer as Analyzer
-    from portwatch.analysis.analyzer import Report as Report
+    from portwatch.analysis.report import Report as Report
     from portwatch.annotate import Annotation as Annotation
     from portwatch.annotate import Annotator as Annotator
     from portwatch.capture.files.reader import read_capture_path as read_capture

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from portwatch._paths import cache_dir
-from portwatch.analysis.analyzer import Analyzer, flag_reasons
-from portwatch.analysis.flows import FlowFlag, Method, flag_labels
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.verdict import summary
 from portwatch.decode.native import DecodeStatus
 from portwatch.decode.rows import Row, rows_to_batch
-from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 from portwatch.registry.store import select_sources
@@ -53,8 +52,9 @@ class Annotation:
     service: str
     status: str  # port status ("assigned" ...) or, without ports, why ("non-ip" ...)
     flags: tuple[str, ...]
-    method: str  # how the service side was decided; "" without ports
-    reasons: tuple[str, ...]
+    method: str  # the rule that decided the service side; "" without ports
+    reasons: tuple[str, ...]  # one sentence per flag, as the report words it
+    summary: str  # the verdict on one line, as the report and annotated copies word it
 
     @property
     def flagged(self) -> bool:
@@ -63,23 +63,11 @@ class Annotation:
     def __str__(self) -> str:
         if not self.transport:
             return f"portwatch: {self.status} (no ports)"
-        where = f"{self.transport}/{self.service_port}"
-        named = f"{where} {self.service}" if self.service else where
-        if not self.flagged:
-            return f"portwatch: {named} ({self.status})"
-        notes = [_NOTES[f] for f in self.flags if f in _NOTES]
-        tail = "".join(f"; {n}" for n in notes)
-        return f"portwatch: FLAG {named} {self.status}{tail}"
-
-
-_NOTES = {
-    FlowFlag.UNAUTHORIZED_USE.label: "unauthorized use reported",
-    FlowFlag.DYNAMIC.label: "both ports dynamic",
-}
+        return f"portwatch: {self.summary}"
 
 
 def _no_ports(status: DecodeStatus) -> Annotation:
-    return Annotation("", 0, 0, "", status.label, (), "", ())
+    return Annotation("", 0, 0, "", status.label, (), "", (), "")
 
 
 class Annotator:
@@ -98,8 +86,8 @@ class Annotator:
         self.table = table
         self.max_flows = max_flows
         self.analyzer = Analyzer(table)
-        # flow row -> (its server state when answered, the answer). A flow's
-        # answer changes only when a SYN or SYN-ACK sets its server side, so
+        # flow row -> (its handshake side when answered, the answer). A flow's
+        # answer changes only when a SYN or SYN-ACK sets its handshake side, so
         # it is decided once per state instead of once per packet.
         self._answers: dict[int, tuple[int, Annotation]] = {}
 
@@ -114,37 +102,33 @@ class Annotator:
         flow = int(flows[0])
         if flow < 0:
             return _no_ports(row.status)
-        server = int(self.analyzer.flows.server[flow])
+        side = int(self.analyzer.flows.handshake_side[flow])
         cached = self._answers.get(flow)
-        if cached is not None and cached[0] == server:
+        if cached is not None and cached[0] == side:
             answer = cached[1]
         else:
             answer = self._answer(flow)
-            self._answers[flow] = (server, answer)
+            self._answers[flow] = (side, answer)
         if len(self.analyzer.flows) > self.max_flows:
             for evicted in self.analyzer.flows.enforce_limit(self.max_flows).tolist():
                 self._answers.pop(evicted, None)  # the row will hold another flow
         return answer
 
     def _answer(self, flow: int) -> Annotation:
-        ft = self.analyzer.flows
-        dec = ft.decide(self.table, np.asarray([flow], dtype=np.int64))
-        transport = Transport(int(ft.keys["t"][flow]))
-        port = int(dec.service_port[0])
-        bits = int(dec.flags[0])
-        remark = ""
-        if bits & FlowFlag.UNAUTHORIZED_USE:
-            remark = self.table.lookup(transport, port).remark
+        dec = self.analyzer.flows.decide(self.table, np.asarray([flow], dtype=np.int64))
+        verdict = dec.verdict(0, self.table)
+        why = verdict.reasons()
         return Annotation(
-            transport=transport.label,
-            service_port=port,
+            transport=verdict.transport.label,
+            service_port=verdict.service_port,
             client_port=int(dec.client_port[0]),
-            service=self.table.names[int(dec.service_id[0])],
-            status=PortStatus(int(dec.status[0])).label,
-            flags=tuple(flag_labels(bits)),
-            method=Method(int(dec.method[0])).label,
-            reasons=tuple(flag_reasons(transport.label, port, bits, remark,
-                                   self.table.assigned_only)),
+            service=verdict.service,
+            status=verdict.status.label,
+            flags=tuple(verdict.labels()),
+            method=verdict.rule.label if verdict.rule is not None else "",
+            reasons=tuple(why),
+            summary=summary(verdict.transport.label, verdict.service_port, verdict.service,
+                            verdict.status.label, why),
         )
 
 

@@ -12,36 +12,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.analysis.flows import FlowDecisions, Method, flag_labels
+from portwatch.analysis.verdict import FlowDecisions
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import CaptureReader
 from portwatch.capture.files.writer import PcapngWriter
 from portwatch.decode.native import DecodeStatus
-from portwatch.ports import PortStatus, Transport
 
 __all__ = ["flow_comments", "write_annotated"]
 
 
 def flow_comments(analyzer: Analyzer, decisions: FlowDecisions) -> list[str]:
-    """The comment of each flow row, e.g. ``portwatch: tcp/80 http (assigned)``."""
-    table = analyzer.table
-    keys = analyzer.flows.keys
+    """The comment of each flow row: ``portwatch: <verdict summary> [<rule>]``.
+
+    E.g. ``portwatch: tcp/80 http (assigned) [handshake]``; a flagged flow's
+    summary carries its reasons, worded as the report words them.
+    """
     out: list[str] = []
     for row in range(analyzer.flows.size):
-        transport = Transport(int(keys["t"][row])).label
-        port = int(decisions.service_port[row])
-        service = table.names[int(decisions.service_id[row])]
-        status = PortStatus(int(decisions.status[row])).label
-        flags = flag_labels(int(decisions.flags[row]))
-        method = Method(int(decisions.method[row])).label
-        named = f" {service}" if service else ""
-        if flags:
-            extra = [f for f in flags if f != status]
-            why = "; ".join([status, *("known unauthorized use" if f == "unauthorized-use"
-                                       else f for f in extra)])
-            out.append(f"portwatch: FLAG {transport}/{port}{named} {why} [{method}]")
-        else:
-            out.append(f"portwatch: {transport}/{port}{named} ({status}) [{method}]")
+        verdict = decisions.verdict(row, analyzer.table)
+        rule = verdict.rule.label if verdict.rule is not None else ""
+        out.append(f"portwatch: {verdict.summary()} [{rule}]")
     return out
 
 

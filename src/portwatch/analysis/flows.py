@@ -21,24 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from portwatch.analysis.verdict import STATUS_REASONS, FlagReason, FlowDecisions, ServiceSideRule
 from portwatch.decode.native import TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
 from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
-__all__ = [
-    "Decision",
-    "FlowDecisions",
-    "FlowFlag",
-    "FlowLimits",
-    "FlowTable",
-    "Method",
-]
+__all__ = ["FlowLimits", "FlowTable"]
 
 U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
@@ -48,7 +41,8 @@ Bool = npt.NDArray[np.bool_]
 
 _SYN = np.uint8(0x02)
 _ACK = np.uint8(0x10)
-_SERVER_UNKNOWN, _SERVER_A, _SERVER_B = 0, 1, 2
+#: ``FlowTable.handshake_side`` codes: no SYN or SYN-ACK seen yet, the service is A, is B.
+_SIDE_UNKNOWN, _SIDE_A, _SIDE_B = 0, 1, 2
 _FIRST_DYNAMIC = DYNAMIC_PORTS.start
 _KEY_DTYPE = np.dtype([("t", "u1"), ("ah", "u8"), ("al", "u8"), ("ap", "u2"),
                        ("bh", "u8"), ("bl", "u8"), ("bp", "u2")])
@@ -68,73 +62,6 @@ class FlowLimits:
     def idle_ns(self) -> npt.NDArray[np.int64]:
         """One idle timeout per ``Transport`` value, as ``FlowTable.expire`` wants."""
         return np.asarray([int(self.idle_s[t] * 1_000_000_000) for t in Transport], dtype=np.int64)
-
-
-class Method(IntEnum):
-    """How a flow's service port was decided."""
-
-    HANDSHAKE = 0
-    REGISTRY = 1
-    DYNAMIC_RANGE = 2
-    LOWER_PORT = 3
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-
-class FlowFlag(IntEnum):
-    """Why a flow deserves attention; values are bits of ``FlowDecisions.flags``."""
-
-    RESERVED = 1
-    UNASSIGNED = 2
-    UNLISTED = 4
-    UNAUTHORIZED_USE = 8
-    DYNAMIC = 16  # between two dynamic ports: lower severity
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-
-_STATUS_FLAG = np.zeros(len(PortStatus), dtype=np.uint8)
-_STATUS_FLAG[PortStatus.RESERVED] = FlowFlag.RESERVED
-_STATUS_FLAG[PortStatus.UNASSIGNED] = FlowFlag.UNASSIGNED
-_STATUS_FLAG[PortStatus.UNLISTED] = FlowFlag.UNLISTED
-_STATUS_FLAG[PortStatus.DYNAMIC] = FlowFlag.DYNAMIC
-
-
-_FLAG_LABELS = [tuple(f.label for f in FlowFlag if bits & f)
-                for bits in range(1 << len(FlowFlag))]
-
-
-def flag_labels(bits: int) -> list[str]:
-    """Labels of the flags set in ``bits``, in ``FlowFlag`` order (a table, not a loop)."""
-    return list(_FLAG_LABELS[bits & (len(_FLAG_LABELS) - 1)])
-
-
-@dataclass(slots=True)
-class FlowDecisions:
-    """Per-flow answers, parallel to the flow table's arrays."""
-
-    service_is_a: Bool
-    service_port: U16
-    client_port: U16
-    method: U8
-    status: U8
-    service_id: npt.NDArray[np.int32]
-    flags: U8
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One flow's answer, for reports and annotations."""
-
-    service_port: int
-    method: Method
-    status: PortStatus
-    service: str
-    flags: int
 
 
 def _mix(x: U64) -> U64:
@@ -169,7 +96,7 @@ class FlowTable:
         grow("bytes_ba", np.uint64)
         grow("first_ns", np.int64, np.iinfo(np.int64).max)
         grow("last_ns", np.int64, np.iinfo(np.int64).min)
-        grow("server", np.uint8)
+        grow("handshake_side", np.uint8)
         grow("alive", np.bool_)
         self.capacity = capacity
 
@@ -181,7 +108,7 @@ class FlowTable:
     bytes_ba: U64
     first_ns: I64
     last_ns: I64
-    server: U8
+    handshake_side: U8  # _SIDE_* codes
     alive: Bool
 
     def __len__(self) -> int:
@@ -303,8 +230,8 @@ class FlowTable:
         server_is_a = np.where(syn, ~from_a, from_a)
         seen = syn | synack
         if seen.any():
-            code = np.where(server_is_a[seen], _SERVER_A, _SERVER_B).astype(np.uint8)
-            self.server[flows[seen]] = code
+            code = np.where(server_is_a[seen], _SIDE_A, _SIDE_B).astype(np.uint8)
+            self.handshake_side[flows[seen]] = code
 
     def evict(self, rows: I64) -> None:
         """Forget flows (idle, or over the limit); their rows are reused."""
@@ -314,7 +241,7 @@ class FlowTable:
         width = _KEY_DTYPE.itemsize
         for i in range(rows.size):
             self._index.pop(raw[i * width : (i + 1) * width], None)
-        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "server"):
+        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side"):
             getattr(self, name)[rows] = 0
         self.first_ns[rows] = np.iinfo(np.int64).max
         self.last_ns[rows] = np.iinfo(np.int64).min
@@ -371,24 +298,25 @@ class FlowTable:
         assigned_b = st_b == PortStatus.ASSIGNED
         dyn_a = pa >= _FIRST_DYNAMIC
         dyn_b = pb >= _FIRST_DYNAMIC
-        server = self.server[sel]
-        handshake = server != _SERVER_UNKNOWN
+        side = self.handshake_side[sel]
+        handshake = side != _SIDE_UNKNOWN
         registry = ~handshake & (assigned_a ^ assigned_b)
         dynamic = ~handshake & ~registry & (dyn_a ^ dyn_b)
         lower = ~handshake & ~registry & ~dynamic
         service_is_a = np.select(
-            [handshake, registry, dynamic], [server == _SERVER_A, assigned_a, ~dyn_a],
+            [handshake, registry, dynamic], [side == _SIDE_A, assigned_a, ~dyn_a],
             default=pa <= pb,
         )
-        method = np.select(
+        rule = np.select(
             [handshake, registry, dynamic, lower],
-            [Method.HANDSHAKE, Method.REGISTRY, Method.DYNAMIC_RANGE, Method.LOWER_PORT],
+            [ServiceSideRule.HANDSHAKE, ServiceSideRule.REGISTRY, ServiceSideRule.DYNAMIC_RANGE,
+             ServiceSideRule.LOWER_PORT],
         ).astype(np.uint8)
         service_port = np.where(service_is_a, pa, pb).astype(np.uint16)
         client_port = np.where(service_is_a, pb, pa).astype(np.uint16)
         status, service_id, port_flags = table.lookup_many(t, service_port)
-        flags = _STATUS_FLAG[status] | np.where(
-            (port_flags & PortFlag.UNAUTHORIZED_USE) != 0, FlowFlag.UNAUTHORIZED_USE, 0
+        flags = STATUS_REASONS[status] | np.where(
+            (port_flags & PortFlag.UNAUTHORIZED_USE) != 0, FlagReason.UNAUTHORIZED_USE, 0
         ).astype(np.uint8)
-        return FlowDecisions(service_is_a, service_port, client_port, method, status,
-                             service_id, flags)
+        return FlowDecisions(service_is_a, service_port, client_port, rule, status,
+                             service_id, flags, t.copy())

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from portwatch import __version__
 from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table
-from portwatch.analysis.analyzer import FlowReport, Report
+from portwatch.analysis.report import FlowReport, Report
 
 __all__ = ["OutputFormat", "json_document", "render"]
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from portwatch import decode as engines
 from portwatch._atomic import atomic_output
-from portwatch.analysis.analyzer import Analyzer, Report, merge_reports
+from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.render import OutputFormat, render
+from portwatch.analysis.report import Report, merge_reports
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import CaptureReader, read_capture_path
 from portwatch.cli.common import Context

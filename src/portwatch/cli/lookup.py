@@ -9,9 +9,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from portwatch.analysis.verdict import FlagReason, Verdict, flag_labels
 from portwatch.cli.common import Context, format_columns
 from portwatch.errors import UsageError
-from portwatch.ports import PortFlag, Transport
+from portwatch.ports import Transport
 from portwatch.porttable.table import PortInfo
 from portwatch.registry.model import RecordKind
 from portwatch.registry.serialize import record_dict
@@ -43,8 +44,9 @@ def _queries(raw: list[str]) -> Iterator[str]:
             yield q
 
 
-def _flags(flags: PortFlag) -> list[str]:
-    return ["unauthorized-use"] if flags & PortFlag.UNAUTHORIZED_USE else []
+def _registry_flags(verdict: Verdict) -> list[str]:
+    """The registry's own flags on the port (the status has its own field)."""
+    return flag_labels(verdict.flags & FlagReason.UNAUTHORIZED_USE)
 
 
 def _answers(ctx: Context, query: str) -> list[tuple[PortInfo | None, list[int], str]]:
@@ -101,7 +103,9 @@ def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
         rec = registry.records[rids[0]]
         return {"query": query, "port": None, "transport": transport, "status": "name-only",
                 "service": rec.name, "aliases": [], "description": rec.description,
-                "flags": [], "records": records, "registry": answered_by}
+                "flags": [], "reasons": [], "summary": "", "records": records,
+                "registry": answered_by}
+    verdict = Verdict.of_port(info, assigned_only=loaded.table.assigned_only)
     return {
         "query": query,
         "port": info.port,
@@ -110,7 +114,9 @@ def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
         "service": info.service,
         "aliases": list(info.aliases),
         "description": info.description,
-        "flags": _flags(info.flags),
+        "flags": _registry_flags(verdict),
+        "reasons": verdict.reasons(),
+        "summary": verdict.summary(),
         "remark": info.remark,
         "source": info.source,
         "records": records,
@@ -121,6 +127,7 @@ def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
 def run(ctx: Context, args: argparse.Namespace) -> int:
     failed = 0
     rows: list[list[str]] = []
+    flagged: dict[str, None] = {}  # summaries of flagged answers, in order, once each
     for query in _queries(args.queries):
         try:
             answers = _answers(ctx, query)
@@ -136,7 +143,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                 rows.append([query, "-", transport or "-", "name-only", rec.name, "",
                              rec.description])
             else:
-                flags = ",".join(_flags(info.flags))
+                verdict = Verdict.of_port(info, assigned_only=ctx.loaded().table.assigned_only)
+                if verdict.flagged:
+                    flagged[verdict.summary()] = None
+                flags = ",".join(_registry_flags(verdict))
                 service = info.service + (f" ({', '.join(info.aliases)})" if info.aliases else "")
                 rows.append([query, str(info.port), transport, info.status.label, service or "-",
                              flags, info.description])
@@ -144,4 +154,6 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         print(format_columns(
             ["QUERY", "PORT", "TRANSPORT", "STATUS", "SERVICE", "FLAGS", "DESCRIPTION"], rows
         ), file=ctx.stdout)
+    for line in flagged:
+        print(line, file=ctx.stdout)
     return 1 if failed else 0

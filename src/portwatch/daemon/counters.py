@@ -36,7 +36,8 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.analysis.flows import FlowFlag, FlowLimits
+from portwatch.analysis.flows import FlowLimits
+from portwatch.analysis.verdict import FlagReason
 from portwatch.capture.batch import PacketBatch
 from portwatch.decode.native import DecodeStatus
 from portwatch.ports import PortStatus, Transport
@@ -59,7 +60,7 @@ OTHER_PORT = "other"
 
 TRANSPORT_LABELS = tuple(t.label for t in Transport)
 STATUS_LABELS = tuple(s.label for s in PortStatus)
-FLAGS = tuple(FlowFlag)
+FLAGS = tuple(FlagReason)
 ERROR_REASONS = tuple(s for s in DecodeStatus if s is not DecodeStatus.OK)
 _NS = 1_000_000_000
 

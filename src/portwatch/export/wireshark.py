@@ -3,11 +3,16 @@
 The plugin carries the registry inside it, so Wireshark needs neither
 portwatch nor the registry files. To keep it small and its load fast, every
 (transport, port) slot is reduced to an *answer* (status, unauthorized-use,
-service name, description); the answers are interned, and each transport's
-65,536 slots become runs of equal answers. Numbers are written as base-32
-digits in printable characters; names and descriptions as one text block each.
+service name, description, unauthorized-use remark); the answers are
+interned, and each transport's 65,536 slots become runs of equal answers.
+Numbers are written as base-32 digits in printable characters; names,
+descriptions and remarks as one text block each.
 At load the plugin turns each transport's runs into two arrays (first port of
 each run, answer) and looks ports up by binary search.
+
+The plugin words its verdicts with the sentences of
+``portwatch.analysis.verdict``, embedded here, so Wireshark says what
+``portwatch analyze`` says.
 
 Everything here is pure: table in, Lua text out. Writing the file is the
 CLI's job.
@@ -24,7 +29,8 @@ from importlib import resources
 import numpy as np
 
 from portwatch import __version__
-from portwatch.ports import PortFlag, Transport
+from portwatch.analysis.verdict import BOTH_DYNAMIC, STATUS_REASONS, FlagReason, sentences
+from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
 __all__ = [
@@ -49,13 +55,14 @@ class PluginData:
     """The table reduced to what the plugin needs, before encoding.
 
     ``answers`` holds ``(status * 2 + unauthorized_use, name index,
-    description index)``; ``runs[transport]`` holds ``(length, answer index)``
-    pairs covering ports 0-65535 in order.
+    description index, remark index)``; ``runs[transport]`` holds ``(length,
+    answer index)`` pairs covering ports 0-65535 in order.
     """
 
     names: list[str]
     descriptions: list[str]
-    answers: list[tuple[int, int, int]]
+    remarks: list[str]
+    answers: list[tuple[int, int, int, int]]
     runs: dict[Transport, list[tuple[int, int]]]
 
 
@@ -70,10 +77,13 @@ def plugin_data(table: PortTable) -> PluginData:
     name_ids: dict[str, int] = {"": 0}
     descriptions: list[str] = [""]
     description_ids: dict[str, int] = {"": 0}
-    answers: list[tuple[int, int, int]] = []
-    answer_ids: dict[tuple[int, int, int], int] = {}
-    # One description per table entry; -1 (no entry) reads the empty string.
+    remarks: list[str] = [""]
+    remark_ids: dict[str, int] = {"": 0}
+    answers: list[tuple[int, int, int, int]] = []
+    answer_ids: dict[tuple[int, int, int, int], int] = {}
+    # One description and remark per table entry; -1 (no entry) reads empty strings.
     entry_descriptions = [_one_line(e.description) for e in table.entries] + [""]
+    entry_remarks = [_one_line(e.remark) for e in table.entries] + [""]
     runs: dict[Transport, list[tuple[int, int]]] = {}
     for transport in Transport:
         status = table.status[transport].astype(np.int64)
@@ -99,7 +109,12 @@ def plugin_data(table: PortTable) -> PluginData:
             if did is None:
                 did = description_ids[description] = len(descriptions)
                 descriptions.append(description)
-            answer = (st * 2 + unauth, nid, did)
+            remark = entry_remarks[eid] if unauth else ""
+            rid = remark_ids.get(remark)
+            if rid is None:
+                rid = remark_ids[remark] = len(remarks)
+                remarks.append(remark)
+            answer = (st * 2 + unauth, nid, did, rid)
             aid = answer_ids.get(answer)
             if aid is None:
                 aid = answer_ids[answer] = len(answers)
@@ -109,7 +124,7 @@ def plugin_data(table: PortTable) -> PluginData:
             else:
                 transport_runs.append((length, aid))
         runs[transport] = transport_runs
-    return PluginData(names, descriptions, answers, runs)
+    return PluginData(names, descriptions, remarks, answers, runs)
 
 
 def encode_numbers(values: Iterable[int]) -> str:
@@ -143,6 +158,28 @@ def _lua_quoted(text: str) -> str:
     return '"' + _CONTROL.sub(" ", escaped) + '"'
 
 
+_SENTENCE_GAPS = re.compile(r"(\{where\}|\{remark\})")
+
+
+def _lua_sentences(assigned_only: bool) -> str:
+    """``verdict.sentences()`` as a Lua table of pieces; WHERE and REMARK fill the gaps."""
+    entries = []
+    for key, text in sentences(assigned_only).items():
+        pieces = [{"{where}": "WHERE", "{remark}": "REMARK"}.get(p) or _lua_quoted(p)
+                  for p in _SENTENCE_GAPS.split(text) if p]
+        entries.append(f'  [{_lua_quoted(key)}] = {{ {", ".join(pieces)} }},')
+    return "{\n" + "\n".join(entries) + "\n}"
+
+
+def _lua_reasons() -> str:
+    """Reason labels and bits in ``FlagReason`` order, and the reason of each status."""
+    order = ", ".join(_lua_quoted(r.label) for r in FlagReason)
+    bits = ", ".join(f"[{_lua_quoted(r.label)}] = {int(r)}" for r in FlagReason)
+    status = ", ".join(f"[{int(s)}] = {int(STATUS_REASONS[s])}" for s in PortStatus)
+    return (f"local REASON_ORDER = {{ {order} }}\nlocal REASON = {{ {bits} }}\n"
+            f"local STATUS_REASON = {{ {status} }}")
+
+
 def _registry_date(table: PortTable) -> str:
     last = table.last_updated
     return last.isoformat() if last is not None else "unknown"
@@ -173,6 +210,10 @@ def render_plugin(table: PortTable, *, version: str = __version__) -> str:
         "SOURCES_COMMENT": "\n".join(f"--   {_one_line(s)}" for s in sources),
         "NAMES": _long_string(data.names),
         "DESCRIPTIONS": _long_string(data.descriptions),
+        "REMARKS": _long_string(data.remarks),
+        "SENTENCES": _lua_sentences(table.assigned_only),
+        "BOTH_DYNAMIC": _lua_quoted(BOTH_DYNAMIC),
+        "REASONS": _lua_reasons(),
         "ENTRIES": _lua_quoted(encode_numbers(v for a in data.answers for v in a)),
     }
     for transport in Transport:

@@ -1,0 +1,293 @@
+"""The report of an analysis: per-service counts and every flow, its verdict in words.
+
+``build_report`` turns what an ``Analyzer`` counted into a ``Report``; the
+verdicts are worded by ``portwatch.analysis.verdict`` like every other output.
+``merge_reports`` joins the reports of captures analysed apart (``--jobs``).
+Rendering a report as text is ``portwatch.analysis.render``'s job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from portwatch.analysis.verdict import (
+    FlagReason,
+    FlowDecisions,
+    ServiceSideRule,
+    flag_labels,
+    port_reasons,
+    reasons,
+)
+from portwatch.ports import PortStatus, Transport
+from portwatch.porttable.table import PortTable
+
+if TYPE_CHECKING:  # the analyzer calls build_report; only its type is needed here
+    from portwatch.analysis.analyzer import Analyzer
+
+__all__ = [
+    "FlowReport",
+    "Report",
+    "ServiceCount",
+    "build_report",
+    "merge_reports",
+    "registry_summary",
+]
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class ServiceCount:
+    """Traffic of all flows whose service is (transport, port), both directions."""
+
+    transport: str
+    port: int
+    service: str
+    status: str
+    packets: int = 0
+    bytes: int = 0
+    flows: int = 0
+    flags: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"transport": self.transport, "port": self.port, "service": self.service,
+                "status": self.status, "packets": self.packets, "bytes": self.bytes,
+                "flows": self.flows, "flags": self.flags}
+
+
+@dataclass(slots=True)
+class FlowReport:
+    """One flow, with its service side decided and its flags explained."""
+
+    transport: str
+    client: str
+    client_port: int
+    server: str
+    service_port: int
+    service: str
+    status: str
+    method: str
+    flags: list[str]
+    reasons: list[str]
+    packets: int
+    bytes: int
+    packets_to_service: int
+    packets_from_service: int
+    bytes_to_service: int
+    bytes_from_service: int
+    first_seen: str
+    last_seen: str
+    capture: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Report:
+    """What ``portwatch analyze`` prints, in every format."""
+
+    captures: list[str]
+    packets: int
+    bytes: int
+    services: list[ServiceCount]
+    flows: list[FlowReport]
+    decode: dict[str, int]
+    registry: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    partial: bool = False
+
+    @property
+    def flagged(self) -> list[FlowReport]:
+        return [f for f in self.flows if f.flagged]
+
+    def as_dict(self, *, include_flows: bool = False) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "captures": self.captures,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "flow_count": len(self.flows),
+            "services": [s.as_dict() for s in self.services],
+            "flagged": [f.as_dict() for f in self.flagged],
+            "decode": self.decode,
+            "registry": self.registry,
+            "warnings": self.warnings,
+            "partial": self.partial,
+        }
+        if include_flows:
+            doc["flows"] = [f.as_dict() for f in self.flows]
+        return doc
+
+
+def _address(hi: int, lo: int) -> str:
+    value = (hi << 64) | lo
+    if value >> 32 == 0xFFFF:  # IPv4-mapped ::ffff:a.b.c.d
+        return str(ipaddress.IPv4Address(value & 0xFFFF_FFFF))
+    return str(ipaddress.IPv6Address(value))
+
+
+def _times(ns: I64) -> list[str]:
+    """ISO 8601 UTC times, microsecond precision, for a whole column at once."""
+    text = np.datetime_as_string(ns.astype("datetime64[ns]").astype("datetime64[us]"),
+                                 unit="us")
+    return [t + "+00:00" for t in text.tolist()]
+
+
+_STATUS_LABELS = [s.label for s in PortStatus]
+_RULE_LABELS = [r.label for r in ServiceSideRule]
+_TRANSPORT_LABELS = [t.label for t in Transport]
+
+
+def build_report(analyzer: Analyzer) -> Report:
+    """Every live flow of ``analyzer`` decided, counted per service and worded."""
+    ft = analyzer.flows
+    table = analyzer.table
+    live = np.flatnonzero(ft.alive[: ft.size])
+    dec = ft.decide(table, live)
+    return Report(
+        captures=[analyzer.capture] if analyzer.capture else [],
+        packets=analyzer.packets,
+        bytes=analyzer.bytes,
+        services=_service_counts(analyzer, live, dec),
+        flows=_flow_reports(analyzer, live, dec),
+        decode=analyzer.decode_summary(),
+        registry=registry_summary(table),
+        warnings=list(analyzer.warnings),
+        partial=analyzer.partial,
+    )
+
+
+def registry_summary(table: PortTable) -> dict[str, Any]:
+    """Which registry answered, for the report's ``registry`` entry."""
+    return {
+        "snapshot": table.snapshot,
+        "last_updated": table.last_updated.isoformat() if table.last_updated else None,
+        "assigned_only": table.assigned_only,
+        "sources": [s.path for s in table.sources],
+    }
+
+
+def _service_counts(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[ServiceCount]:
+    """Per (transport, service port): one pass with numpy, then one row per service."""
+    ft = analyzer.flows
+    packets = ft.packets()[live]
+    nbytes = ft.bytes()[live]
+    service_key = dec.transport.astype(np.int64) * 65536 + dec.service_port
+    uniq, inverse = np.unique(service_key, return_inverse=True)
+    svc_packets = np.bincount(inverse, weights=packets, minlength=uniq.size)
+    svc_bytes = np.bincount(inverse, weights=nbytes, minlength=uniq.size)
+    svc_flows = np.bincount(inverse, minlength=uniq.size)
+    services = []
+    for j, key in enumerate(uniq.tolist()):
+        t, port = Transport(key // 65536), key % 65536
+        info = analyzer.table.lookup(t, port)
+        services.append(ServiceCount(t.label, port, info.service, info.status.label,
+                                     int(svc_packets[j]), int(svc_bytes[j]), int(svc_flows[j]),
+                                     flag_labels(port_reasons(info.status, info.flags))))
+    services.sort(key=lambda s: (-s.packets, s.transport, s.port))
+    return services
+
+
+def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[FlowReport]:
+    """One ``FlowReport`` per live flow; Python runs once per flow, over plain lists."""
+    ft, table = analyzer.flows, analyzer.table
+    keys = ft.keys[live]
+    ends = _Addresses()
+    a_side = [ends(hi, lo) for hi, lo in zip(keys["ah"].tolist(), keys["al"].tolist(),
+                                             strict=True)]
+    b_side = [ends(hi, lo) for hi, lo in zip(keys["bh"].tolist(), keys["bl"].tolist(),
+                                             strict=True)]
+    p_ab, p_ba, b_ab, b_ba = (getattr(ft, name)[live].tolist() for name in
+                              ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba"))
+    first_seen, last_seen = _times(ft.first_ns[live]), _times(ft.last_ns[live])
+    svc_is_a, svc_port = dec.service_is_a.tolist(), dec.service_port.tolist()
+    cli_port, statuses = dec.client_port.tolist(), dec.status.tolist()
+    flag_bits, rules, sids = dec.flags.tolist(), dec.rule.tolist(), dec.service_id.tolist()
+    transports = dec.transport.tolist()
+    assigned_only = table.assigned_only
+    out: list[FlowReport] = []
+    for j in range(live.size):
+        svc_a = svc_is_a[j]
+        transport = _TRANSPORT_LABELS[transports[j]]
+        port = svc_port[j]
+        bits = flag_bits[j]
+        remark = ""
+        if bits & FlagReason.UNAUTHORIZED_USE:
+            remark = table.lookup(Transport(transports[j]), port).remark
+        out.append(FlowReport(
+            transport=transport,
+            client=b_side[j] if svc_a else a_side[j],
+            client_port=cli_port[j],
+            server=a_side[j] if svc_a else b_side[j],
+            service_port=port,
+            service=table.names[sids[j]],
+            status=_STATUS_LABELS[statuses[j]],
+            method=_RULE_LABELS[rules[j]],
+            flags=flag_labels(bits),
+            reasons=reasons(transport, port, bits, remark=remark, assigned_only=assigned_only,
+                            client_port=cli_port[j]),
+            packets=p_ab[j] + p_ba[j],
+            bytes=b_ab[j] + b_ba[j],
+            packets_to_service=p_ba[j] if svc_a else p_ab[j],
+            packets_from_service=p_ab[j] if svc_a else p_ba[j],
+            bytes_to_service=b_ba[j] if svc_a else b_ab[j],
+            bytes_from_service=b_ab[j] if svc_a else b_ba[j],
+            first_seen=first_seen[j],
+            last_seen=last_seen[j],
+            capture=analyzer.capture,
+        ))
+    return out
+
+
+class _Addresses:
+    """Address text by (high, low) 64-bit halves, each distinct address formatted once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], str] = {}
+
+    def __call__(self, hi: int, lo: int) -> str:
+        text = self._seen.get((hi, lo))
+        if text is None:
+            text = self._seen[(hi, lo)] = _address(hi, lo)
+        return text
+
+
+def merge_reports(reports: Sequence[Report]) -> Report:
+    """One report of several captures analysed apart (``--jobs``)."""
+    services: dict[tuple[str, int], ServiceCount] = {}
+    decode: dict[str, int] = {}
+    for rep in reports:
+        for s in rep.services:
+            got = services.get((s.transport, s.port))
+            if got is None:
+                services[(s.transport, s.port)] = ServiceCount(
+                    s.transport, s.port, s.service, s.status, s.packets, s.bytes, s.flows,
+                    list(s.flags))
+            else:
+                got.packets += s.packets
+                got.bytes += s.bytes
+                got.flows += s.flows
+        for reason, n in rep.decode.items():
+            decode[reason] = decode.get(reason, 0) + n
+    merged = sorted(services.values(), key=lambda s: (-s.packets, s.transport, s.port))
+    return Report(
+        captures=[c for rep in reports for c in rep.captures],
+        packets=sum(r.packets for r in reports),
+        bytes=sum(r.bytes for r in reports),
+        services=merged,
+        flows=[f for rep in reports for f in rep.flows],
+        decode=decode,
+        registry=reports[0].registry if reports else {},
+        warnings=[w for rep in reports for w in rep.warnings],
+        partial=any(r.partial for r in reports),
+    )
