@@ -285,7 +285,7 @@ def _content_length(resp: _Response, url: str, max_bytes: int) -> int | None:
         raise RegistryError(f"download refused: bad Content-Length {text!r}", path=url) from None
     if length > max_bytes:
         raise RegistryError(f"download refused: {length} bytes announced, more than "
-                            f"{max_bytes >> 20} MiB", path=url)
+                            f"{_size(max_bytes)}", path=url)
     return length
 
 
@@ -310,9 +310,12 @@ def _read_body(resp: _Response, url: str, deadline: float, max_bytes: int,
             return b"".join(chunks)
         size += len(chunk)
         if size > max_bytes:
-            raise RegistryError(f"download refused: larger than {max_bytes >> 20} MiB",
-                                path=url)
+            raise RegistryError(f"download refused: larger than {_size(max_bytes)}", path=url)
         chunks.append(chunk)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes} bytes"
 
 
 def _narrow_timeout(resp: _Response, seconds: float) -> None:
