@@ -72,8 +72,13 @@ class ReportFilter:
 
 
 def _nearest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """``; did you mean 'a', 'b' or 'c'?`` for up to three close spellings, else ``""``."""
+    close = [repr(c) for c in difflib.get_close_matches(word.lower(), list(choices), n=3,
+                                                         cutoff=0.6)]
+    if not close:
+        return ""
+    said = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+    return f"; did you mean {said}?"
 
 
 def _choice(expr: str, what: str, value: str, choices: Sequence[str]) -> frozenset[str]:
