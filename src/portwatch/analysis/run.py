@@ -285,7 +285,9 @@ def spooled_inputs(
     """The inputs, each non-regular one copied to a private temp dir when ``needed``.
 
     The directory (under ``directory`` or ``$TMPDIR``) is removed when the
-    block exits in any way, including SIGTERM and SIGINT.
+    block exits in any way, including SIGTERM and SIGINT. An input that is no
+    capture comes back with its ``failure`` set, having been read no further
+    than its first bytes.
     """
     if not needed or all(_is_regular(n) for n in names):
         yield [CaptureInput(n, n) for n in names]
@@ -302,8 +304,6 @@ def spooled_inputs(
                 try:
                     inputs.append(_spool_one(name, spool_dir, i, stdin))
                 except CaptureError as exc:
-                    if len(names) == 1:
-                        raise
                     inputs.append(CaptureInput(name, name, exc))
             yield inputs
         finally:
