@@ -13,6 +13,7 @@ from typing import ClassVar
 import pytest
 
 from portwatch.cli import main
+from portwatch.ports import Transport
 
 
 @pytest.fixture(autouse=True)
@@ -439,3 +440,26 @@ def test_update_refuses_a_much_smaller_registry_and_keeps_the_current_one(
     assert main(["registry", "update", "--url", f"{base}/missing.xml"]) == 2
     assert "404" in capsys.readouterr().err
     assert _tree(isolated_dirs) == before
+
+
+def test_registry_statistics_are_computed_by_the_library_and_printed_as_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from portwatch.porttable.cache import load_table
+    from portwatch.registry.model import RecordKind
+    from portwatch.registry.stats import registry_stats
+
+    services = tmp_path / "services"
+    services.write_text("ssh\t\t22/tcp\nssh\t\t22/udp\nhttp\t\t80/tcp\t\twww\n")
+    loaded = load_table([str(services)], cache=None)
+    stats = registry_stats(loaded.full_registry(), loaded.table)
+    assert stats.records_by_kind[RecordKind.ASSIGNED] == 4  # the alias www is a record too
+    assert stats.records_by_kind_and_transport == {("assigned", "tcp"): 3,
+                                                   ("assigned", "udp"): 1}
+    assert stats.coverage[Transport.TCP]["listed"] == 2
+    assert stats.coverage[Transport.TCP]["assigned"] == 2
+    assert stats.coverage[Transport.TCP]["unlisted"] == 49152 - 2
+    assert [(s.records, s.problems, s.assigned_only) for s in stats.sources] == [(4, 0, True)]
+    assert main(["--registry", str(services), "registry", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {k: info[k] for k in stats.as_dict()} == json.loads(json.dumps(stats.as_dict()))
