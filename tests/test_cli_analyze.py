@@ -282,3 +282,183 @@ def test_json_document_is_the_same_data_with_one_list_item_per_line() -> None:
     assert json.loads(text) == doc
     assert '    {"port": 80, "service": "http"},\n' in text
     assert text.count("\n") == 9
+
+
+# -- spooling, filters and outputs (portwatch.analysis.run / filters) -----------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def child_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("child-cache")
+
+
+def _child_env(official_csv: Path, cache: Path, tmp: Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "TMPDIR": str(tmp), "PORTWATCH_REGISTRY": str(official_csv),
+            "PORTWATCH_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO / "src")}
+
+
+def test_fifo_with_annotate_gives_the_report_and_the_annotated_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as out:
+            out.write(SAMPLE.read_bytes())
+
+    threading.Thread(target=feed, daemon=True).start()
+    out_path = tmp_path / "annotated.pcapng"
+    code, out, err = _run(capsys, "analyze", "-f", "json", "--annotate", str(out_path),
+                          "--spool-dir", str(tmp_path), str(fifo))
+    assert (code, err) == (0, "")
+    assert json.loads(out)["packets"] == 68
+    assert json.loads(out)["captures"] == [str(fifo)]
+    from portwatch.capture.files.reader import read_capture_path
+
+    with read_capture_path(str(out_path)) as reader:
+        assert sum(len(b) for b in reader) == 68
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.pcapng", "cache",
+                                                          "capture.fifo"]
+
+
+@pytest.mark.skipif(shutil.which("yes") is None, reason="no yes(1)")
+@pytest.mark.parametrize("extra", [[], ["--annotate", "out.pcapng"]],
+                         ids=["streamed", "spooled"])
+def test_yes_piped_into_analyze_fails_at_once_with_one_line(
+    tmp_path: Path, official_csv: Path, child_cache: Path, extra: list[str],
+) -> None:
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    assert yes.stdout is not None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "portwatch", "analyze", *extra, "-"], stdin=yes.stdout,
+            capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+            env=_child_env(official_csv, child_cache, tmp))
+    finally:
+        yes.stdout.close()
+        yes.kill()
+        yes.wait()
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == "portwatch: error: -: byte 0: not a capture: first bytes " \
+        "'790a790a' are not pcap, pcapng or gzip\n"
+    assert list(tmp.iterdir()) == []
+    assert not (tmp_path / "out.pcapng").exists()
+
+
+@pytest.mark.parametrize(("expr", "listed"), [
+    ("status:asigned", "expected one of unlisted, assigned, reserved, unassigned, dynamic"),
+    ("transport:icmp", "expected one of tcp, udp, sctp, dccp"),
+    ("port:65536", "ports run from 0 to 65535"),
+    ("port:https", "a port is a number 0-65535"),
+    ("colour:red", "expected status:S, service:NAME, port:N, transport:T or flagged"),
+    ("service:no-such-thing-xyz", "no service or alias 'no-such-thing-xyz'"),
+])
+def test_each_bad_filter_exits_two_listing_the_valid_values(
+    capsys: pytest.CaptureFixture[str], expr: str, listed: str,
+) -> None:
+    code, out, err = _run(capsys, "analyze", "--filter", expr, str(SAMPLE))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert listed in err
+
+
+@pytest.mark.parametrize("name", ["HTTP", "www"])
+def test_service_filter_matches_any_case_and_aliases(
+    capsys: pytest.CaptureFixture[str], name: str,
+) -> None:
+    code, out, _ = _run(capsys, "analyze", "-f", "json", "--filter", f"service:{name}",
+                        str(SAMPLE))
+    doc = json.loads(out)
+    assert code == 0
+    assert [(s["transport"], s["port"], s["service"]) for s in doc["services"]] == [
+        ("tcp", 80, "http")]
+    assert doc["packets"] == doc["services"][0]["packets"] == 11  # only what was kept
+    assert doc["flow_count"] >= 1
+    assert doc["decode"] == {}
+
+
+def test_report_over_one_of_its_inputs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    capture = tmp_path / "c.pcapng"
+    capture.write_bytes(SAMPLE.read_bytes())
+    os.link(capture, tmp_path / "link.json")
+    for target in (capture, tmp_path / "link.json"):
+        code, out, err = _run(capsys, "analyze", "-o", str(target), str(capture))
+        assert (code, out) == (2, "")
+        assert err.count("\n") == 1
+        assert f"refusing to overwrite the input capture '{capture}'" in err
+    assert capture.read_bytes() == SAMPLE.read_bytes()
+
+
+@pytest.mark.parametrize("flag", ["-o", "--annotate"])
+def test_output_onto_a_directory_is_one_line_and_exit_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
+) -> None:
+    code, out, err = _run(capsys, "analyze", flag, str(tmp_path), str(SAMPLE))
+    assert (code, out) == (2, "")
+    assert err == f"portwatch: error: {tmp_path}: is a directory; expected a file name\n"
+
+
+def test_report_onto_a_full_disk_is_one_line_and_leaves_no_temp_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+    import os
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("portwatch._atomic.os.fsync", full)
+    target = tmp_path / "report.json"
+    code, out, err = _run(capsys, "analyze", "-o", str(target), str(SAMPLE))
+    assert (code, out) == (2, "")
+    assert err == f"portwatch: error: {target}: cannot write: No space left on device\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_report_on_a_full_standard_output_is_one_line(
+    tmp_path: Path, official_csv: Path, child_cache: Path,
+) -> None:
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "portwatch", "analyze", "-f", "json", str(SAMPLE)],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, check=False,
+            env=_child_env(official_csv, child_cache, tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == "portwatch: error: standard output: cannot write the report: " \
+        "No space left on device\n"
+
+
+def test_errors_from_workers_keep_their_file_and_offset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"junk" * 64)
+    code, out, err = _run(capsys, "analyze", "-f", "json", "--jobs", "2", str(SAMPLE),
+                          str(junk))
+    assert code == 1
+    assert json.loads(out)["packets"] == 68
+    assert err == f"portwatch: warning: skipped: {junk}: byte 0: not a capture: first bytes " \
+        "'6a756e6b' are not pcap, pcapng or gzip\n"
+    code, out, err = _run(capsys, "analyze", "--jobs", "2", str(junk), str(junk))
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1].startswith(f"portwatch: error: {junk}: byte 0: not a capture")

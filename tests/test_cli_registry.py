@@ -13,6 +13,7 @@ from typing import ClassVar
 import pytest
 
 from portwatch.cli import main
+from portwatch.ports import Transport
 
 
 @pytest.fixture(autouse=True)
@@ -382,7 +383,8 @@ def test_update_downloads_validates_and_swaps_in_the_official_registry(
     base, routes = http_server
     routes["/ports.csv"] = official_csv.read_bytes()
     routes["/ports.xml"] = official_xml.read_bytes()
-    assert main(["registry", "update", "--url", f"{base}/ports.csv"]) == 0
+    # the CSV export (2026-04-09) is older than the packaged XML: only with --force
+    assert main(["registry", "update", "--force", "--url", f"{base}/ports.csv"]) == 0
     assert main(["registry", "update", "--url", f"{base}/ports.xml"]) == 0
     assert "14533 records" in capsys.readouterr().out
     assert main(["registry", "info", "--json"]) == 0
@@ -428,13 +430,36 @@ def test_update_refuses_a_much_smaller_registry_and_keeps_the_current_one(
     data = official_csv.read_bytes()
     routes["/full.csv"] = data
     routes["/small.csv"] = b"\r\n".join(data.split(b"\r\n")[:2000]) + b"\r\n"
-    assert main(["registry", "update", "--url", f"{base}/full.csv"]) == 0
+    assert main(["registry", "update", "--force", "--url", f"{base}/full.csv"]) == 0
     before = _tree(isolated_dirs)
     capsys.readouterr()
-    assert main(["registry", "update", "--url", f"{base}/small.csv"]) == 2
+    assert main(["registry", "update", "--force", "--url", f"{base}/small.csv"]) == 2
     err = capsys.readouterr().err
     assert "refusing" in err
     assert err.count("\n") == 1
     assert main(["registry", "update", "--url", f"{base}/missing.xml"]) == 2
     assert "404" in capsys.readouterr().err
     assert _tree(isolated_dirs) == before
+
+
+def test_registry_statistics_are_computed_by_the_library_and_printed_as_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from portwatch.porttable.cache import load_table
+    from portwatch.registry.model import RecordKind
+    from portwatch.registry.stats import registry_stats
+
+    services = tmp_path / "services"
+    services.write_text("ssh\t\t22/tcp\nssh\t\t22/udp\nhttp\t\t80/tcp\t\twww\n")
+    loaded = load_table([str(services)], cache=None)
+    stats = registry_stats(loaded.full_registry(), loaded.table)
+    assert stats.records_by_kind[RecordKind.ASSIGNED] == 4  # the alias www is a record too
+    assert stats.records_by_kind_and_transport == {("assigned", "tcp"): 3,
+                                                   ("assigned", "udp"): 1}
+    assert stats.coverage[Transport.TCP]["listed"] == 2
+    assert stats.coverage[Transport.TCP]["assigned"] == 2
+    assert stats.coverage[Transport.TCP]["unlisted"] == 49152 - 2
+    assert [(s.records, s.problems, s.assigned_only) for s in stats.sources] == [(4, 0, True)]
+    assert main(["--registry", str(services), "registry", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {k: info[k] for k in stats.as_dict()} == json.loads(json.dumps(stats.as_dict()))

@@ -12,7 +12,8 @@ byte offset) so that the CLI can print it as one line and exit non-zero::
     ├── CaptureError
     │   ├── CaptureFormatError   not a capture we can read at all        exit 2
     │   └── CaptureTruncatedError capture damaged after some good data   exit 1
-    └── BackendError             a capture backend failed to start       exit 2
+    ├── BackendError             a capture backend failed to start       exit 2
+    └── OutputError              a report or copy cannot be written      exit 2
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "CaptureFormatError",
     "CaptureTruncatedError",
     "ConfigError",
+    "OutputError",
     "PortwatchError",
     "RegistryError",
     "RegistryFormatError",
@@ -106,3 +108,8 @@ class CaptureTruncatedError(CaptureError):
 
 class BackendError(PortwatchError):
     """A live capture backend could not be started or died."""
+
+
+class OutputError(PortwatchError):
+    """An output (report, annotated copy) cannot be written: a directory, a full disk,
+    no permission, or one of the inputs it would overwrite."""

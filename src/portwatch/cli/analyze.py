@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from portwatch import decode as engines
-from portwatch._atomic import atomic_output
-from portwatch.analysis.analyzer import Analyzer
+from portwatch._terminal import Progress, should_color, terminal_width
+from portwatch.analysis.filters import apply_filters, parse_filters
 from portwatch.analysis.render import OutputFormat, render
-from portwatch.analysis.report import Report, merge_reports
-from portwatch.capture.batch import PacketBatch
-from portwatch.capture.files.reader import CaptureReader, read_capture_path
+from portwatch.analysis.run import (
+    AnnotateRequest,
+    analyze_paths,
+    check_output_path,
+    refuse_overwriting_inputs,
+    write_output,
+)
 from portwatch.cli.common import Context
-from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError, UsageError
-from portwatch.porttable.cache import load_table
-from portwatch.porttable.table import PortTable
+from portwatch.decode import ENGINES
+from portwatch.errors import OutputError, UsageError
 
 __all__ = ["add_parser", "run"]
 
-ENGINES = ("native", "scapy", "pyshark")
+#: Files smaller than this are read too fast for a progress bar to help.
+_BAR_MIN_BYTES = 32 * 1024 * 1024
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -50,225 +49,98 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--top", type=int, metavar="N",
                    help="only the N busiest services and the first N flagged flows")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
-                   help="keep services/flows matching EXPR: status:S, service:NAME, "
-                   "transport:T, port:N, flagged (repeatable: all must match)")
+                   help="keep services/flows matching EXPR: status:S (assigned, reserved, "
+                   "unassigned, dynamic, unlisted), service:NAME (or an alias, any case), "
+                   "transport:T, port:N or port:N-M, flagged (repeatable: all must match; "
+                   "totals count only what is kept)")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help="analyse several captures in N parallel processes")
+    p.add_argument("--spool-dir", metavar="DIR", default=None,
+                   help="where to copy standard input or a FIFO when it must be read twice "
+                   "(--annotate, --jobs, --engine scapy/pyshark; default $TMPDIR)")
     p.add_argument("--engine", choices=ENGINES, default="native",
                    help="packet dissector: portwatch's own (fast), scapy or tshark (pyshark)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
-@dataclass(frozen=True, slots=True)
-class _Filter:
-    field: str
-    value: str
+class _ProgressBar:
+    """One progress line on standard error per big file, redrawn in place on a terminal."""
 
-    def matches(self, item: Any) -> bool:
-        if self.field == "flagged":
-            return bool(getattr(item, "flags", None))
-        attr = {"port": "port" if hasattr(item, "port") else "service_port"}.get(
-            self.field, self.field)
-        return str(getattr(item, attr, "")).lower() == self.value.lower()
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._lines: dict[str, Progress] = {}
 
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if total < _BAR_MIN_BYTES:
+            return
+        line = self._lines.get(name)
+        if line is None:
+            for other in self._lines.values():
+                other.close()
+            line = self._lines[name] = Progress(sys.stderr, os.path.basename(name), total,
+                                                env=self._env)
+        line.update(done, force=done >= total)
 
-def _parse_filters(exprs: list[str]) -> list[_Filter]:
-    out = []
-    for expr in exprs:
-        key, sep, value = expr.partition(":")
-        if not sep:
-            key, sep, value = expr.partition("=")
-        key = key.strip().lower()
-        if key == "flagged" and not sep:
-            out.append(_Filter("flagged", ""))
-        elif sep and key in ("status", "service", "transport", "port") and value:
-            out.append(_Filter(key, value.strip()))
-        else:
-            raise UsageError(f"bad --filter {expr!r}: expected status:S, service:NAME, "
-                             "transport:T, port:N or flagged")
-    return out
+    def close(self) -> None:
+        for line in self._lines.values():
+            line.close()
 
 
-def _open(path: str) -> CaptureReader:
-    try:
-        return read_capture_path(path)
-    except OSError as exc:
-        raise CaptureFormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
-
-
-def _progress(reader: CaptureReader, path: str, enabled: bool) -> Iterator[PacketBatch]:
-    """Batches of ``reader``, with a progress bar on a terminal for big files."""
-    size = os.path.getsize(path) if path != "-" and os.path.isfile(path) else 0
-    if not enabled or size < 32 * 1024 * 1024 or reader.compressed:
-        yield from reader
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TimeRemainingColumn(), console=None, transient=True) as bar:
-        task = bar.add_task(os.path.basename(path), total=size)
-        for batch in reader:
-            if len(batch):
-                bar.update(task, completed=int(batch.file_offsets[-1]))
-            yield batch
-
-
-def _analyze_native(table: PortTable, path: str, progress: bool) -> Analyzer:
-    analyzer = Analyzer(table, capture=path)
-    reader = _open(path)
-    try:
-        for batch in _progress(reader, path, progress):
-            analyzer.feed(batch)
-    except CaptureTruncatedError as exc:
-        analyzer.note_damage(str(exc))
-    finally:
-        reader.close()
-    return analyzer
-
-
-def _analyze_engine(table: PortTable, path: str, engine: str) -> Analyzer:
-    analyzer = Analyzer(table, capture=path)
-    iter_decoded = engines.engine(engine)
-    try:
-        for decoded, ts in iter_decoded(path, 4096):
-            analyzer.feed_decoded(decoded, ts)
-    except CaptureTruncatedError as exc:
-        analyzer.note_damage(str(exc))
-    return analyzer
-
-
-def _analyze_one(table: PortTable, path: str, engine: str, progress: bool) -> Analyzer:
-    if engine == "native":
-        return _analyze_native(table, path, progress)
-    return _analyze_engine(table, path, engine)
-
-
-def _worker(paths: tuple[str, ...], cache: str | None, path: str, engine: str) -> Report:
-    """A ``--jobs`` worker: loads the (cached) table itself, returns a picklable report."""
-    from pathlib import Path
-
-    table = load_table(paths, cache=Path(cache) if cache else None).table
-    try:
-        return _analyze_one(table, path, engine, False).report()
-    except CaptureFormatError as exc:
-        return Report([path], 0, 0, [], [], {}, {}, [f"error: {exc}"], partial=True)
-
-
-def _spool_stdin() -> str:
-    """Annotation reads the capture twice: keep standard input in a temp file."""
-    fd, tmp = tempfile.mkstemp(prefix="portwatch-stdin-", suffix=".cap")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
-    return tmp
-
-
-def _filtered(report: Report, filters: list[_Filter], top: int | None) -> Report:
-    services = [s for s in report.services if all(f.matches(s) for f in filters)]
-    flows = [f for f in report.flows if all(flt.matches(f) for flt in filters)]
-    if top is not None:
-        services = services[:top]
-        flagged = [f for f in flows if f.flagged][:top]
-        keep = {id(f) for f in flagged}
-        flows = [f for f in flows if not f.flagged or id(f) in keep]
-    return Report(report.captures, report.packets, report.bytes, services, flows,
-                  report.decode, report.registry, report.warnings, report.partial)
+def _check_args(args: argparse.Namespace) -> None:
+    if args.annotate_only_flagged and not args.annotate:
+        raise UsageError("--annotate-only-flagged needs --annotate OUT.pcapng")
+    if args.top is not None and args.top < 1:
+        raise UsageError(f"--top takes a positive number, not {args.top}")
+    outputs = [o for o in (args.output, args.annotate) if o]
+    refuse_overwriting_inputs(args.captures, outputs)
+    for out in outputs:
+        check_output_path(out)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    filters = _parse_filters(args.filter)
-    if args.top is not None and args.top < 1:
-        raise UsageError(f"--top takes a positive number, not {args.top}")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs takes a positive number, not {args.jobs}")
-    if args.annotate and len(args.captures) != 1:
-        raise UsageError("--annotate takes exactly one capture")
-    if args.annotate_only_flagged and not args.annotate:
-        raise UsageError("--annotate-only-flagged needs --annotate OUT.pcapng")
-    if args.annotate and args.engine != "native":
-        raise UsageError("--annotate works with the native engine only")
-    if args.captures.count("-") > 1:
-        raise UsageError("standard input ('-') can be read only once")
+    _check_args(args)
     fmt = OutputFormat(args.format) if args.format else (
         OutputFormat.TABLE if ctx.stdout.isatty() and not args.output else OutputFormat.JSON)
-    progress = not args.no_progress and sys.stderr.isatty()
-
-    loaded = ctx.loaded()
-    table = loaded.table
-    spooled: str | None = None
-    captures = list(args.captures)
-    if args.annotate and captures == ["-"]:
-        spooled = captures[0] = _spool_stdin()
+    table = ctx.loaded().table
+    filters = parse_filters(args.filter, table)
+    annotate = AnnotateRequest(args.annotate, args.annotate_only_flagged) \
+        if args.annotate else None
+    bar = _ProgressBar(ctx.env) if not args.no_progress and sys.stderr.isatty() else None
     try:
-        report = _run_analysis(ctx, args, table, captures, progress)
+        result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
+                               progress=bar, annotate=annotate, spool_dir=args.spool_dir)
     finally:
-        if spooled:
-            os.unlink(spooled)
-    if spooled:
-        report.captures = ["-"]
-        for flow in report.flows:
-            flow.capture = "-"
+        if bar is not None:
+            bar.close()
+    if result.report is None:
+        for failure in result.failures[1:]:
+            ctx.warn(f"skipped: {failure}")
+        raise result.failures[0]
+    report = result.report
     for warning in report.warnings:
         ctx.warn(warning)
-    text = render(_filtered(report, filters, args.top), fmt)
+    to_terminal = not args.output
+    text = render(apply_filters(report, filters, top=args.top), fmt,
+                  width=terminal_width(ctx.stdout, ctx.env) if to_terminal else None,
+                  color=should_color(ctx.stdout, ctx.env) if to_terminal else False)
     if args.output:
-        with atomic_output(args.output) as out:
-            out.write(text.encode())
+        write_output(args.output, text.encode())
     else:
-        ctx.stdout.write(text)
-        ctx.stdout.flush()
+        _print(ctx, text)
     return 1 if report.partial else 0
 
 
-def _run_analysis(ctx: Context, args: argparse.Namespace, table: PortTable,
-                  captures: list[str], progress: bool) -> Report:
-    if args.jobs > 1 and len(captures) > 1 and "-" not in captures:
-        from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
-
-        from portwatch._paths import cache_dir
-
-        cache = str(cache_dir(ctx.env)) if ctx.use_cache else None
-        paths = ctx.selection().paths
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            reports = list(pool.map(_worker, [paths] * len(captures), [cache] * len(captures),
-                                    captures, [args.engine] * len(captures)))
-        errors = [w for r in reports for w in r.warnings if w.startswith("error: ")]
-        if errors and len(errors) == len(captures):
-            raise CaptureFormatError(errors[0].removeprefix("error: "))
-        return merge_reports(reports)
-    reports = []
-    failures: list[CaptureError] = []
-    for path in captures:
-        try:
-            analyzer = _analyze_one(table, path, args.engine, progress)
-        except CaptureFormatError as exc:
-            if len(captures) == 1:
-                raise
-            failures.append(exc)
-            continue
-        if args.annotate:
-            _annotate(analyzer, path, args.annotate, args.annotate_only_flagged)
-        reports.append(analyzer.report())
-    if not reports:
-        raise failures[0]
-    merged = merge_reports(reports) if len(reports) > 1 else reports[0]
-    for failure in failures:
-        merged.warnings.append(f"skipped: {failure}")
-        merged.partial = True
-    return merged
-
-
-def _annotate(analyzer: Analyzer, path: str, out_path: str, only_flagged: bool) -> None:
-    from portwatch.analysis.annotated_copy import (
-        write_annotated,  # only --annotate pays for the writer
-    )
-    from portwatch.capture.files.writer import PcapngWriter
-
-    reader = _open(path)
+def _print(ctx: Context, text: str) -> None:
+    """The report on standard output; a full disk there is one line, not a traceback."""
     try:
-        with atomic_output(out_path) as out:
-            writer = PcapngWriter(out)
-            with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
-                write_annotated(analyzer, reader, writer, only_flagged=only_flagged,
-                                interfaces_of=reader)
-    finally:
-        reader.close()
+        ctx.stdout.write(text)
+        ctx.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if ctx.stdout is sys.stdout:  # the interpreter's last flush would fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise OutputError(f"cannot write the report: {exc.strerror or exc}",
+                          path="standard output") from exc

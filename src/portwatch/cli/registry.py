@@ -9,14 +9,17 @@ from typing import Any
 
 from portwatch import __version__
 from portwatch.cli.common import Context, format_columns
-from portwatch.errors import RegistryFormatError
-from portwatch.ports import Transport
 from portwatch.registry.diff import Change, ChangeKind, diff_records
 from portwatch.registry.freshness import age_days
 from portwatch.registry.loader import read_source
 from portwatch.registry.model import RecordKind
-from portwatch.registry.packaged import source_label
-from portwatch.registry.store import DataStore
+from portwatch.registry.stats import registry_stats
+from portwatch.registry.store import (
+    MAX_DOWNLOAD_BYTES,
+    MAX_UPDATE_PROBLEMS,
+    MIN_RECORD_RATIO,
+    DataStore,
+)
 
 __all__ = ["DEFAULT_UPDATE_URL", "add_parser", "run"]
 
@@ -24,7 +27,6 @@ __all__ = ["DEFAULT_UPDATE_URL", "add_parser", "run"]
 DEFAULT_UPDATE_URL = (
     "https://www.iana.org/assignments/service-names-port-numbers/service-names-port-numbers.xml"
 )
-_MAX_DOWNLOAD = 64 * 1024 * 1024
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -35,9 +37,24 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     imp = rsub.add_parser("import", parents=parents, help="validate files and add them to "
                           "the data directory")
     imp.add_argument("files", nargs="+", metavar="FILE")
-    upd = rsub.add_parser("update", parents=parents, help="download the official registry")
-    upd.add_argument("--url", default=DEFAULT_UPDATE_URL)
-    upd.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    upd = rsub.add_parser(
+        "update", parents=parents, help="download the official registry",
+        description="Download IANA's registry, check it, and make it the one every later run "
+        "reads (it replaces an earlier download; imported files stay). Nothing changes unless "
+        f"the whole download arrives within --timeout, is at most {MAX_DOWNLOAD_BYTES >> 20} "
+        "MiB, parses as the official CSV or XML with at most "
+        f"{MAX_UPDATE_PROBLEMS} unreadable rows, has at least "
+        f"{round(MIN_RECORD_RATIO * 100)}%% of the records of the current and the packaged "
+        "registry, and is not older than either.")
+    upd.add_argument("--url", default=DEFAULT_UPDATE_URL,
+                     help="where to download from: IANA's XML or CSV over http(s), or a "
+                     "file: URL of a copy fetched by other means (default: IANA's XML, "
+                     f"{DEFAULT_UPDATE_URL})")
+    upd.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="give up when the whole download takes longer (default 60)")
+    upd.add_argument("--force", action="store_true",
+                     help="install a registry older than the current or the packaged one "
+                     "(e.g. to go back to an earlier download); the other checks still apply")
     dif = rsub.add_parser("diff", parents=parents, help="changes between two snapshots")
     dif.add_argument("old", metavar="OLD")
     dif.add_argument("new", metavar="NEW")
@@ -52,17 +69,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 def _info(ctx: Context, args: argparse.Namespace) -> int:
     selection = ctx.selection()
     loaded = ctx.loaded()
-    registry = loaded.full_registry()
     table = loaded.table
-    per_source = Counter(registry.record_source)
-    kinds: Counter[tuple[str, str]] = Counter()
-    for rec in registry.records:
-        for t in rec.transports if rec.port_low is not None or rec.transport else ():
-            kinds[(rec.kind.value, t.label)] += 1
-        if rec.port_low is None and rec.transport is None:
-            kinds[(rec.kind.value, "-")] += 1
-    listed = table.listed_counts()
-    status_counts = table.status_counts()
+    stats = registry_stats(loaded.full_registry(), table)
     updated = table.last_updated
     doc: dict[str, Any] = {
         "origin": selection.origin,
@@ -70,19 +78,7 @@ def _info(ctx: Context, args: argparse.Namespace) -> int:
         "last_updated": updated.isoformat() if updated else None,
         "age_days": age_days(updated, ctx.today()),
         "assigned_only": table.assigned_only,
-        "sources": [
-            {"path": s.path, "label": source_label(s.path), "format": s.format.value,
-             "last_updated": s.last_updated.isoformat() if s.last_updated else None,
-             "records": per_source.get(i, 0), "assigned_only": s.assigned_only,
-             "problems": sum(1 for p in registry.problems if p.path == s.path)}
-            for i, s in enumerate(registry.sources)
-        ],
-        "records_by_kind": {k.value: sum(1 for r in registry.records if r.kind is k)
-                            for k in RecordKind},
-        "records_by_kind_and_transport": {f"{k}/{t}": n for (k, t), n in sorted(kinds.items())},
-        "coverage": {t.label: {"listed": listed[t],
-                               **{s.label: n for s, n in status_counts[t].items()}}
-                     for t in Transport},
+        **stats.as_dict(),
     }
     if args.json:
         print(json.dumps(doc, indent=2), file=ctx.stdout)
@@ -99,21 +95,24 @@ def _info(ctx: Context, args: argparse.Namespace) -> int:
     print(f"\nSources ({origin_text}):", file=out)
     print(format_columns(
         ["SOURCE", "FORMAT", "LAST UPDATED", "RECORDS", "PROBLEMS"],
-        [[s["label"], s["format"] + (" (assigned ports only)" if s["assigned_only"] else ""),
-          s["last_updated"] or "unknown", str(s["records"]), str(s["problems"])]
-         for s in doc["sources"]]), file=out)
+        [[s.label, s.format + (" (assigned ports only)" if s.assigned_only else ""),
+          s.last_updated.isoformat() if s.last_updated else "unknown", str(s.records),
+          str(s.problems)]
+         for s in stats.sources]), file=out)
     if table.assigned_only:
         print("\nNote: these sources list assigned ports only; ports absent from them are "
               "reported 'unlisted', never 'unassigned'. Import the official registry "
               "(portwatch registry update) for full coverage.", file=out)
     print("\nRecords by kind:", file=out)
     print(format_columns(["KIND", "TRANSPORT", "RECORDS"],
-                         [[k, t, str(n)] for (k, t), n in sorted(kinds.items())]), file=out)
+                         [[k, t, str(n)] for (k, t), n
+                          in sorted(stats.records_by_kind_and_transport.items())]), file=out)
     print("\nCoverage of ports 0-65535:", file=out)
     print(format_columns(
         ["TRANSPORT", "LISTED", "ASSIGNED", "RESERVED", "UNASSIGNED", "DYNAMIC", "UNLISTED"],
-        [[t, str(c["listed"]), str(c["assigned"]), str(c["reserved"]), str(c["unassigned"]),
-          str(c["dynamic"]), str(c["unlisted"])] for t, c in doc["coverage"].items()]), file=out)
+        [[t.label, *(str(c[k]) for k in ("listed", "assigned", "reserved", "unassigned",
+                                         "dynamic", "unlisted"))]
+         for t, c in stats.coverage.items()]), file=out)
     return 0
 
 
@@ -130,24 +129,8 @@ def _import(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _update(ctx: Context, args: argparse.Namespace) -> int:
-    import urllib.error  # only `registry update` downloads
-    import urllib.request
-
     url: str = args.url
-    if not url.startswith(("http://", "https://", "file:")):
-        raise RegistryFormatError(f"unsupported URL {url!r}: expected http(s) or file")
-    try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
-            data = resp.read(_MAX_DOWNLOAD + 1)
-    except urllib.error.HTTPError as exc:
-        raise RegistryFormatError(f"download failed: HTTP {exc.code} {exc.reason}",
-                                  path=url) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RegistryFormatError(f"download failed: {reason}", path=url) from None
-    if len(data) > _MAX_DOWNLOAD:
-        raise RegistryFormatError(f"download larger than {_MAX_DOWNLOAD} bytes", path=url)
-    parsed = DataStore(ctx.data_dir).replace_official(data, url)
+    parsed = DataStore(ctx.data_dir).update_from(url, timeout=args.timeout, force=args.force)
     print(f"updated from {url}: {parsed.info.format.value}, {len(parsed.records)} records, "
           f"last updated {parsed.info.last_updated or 'unknown'}", file=ctx.stdout)
     return 0

@@ -1,0 +1,517 @@
+"""Runs over several captures: worker processes, typed failures, merging, spooling.
+
+``analyze_paths`` is what ``portwatch analyze`` does, as a library call: every
+capture is analysed (in ``jobs`` processes when there are several), a capture
+that cannot be read at all becomes a :class:`~portwatch.errors.CaptureError`
+in :attr:`RunResult.failures` (carrying its file and byte offset across the
+process boundary), and the readable ones are merged into one ``Report``.
+
+Spooling: an input that is not a regular file (``-``, a FIFO, ``/dev/stdin``
+on a pipe) can be read only once. When a run must read it again (the
+``annotate`` pass), hand it to a worker process, or give it to a dissecting
+engine that opens files by name, it is copied once into a private temporary
+directory (mode 0700). The first bytes are checked for a pcap, pcapng or gzip
+magic *before* the rest is copied, so ``yes | portwatch analyze --annotate
+out -`` fails at once instead of filling the disk. The directory is removed
+on every way out: return, exception, SIGINT (Python's own KeyboardInterrupt),
+SIGTERM and SIGHUP (turned into ``SystemExit`` while a spool exists, when
+their handler is the default). A run that reads its input once streams it
+and writes nothing to disk: ``tcpdump -w - | portwatch analyze -`` may run
+for days.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import BinaryIO
+
+from portwatch._atomic import atomic_output
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.report import Report, merge_reports
+from portwatch.capture.batch import PacketBatch
+from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
+from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
+from portwatch.capture.files.reader import (
+    GZIP_MAGIC,
+    CaptureReader,
+    open_capture,
+    read_capture_path,
+)
+from portwatch.decode import ENGINES
+from portwatch.decode import engine as dissecting_engine
+from portwatch.errors import (
+    CaptureError,
+    CaptureFormatError,
+    CaptureTruncatedError,
+    OutputError,
+    UsageError,
+)
+from portwatch.porttable.table import PortTable
+
+__all__ = [
+    "AnnotateRequest",
+    "CaptureInput",
+    "ProgressCallback",
+    "RunResult",
+    "analyze_paths",
+    "check_capture_magic",
+    "check_output_path",
+    "output_file",
+    "refuse_overwriting_inputs",
+    "spooled_inputs",
+    "write_output",
+]
+
+#: ``progress(capture, bytes_done, bytes_total)``, called after every batch of a
+#: regular, uncompressed file analysed in this process.
+ProgressCallback = Callable[[str, int, int], None]
+
+SPOOL_CHUNK = 1 << 20
+_SPOOL_PREFIX = "portwatch-spool-"
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotateRequest:
+    """Write a pcapng copy of the (single) capture with a comment on every packet."""
+
+    output: str
+    only_flagged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureInput:
+    """``name`` is what the user gave (and reports show); ``path`` is what is read.
+
+    ``failure`` is set when the input could not even be spooled (not a capture).
+    """
+
+    name: str
+    path: str
+    failure: CaptureError | None = None
+
+    @property
+    def spooled(self) -> bool:
+        return self.path != self.name
+
+
+@dataclass(slots=True)
+class RunResult:
+    """The merged report of every readable capture, and why the others were skipped.
+
+    ``report`` is None only when no capture could be read; its warnings then
+    hold nothing and ``failures`` says why.
+    """
+
+    report: Report | None
+    failures: list[CaptureError] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return self.report is None or self.report.partial
+
+
+# -- outputs ----------------------------------------------------------------
+
+
+def check_output_path(path: str) -> None:
+    """Fail before a long run, not after it: a directory or an unwritable place."""
+    if os.path.isdir(path):
+        raise OutputError("is a directory; expected a file name", path=path)
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # atomic_output creates missing directories
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write: {parent!r} is not a writable directory", path=path)
+
+
+@contextlib.contextmanager
+def output_file(path: str) -> Iterator[BinaryIO]:
+    """``atomic_output`` whose OS errors (a directory, a full disk) are an ``OutputError``."""
+    check_output_path(path)
+    try:
+        with atomic_output(path) as out:
+            yield out
+    except OSError as exc:
+        raise OutputError(f"cannot write: {exc.strerror or exc}", path=path) from exc
+
+
+def write_output(path: str, data: bytes) -> None:
+    with output_file(path) as out:
+        out.write(data)
+
+
+def refuse_overwriting_inputs(inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    """An output that is one of the inputs (same inode, by any name) is refused."""
+    seen: dict[tuple[int, int], str] = {}
+    for name in inputs:
+        if name == "-":
+            continue
+        with contextlib.suppress(OSError):
+            st = os.stat(name)
+            seen[(st.st_dev, st.st_ino)] = name
+    for out in outputs:
+        try:
+            st = os.stat(out)
+        except OSError:
+            continue
+        same = seen.get((st.st_dev, st.st_ino))
+        if same is not None:
+            raise OutputError(f"refusing to overwrite the input capture {same!r}", path=out)
+
+
+# -- spooling -----------------------------------------------------------------
+
+
+def check_capture_magic(head: bytes, name: str) -> None:
+    """Raise ``CaptureFormatError`` unless ``head`` starts a pcap, pcapng or gzip file."""
+    if head[:2] == GZIP_MAGIC or head[:4] in PCAP_MAGICS or head[:4] == PCAPNG_MAGIC:
+        return
+    if len(head) < 4:
+        what = "empty" if not head else f"only {len(head)} bytes long"
+        raise CaptureFormatError(f"not a capture: the input is {what}", path=name, offset=0)
+    raise CaptureFormatError(
+        f"not a capture: first bytes {head[:4].hex()!r} are not pcap, pcapng or gzip",
+        path=name, offset=0)
+
+
+def _is_regular(path: str) -> bool:
+    if path == "-":
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # not spooled: reading it reports the error with its name
+
+
+def _exit_by_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _unwind_on_signals() -> Iterator[None]:
+    """While a spool exists, SIGTERM and SIGHUP unwind the stack (running ``finally``).
+
+    Only default dispositions are replaced: an application that installed its
+    own handler (or ignores the signal) keeps it. SIGINT already raises
+    ``KeyboardInterrupt`` unless it is ignored. Handlers can only be set from
+    the main thread; elsewhere the caller owns signal handling.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    replaced = []
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _exit_by_signal)
+            replaced.append(sig)
+    try:
+        yield
+    finally:
+        for sig in replaced:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGTERM/SIGINT/SIGHUP so a cleanup is not cut short; they arrive after."""
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _read_head(src: BinaryIO, count: int) -> bytes:
+    head = b""
+    while len(head) < count:
+        chunk = src.read(count - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def _spool_one(name: str, directory: str, index: int, stdin: BinaryIO | None) -> CaptureInput:
+    """Copy a non-regular input into ``directory``, checking its magic first."""
+    try:
+        src: BinaryIO = (stdin or sys.stdin.buffer) if name == "-" else open(name, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise CaptureFormatError(f"cannot read: {exc.strerror or exc}", path=name) from exc
+    target = os.path.join(directory, f"{index}.cap")
+    try:
+        head = _read_head(src, 4)
+        check_capture_magic(head, name)
+        with open(target, "xb") as out:
+            chunk, offset = head, 0
+            while chunk:
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise OutputError(f"cannot spool {name!r} here: {exc.strerror or exc}",
+                                      path=directory, offset=offset) from exc
+                offset += len(chunk)
+                try:
+                    chunk = src.read(SPOOL_CHUNK)
+                except OSError as exc:
+                    raise CaptureFormatError(f"cannot read: {exc.strerror or exc}",
+                                             path=name, offset=offset) from exc
+    finally:
+        if name != "-":
+            src.close()
+    return CaptureInput(name, target)
+
+
+@contextlib.contextmanager
+def spooled_inputs(
+    names: Sequence[str],
+    *,
+    needed: bool = True,
+    directory: str | None = None,
+    stdin: BinaryIO | None = None,
+) -> Iterator[list[CaptureInput]]:
+    """The inputs, each non-regular one copied to a private temp dir when ``needed``.
+
+    The directory (under ``directory`` or ``$TMPDIR``) is removed when the
+    block exits in any way, including SIGTERM and SIGINT. An input that is no
+    capture comes back with its ``failure`` set, having been read no further
+    than its first bytes.
+    """
+    if not needed or all(_is_regular(n) for n in names):
+        yield [CaptureInput(n, n) for n in names]
+        return
+    with _unwind_on_signals():
+        spool_dir: str | None = None
+        try:
+            spool_dir = tempfile.mkdtemp(prefix=_SPOOL_PREFIX, dir=directory)
+            inputs: list[CaptureInput] = []
+            for i, name in enumerate(names):
+                if _is_regular(name):
+                    inputs.append(CaptureInput(name, name))
+                    continue
+                try:
+                    inputs.append(_spool_one(name, spool_dir, i, stdin))
+                except CaptureError as exc:
+                    inputs.append(CaptureInput(name, name, exc))
+            yield inputs
+        finally:
+            if spool_dir is not None:
+                with _signals_held():
+                    shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+# -- one capture --------------------------------------------------------------
+
+
+def _named(exc: CaptureError, inp: CaptureInput) -> CaptureError:
+    """Errors name what the user gave, not the spool file."""
+    if inp.spooled and exc.path == inp.path:
+        exc.path = inp.name
+    return exc
+
+
+def _open(inp: CaptureInput, stdin: BinaryIO | None) -> CaptureReader:
+    try:
+        if inp.path == "-":
+            return open_capture(stdin or sys.stdin.buffer, "-")
+        return read_capture_path(inp.path)
+    except OSError as exc:
+        raise CaptureFormatError(f"cannot read: {exc.strerror or exc}", path=inp.name) from exc
+    except CaptureError as exc:
+        raise _named(exc, inp) from None
+
+
+def _batches(reader: CaptureReader, inp: CaptureInput,
+             progress: ProgressCallback | None) -> Iterator[PacketBatch]:
+    total = 0
+    if progress is not None and not reader.compressed and _is_regular(inp.path):
+        total = os.path.getsize(inp.path)
+    if not total or progress is None:
+        yield from reader
+        return
+    for batch in reader:
+        if len(batch):
+            progress(inp.name, int(batch.file_offsets[-1]), total)
+        yield batch
+    progress(inp.name, total, total)
+
+
+def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
+                    stdin: BinaryIO | None) -> Analyzer:
+    analyzer = Analyzer(table, capture=inp.name)
+    reader = _open(inp, stdin)
+    try:
+        for batch in _batches(reader, inp, progress):
+            analyzer.feed(batch)
+    except CaptureTruncatedError as exc:
+        analyzer.note_damage(str(_named(exc, inp)))
+    finally:
+        reader.close()
+    return analyzer
+
+
+def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str) -> Analyzer:
+    analyzer = Analyzer(table, capture=inp.name)
+    iter_decoded = dissecting_engine(engine)
+    try:
+        for decoded, ts in iter_decoded(inp.path, 4096):
+            analyzer.feed_decoded(decoded, ts)
+    except CaptureTruncatedError as exc:
+        analyzer.note_damage(str(_named(exc, inp)))
+    except CaptureError as exc:
+        raise _named(exc, inp) from None
+    return analyzer
+
+
+def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
+                 progress: ProgressCallback | None, stdin: BinaryIO | None) -> Analyzer:
+    if engine == "native":
+        return _analyze_native(table, inp, progress, stdin)
+    return _analyze_engine(table, inp, engine)
+
+
+def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest) -> None:
+    """The second pass over the (spooled) capture, written atomically."""
+    from portwatch.analysis.annotated_copy import write_annotated  # only --annotate pays
+    from portwatch.capture.files.writer import PcapngWriter
+
+    reader = _open(inp, None)
+    try:
+        with output_file(request.output) as out:
+            writer = PcapngWriter(out)
+            with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
+                write_annotated(analyzer, reader, writer, only_flagged=request.only_flagged,
+                                interfaces_of=reader)
+    finally:
+        reader.close()
+
+
+# -- worker processes ---------------------------------------------------------
+
+@dataclass(slots=True)
+class _WorkerState:
+    """What a worker process keeps between captures (set in the worker only)."""
+
+    table: PortTable | None = None
+
+
+_worker = _WorkerState()
+
+
+def _init_worker(table_bytes: bytes) -> None:
+    """Each worker process rebuilds the parent's table once (a few milliseconds)."""
+    _worker.table = PortTable.from_bytes(table_bytes)
+
+
+def _work(inp: CaptureInput, engine: str) -> Report | CaptureError:
+    """A capture's report, or the typed error that made it unreadable (picklable)."""
+    table = _worker.table
+    assert table is not None, "worker started without _init_worker"
+    try:
+        return _analyze_one(table, inp, engine, None, None).report()
+    except CaptureError as exc:
+        return exc
+
+
+def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
+             engine: str) -> list[Report | CaptureError]:
+    from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
+
+    todo = [inp for inp in inputs if inp.failure is None]
+    if not todo:
+        return [inp.failure for inp in inputs if inp.failure is not None]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
+                             initargs=(table.to_bytes(),)) as pool:
+        done = iter(pool.map(_work, todo, [engine] * len(todo)))
+        return [inp.failure if inp.failure is not None else next(done) for inp in inputs]
+
+
+# -- the run ------------------------------------------------------------------
+
+
+def _check(names: Sequence[str], jobs: int, engine: str,
+           annotate: AnnotateRequest | None) -> None:
+    if not names:
+        raise UsageError("no capture to analyse")
+    if jobs < 1:
+        raise UsageError(f"--jobs takes a positive number, not {jobs}")
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if list(names).count("-") > 1:
+        raise UsageError("standard input ('-') can be read only once")
+    if annotate is not None:
+        if len(names) != 1:
+            raise UsageError("--annotate takes exactly one capture")
+        if engine != "native":
+            raise UsageError("--annotate works with the native engine only")
+
+
+def _merge(outcomes: Sequence[Report | CaptureError]) -> RunResult:
+    reports = [o for o in outcomes if isinstance(o, Report)]
+    failures = [o for o in outcomes if isinstance(o, CaptureError)]
+    if not reports:
+        return RunResult(None, failures)
+    merged = merge_reports(reports) if len(reports) > 1 else reports[0]
+    for failure in failures:
+        merged.warnings.append(f"skipped: {failure}")
+        merged.partial = True
+    return RunResult(merged, failures)
+
+
+def analyze_paths(
+    names: Sequence[str],
+    table: PortTable,
+    *,
+    jobs: int = 1,
+    engine: str = "native",
+    progress: ProgressCallback | None = None,
+    annotate: AnnotateRequest | None = None,
+    spool_dir: str | None = None,
+    stdin: BinaryIO | None = None,
+) -> RunResult:
+    """Analyse captures by name (``-`` is ``stdin``, default standard input).
+
+    With ``jobs > 1`` and several captures, each is analysed in a worker
+    process; reports merge as if one process had read them all. A capture
+    damaged after good data counts what came before and marks the report
+    partial; one that is no capture at all is a failure, never an exception,
+    unless it is the only one (the caller decides: ``RunResult.report`` is
+    None). ``annotate`` writes the annotated copy through
+    :func:`~portwatch.analysis.annotated_copy.write_annotated`.
+    """
+    _check(names, jobs, engine, annotate)
+    if annotate is not None:
+        refuse_overwriting_inputs(names, [annotate.output])
+        check_output_path(annotate.output)
+    parallel = jobs > 1 and len(names) > 1
+    needed = annotate is not None or parallel or engine != "native"
+    with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
+        if parallel:
+            return _merge(_in_pool(table, inputs, jobs, engine))
+        outcomes: list[Report | CaptureError] = []
+        for inp in inputs:
+            if inp.failure is not None:
+                outcomes.append(inp.failure)
+                continue
+            try:
+                analyzer = _analyze_one(table, inp, engine, progress, stdin)
+            except CaptureError as exc:
+                outcomes.append(exc)
+                continue
+            if annotate is not None:
+                _annotate(analyzer, inp, annotate)
+            outcomes.append(analyzer.report())
+        return _merge(outcomes)
