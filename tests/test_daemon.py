@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.daemon_proc import REPO, DaemonProcess, value
+from helpers.daemon_proc import REPO, DaemonProcess, value
 
 SAMPLE = REPO / "pcaps" / "sample.pcapng"
 

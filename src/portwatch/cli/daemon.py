@@ -86,6 +86,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         make_source=make_source,
         env=ctx.env,
         log=ctx.stderr,
+        config_file=args.config_file or "",
     )
     daemon = Daemon(deps)
     daemon.install_signal_handlers()
