@@ -38,6 +38,7 @@ from portwatch.daemon.collector import register_collectors
 from portwatch.daemon.config import Backend, DaemonConfig
 from portwatch.daemon.counters import RegistryFacts, TrafficCounters
 from portwatch.daemon.notify import SystemdNotifier
+from portwatch.daemon.privileges import Isolation, keep_privileges
 from portwatch.daemon.supervisor import (
     Backoff,
     CaptureSupervisor,
@@ -109,7 +110,9 @@ class DaemonDeps:
 
     ``config_file`` only names the configuration in log lines. ``sleep``
     replaces the capture supervisor's interruptible back-off wait (a fake
-    clock's ``sleep`` in tests); ``None`` keeps the real one.
+    clock's ``sleep`` in tests); ``None`` keeps the real one. ``isolate_capture``
+    runs once, after the configuration is read and before the registry is:
+    the command line passes ``privileges.separate_capture_privileges``.
     """
 
     load_config: ConfigLoader
@@ -122,6 +125,7 @@ class DaemonDeps:
     sleep: Callable[[float], None] | None = None
     config_file: str = ""
     backoff: Backoff = field(default_factory=Backoff)
+    isolate_capture: Isolation = keep_privileges
 
 
 def default_table_loader(cache: Path | None) -> TableLoader:
@@ -153,11 +157,13 @@ class Daemon:
         self._capture_thread: threading.Thread | None = None
         self._web: WebServer | None = None
         self.config = deps.load_config()
+        # Before the registry, the web settings or any packet is parsed.
+        make_source, self._privileges = deps.isolate_capture(self.config, deps.make_source)
         self.web_settings = _web_settings(self.config)
         table, facts = deps.load_table(self.config)
         self.counters = TrafficCounters(table, self.config.flows, facts)
         self.supervisor = CaptureSupervisor(
-            deps.make_source, lambda: self.config, self.counters, backoff=deps.backoff,
+            make_source, lambda: self.config, self.counters, backoff=deps.backoff,
             clock=deps.monotonic, sleep=deps.sleep, on_start=self._capture_started,
             on_outcome=self._capture_ended)
 
@@ -201,6 +207,8 @@ class Daemon:
         tls = self.web_settings is not None and self.web_settings.tls
         self.log(f"listening on {self.config.listen_address} "
                  f"({'https' if tls else 'http'}) port {self._web.port}")
+        if self._privileges:
+            self.log(self._privileges)
         self._capture_thread = threading.Thread(target=self.supervisor.run, name="capture",
                                                 daemon=True)
         self._capture_thread.start()
