@@ -7,6 +7,7 @@ No root needed: the stand-in is a script, and privileges are not dropped here
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -138,3 +139,20 @@ def test_capability_sets_are_read_from_proc_status(tmp_path: Path) -> None:
     caps = read_capabilities(status)
     assert caps.permitted == caps.ambient == CAPTURE_CAPABILITIES
     assert not caps.none_held
+
+
+def test_the_launcher_refuses_a_packet_socket_buffer_beyond_4_gib(
+        launcher: CaptureLauncher) -> None:
+    with pytest.raises(BackendError, match=r"buffer_bytes 4294967297: expected 0-4294967296"):
+        launcher.packet_socket((4096 << 20) + 1)
+
+
+@pytest.mark.root
+def test_the_launcher_opens_packet_sockets_that_receive_nothing_until_bound(
+        launcher: CaptureLauncher) -> None:
+    if not read_capabilities().effective & CAPTURE_CAPABILITIES:
+        pytest.skip("opening an AF_PACKET socket needs CAP_NET_RAW")
+    with launcher.packet_socket(1 << 20) as packet:
+        assert packet.family == socket.AF_PACKET
+        assert packet.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 << 20
+        assert packet.getsockname()[1] == 0  # protocol 0: no packet is queued yet

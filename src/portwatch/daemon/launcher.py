@@ -12,7 +12,11 @@ parser bug can only ask it for another capture.
 
 Requests (SOCK_SEQPACKET, one JSON object each): ``spawn`` an argv ->
 ``{pid, id}`` plus two descriptors; ``signal`` (SIGTERM or SIGKILL) a child it
-started; ``poll`` a child's exit status. When the daemon's end closes, the
+started; ``poll`` a child's exit status; ``packet_socket``: a new AF_PACKET
+socket (for the scapy backend), unbound and with protocol 0 so that it
+receives nothing until the daemon has attached its filter and bound it, with
+its receive buffer already forced to the configured size (SO_RCVBUFFORCE
+needs CAP_NET_ADMIN). When the daemon's end closes, the
 launcher stops its children and exits; it ignores SIGINT, SIGTERM and SIGHUP
 (systemd signals the whole cgroup), and dies with the daemon (PDEATHSIG).
 """
@@ -37,7 +41,9 @@ from portwatch.errors import BackendError
 __all__ = ["CaptureLauncher", "LaunchedProcess", "validate_dumpcap_argv"]
 
 _PR_SET_PDEATHSIG = 1
+_SO_RCVBUFFORCE = 33
 _MAX_MESSAGE = 1 << 16
+_MAX_BUFFER = 4096 << 20
 _SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL})
 
 
@@ -132,6 +138,10 @@ def _serve(sock: socket.socket, dumpcap: str) -> None:
                 assert proc.stderr is not None
                 fds = [proc.stdout.fileno(), proc.stderr.fileno()]
                 reply: dict[str, Any] = {"ok": True, "id": next_id, "pid": proc.pid}
+            elif op == "packet_socket":
+                packet = _packet_socket(int(request.get("buffer_bytes", 0)))
+                fds = [packet.detach()]
+                reply = {"ok": True}
             else:
                 proc = children[int(request["id"])]
                 if op == "signal":
@@ -155,12 +165,26 @@ def _serve(sock: socket.socket, dumpcap: str) -> None:
         except OSError:
             break
         finally:
-            if fds:
+            if fds and "id" in reply:
                 proc = children[reply["id"]]
                 for stream in (proc.stdout, proc.stderr):
                     if stream is not None:
                         stream.close()
+            elif fds:
+                os.close(fds[0])
     _stop_all(children.values())
+
+
+def _packet_socket(buffer_bytes: int) -> socket.socket:
+    if not 0 <= buffer_bytes <= _MAX_BUFFER:
+        raise ValueError(f"buffer_bytes {buffer_bytes}: expected 0-{_MAX_BUFFER}")
+    packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    if buffer_bytes:
+        try:
+            packet.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, buffer_bytes)
+        except OSError:
+            packet.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+    return packet
 
 
 def _stop_all(children: Any) -> None:
@@ -243,6 +267,15 @@ class CaptureLauncher:
             raise BackendError("the capture launcher sent no pipes")
         return LaunchedProcess(self, list(argv), ident=int(reply["id"]), pid=int(reply["pid"]),
                                stdout=os.fdopen(fds[0], "rb"), stderr=os.fdopen(fds[1], "rb"))
+
+    def packet_socket(self, buffer_bytes: int = 0) -> socket.socket:
+        """A new AF_PACKET socket (protocol 0, unbound) with its receive buffer set."""
+        _, fds = self.request({"op": "packet_socket", "buffer_bytes": buffer_bytes}, fds=1)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise BackendError("the capture launcher sent no socket")
+        return socket.socket(fileno=fds[0])
 
     def close(self) -> None:
         """Close our end: the launcher stops its children and exits; reap it."""
