@@ -219,3 +219,20 @@ def test_a_restart_request_ends_a_held_run_and_starts_the_next_uncounted(
     thread.join(10)
     assert counters.snapshot().restarts == {"fake": 0}
     assert clock.sleeps == []
+
+
+def test_a_source_made_while_a_restart_was_asked_for_never_runs(
+        counters: TrafficCounters, clock: FakeClock, recorder: Recorder) -> None:
+    made: list[FakeSource] = []
+
+    def factory(config: DaemonConfig) -> PacketSource:
+        made.append(FakeSource([udp_batch(53, 1)], finite=True))
+        if len(made) == 1:
+            sup.request_restart()  # a reload lands while the first source is being made
+        else:
+            sup.stop()
+        return made[-1]
+    sup = supervisor(factory, counters, clock, recorder)
+    sup.run()
+    assert [s.runs for s in made] == [0, 0]
+    assert [o.kind for o in recorder.outcomes] == [OutcomeKind.STOPPED] * 2

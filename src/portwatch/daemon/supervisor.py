@@ -222,7 +222,9 @@ class CaptureSupervisor:
     def _feed(self, source: PacketSource, config: DaemonConfig) -> str | None:
         """Every batch of one run to the sink; the error that ended it, or ``None``."""
         if self._stop.is_set() or self._restart.is_set():
-            source.close()  # asked to end before the run began
+            with self._lock:
+                self._source = None
+            return None  # asked to end before the run began: do not begin it
         self._on_start(source, config)
         batches = source.batches()
         try:
