@@ -225,8 +225,8 @@ def test_the_daemon_holds_no_capability_while_it_captures(
             _bind_dynamic(s)
             got = d.samples()
             deadline = time.monotonic() + 15
-            while value(got, "portwatch_flagged_packets_total", port="44515") < 5 \
-                    and time.monotonic() < deadline:
+            while value(got, "portwatch_flagged_packets_total", port="44515",
+                        reason="unassigned") < 5 and time.monotonic() < deadline:
                 s.sendto(b"x", ("127.0.0.1", 44515))
                 time.sleep(0.05)
                 got = d.samples()
