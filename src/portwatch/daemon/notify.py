@@ -28,10 +28,6 @@ class SystemdNotifier:
         #: How often to send WATCHDOG=1 (half the unit's WatchdogSec), or 0 if not asked.
         self.watchdog_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and owned else 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._address)
-
     def send(self, *lines: str) -> None:
         """One datagram of ``KEY=VALUE`` lines; errors are dropped (systemd may be gone)."""
         if not self._address:

@@ -179,6 +179,7 @@ class Daemon:
     def _set_health(self, capturing: bool, reason: str) -> None:
         with self._health_lock:
             self._capturing, self._health_reason = capturing, reason
+        self.notifier.status(reason)  # `systemctl status` shows what /healthz says
 
     def _capture_started(self, source: PacketSource, config: DaemonConfig) -> None:
         self._set_health(True, f"capturing with {source.backend}")
@@ -296,10 +297,10 @@ class Daemon:
         except Exception as exc:  # whatever it is, the running state stays
             self.log(f"reload failed, keeping the running configuration: "
                      f"{_error_line(exc, reading)}")
-            self.notifier.ready(f"capturing with {self.config.capture.backend.value}")
+            self.notifier.ready(self.health()[1])
             return False
         self._apply(config, table, facts, settings)
-        self.notifier.ready(f"capturing with {config.capture.backend.value}")
+        self.notifier.ready(self.health()[1])
         return True
 
     def _apply(self, config: DaemonConfig, table: PortTable, facts: RegistryFacts,
