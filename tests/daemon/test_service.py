@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -241,6 +240,3 @@ def test_a_bad_web_config_on_reload_keeps_the_old_settings(harness: Harness) -> 
     assert daemon._web.settings is settings
     assert daemon.web_settings is settings
 
-
-def test_config_paths_in_the_harness_are_absolute(harness: Harness) -> None:
-    assert Path(harness.config).is_absolute()
