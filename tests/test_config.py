@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from portwatch.daemon.config import Backend, parse_config, parse_listen_address
+from portwatch.daemon.config import (
+    INT_RANGES,
+    MAX_TIMEOUT_S,
+    Backend,
+    parse_config,
+    parse_listen_address,
+)
 from portwatch.daemon.web_config import load_web_settings
 from portwatch.errors import ConfigError
 from portwatch.ports import Transport
@@ -30,13 +40,74 @@ def test_the_shipped_example_config_loads_with_every_key() -> None:
     assert config.web_config_file == ""
 
 
+@pytest.mark.parametrize("key", ["idle_timeout_seconds.tcp", "idle_timeout_seconds.udp",
+                                 "idle_timeout_seconds.sctp", "idle_timeout_seconds.dccp",
+                                 "active_timeout_seconds"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1", "0", "0.0", "604801", "1e300"])
+def test_flow_timeouts_outside_0_to_7_days_are_rejected_naming_file_and_key(
+        key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^pw\.toml: \[flows\] {re.escape(key)} = .*: "
+                                          r"expected seconds more than 0 and at most 604800"):
+        parse_config(f"[flows]\n{key} = {value}\n".encode(), "pw.toml")
+
+
+@pytest.mark.parametrize("value", ["0.001", "1", "604800", "604800.0"])
+def test_flow_timeouts_up_to_7_days_are_accepted(value: str) -> None:
+    config = parse_config(f"[flows]\nactive_timeout_seconds = {value}\n"
+                          f"idle_timeout_seconds.udp = {value}\n".encode(), "pw.toml")
+    assert config.flows.active_s == float(value)
+    assert config.flows.idle_s[Transport.UDP] == float(value)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2**63, 2**63 - 1))
+def test_a_timeout_is_accepted_exactly_when_finite_positive_and_at_most_7_days(
+        value: float) -> None:
+    text = f"[flows]\nactive_timeout_seconds = {_toml_number(value)}\n".encode()
+    if math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S:
+        assert parse_config(text, "pw.toml").flows.active_s == float(value)
+    else:
+        with pytest.raises(ConfigError, match=r"^pw\.toml: \[flows\] active_timeout_seconds = "):
+            parse_config(text, "pw.toml")
+
+
+def _toml_number(value: float) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(INT_RANGES))
+def test_every_integer_key_accepts_both_ends_of_its_range_and_nothing_beyond(
+        section: str, key: str) -> None:
+    low, high = INT_RANGES[section, key]
+    for good in (low, high):
+        parse_config(f"[{section}]\n{key} = {good}\n".encode(), "pw.toml")
+    for bad in (low - 1, high + 1):
+        with pytest.raises(ConfigError, match=rf"^pw\.toml: \[{section}\] {key} = {bad}: "
+                                              rf"expected {low}-{high}$"):
+            parse_config(f"[{section}]\n{key} = {bad}\n".encode(), "pw.toml")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[capture]\nbackend = 'pcap'\n", "expected one of dumpcap"),
         ("[capture]\ninterface = ['eth0']\n", r"unknown key \[capture\] interface "),
         ("[flow]\nmax_flows = 1\n", r"unknown section \[flow\]"),
-        ("[flows]\nmax_flows = 0\n", "expected a positive number"),
+        ("[flows]\nmax_flows = 0\n", r"max_flows = 0: expected 1-10000000"),
+        ("[flows]\nmax_flows = 10000001\n", r"max_flows = 10000001: expected 1-10000000"),
+        ("[metrics]\nmax_flagged_ports = -1\n", r"max_flagged_ports = -1: expected 0-10000"),
+        ("[metrics]\nmax_flagged_ports = 10001\n", r"expected 0-10000"),
+        ("[capture]\nsnaplen = 63\n", r"snaplen = 63: expected 64-262144"),
+        ("[capture]\nsnaplen = 262145\n", r"snaplen = 262145: expected 64-262144"),
+        ("[capture]\nbuffer_mib = 4097\n", r"buffer_mib = 4097: expected 1-4096"),
+        ("[capture]\ninterfaces = []\n", r"expected at least one interface"),
+        ("[capture]\ninterfaces = ['-w/tmp/x']\n", r"'-w/tmp/x' is not an interface name"),
+        ("[capture]\ninterfaces = ['eth0 lo']\n", r"is not an interface name"),
+        ('[capture]\nbpf_filter = "udp\\u0000"\n', r"bpf_filter: a NUL character"),
+        ("[flows]\nidle_timeout_seconds.tcp = 'long'\n", "expected a number of seconds"),
         ("[flows]\nidle_timeout_seconds.icmp = 5\n", "expected tcp, udp"),
         ("[web]\nlisten_address = 'localhost'\n", "expected HOST:PORT"),
         ("[capture]\nsnaplen = 'big'\n", "expected an integer"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.daemon_proc import REPO, DaemonProcess, value
+from helpers.daemon_proc import REPO, DaemonProcess, value
 
 SAMPLE = REPO / "pcaps" / "sample.pcapng"
 
@@ -106,10 +106,16 @@ def test_a_storm_of_signals_never_wedges_the_main_loop(
         (["--web.listen-address", "nope"], "expected HOST:PORT"),
         (["--backend", "replay"], "needs --replay FILE"),
         (["--config.file", "/nonexistent/pw.toml"], "cannot read the configuration"),
+        (["--config.file", "INF_CONFIG"], "pw.toml: [flows] active_timeout_seconds = inf: "
+                                          "expected seconds more than 0 and at most 604800"),
     ],
 )
 def test_bad_flags_and_config_exit_2_with_one_line(
-        args: list[str], message: str, official_csv: Path, env: dict[str, str]) -> None:
+        args: list[str], message: str, official_csv: Path, env: dict[str, str],
+        tmp_path: Path) -> None:
+    inf_config = tmp_path / "pw.toml"
+    inf_config.write_text("[flows]\nactive_timeout_seconds = inf\n")
+    args = [str(inf_config) if a == "INF_CONFIG" else a for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "portwatch", "--registry", str(official_csv), "daemon", *args],
         env={**os.environ, **env, "PYTHONPATH": str(REPO / "src")},
@@ -131,9 +137,32 @@ def _bind_dynamic(sock: socket.socket) -> None:
 
 def _children(pid: int) -> list[int]:
     out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass  # it exited while we looked
     return out
+
+
+def _dumpcaps(pid: int) -> list[int]:
+    """dumpcap processes below ``pid`` (children of its capture launcher)."""
+    found, todo = [], _children(pid)
+    while todo:
+        child = todo.pop()
+        todo += _children(child)
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].endswith(b"dumpcap"):
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def _capabilities(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in lines)
+            if k.startswith("Cap")}
 
 
 @pytest.mark.root
@@ -148,10 +177,10 @@ def test_a_killed_dumpcap_is_restarted_and_counted(
                         "-i", "lo", "--bpf-filter", "udp port 44515"], env=env) as d:
         d.wait_for_log("capture started", 20)
         deadline = time.monotonic() + 10
-        while not _children(d.proc.pid) and time.monotonic() < deadline:
+        while not _dumpcaps(d.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        first = _children(d.proc.pid)
-        assert first
+        first = _dumpcaps(d.proc.pid)
+        assert len(first) == 1
         assert d.get("/healthz")[0] == 200
         os.kill(first[0], signal.SIGKILL)
         after = d.wait_until(
@@ -174,6 +203,44 @@ def test_a_killed_dumpcap_is_restarted_and_counted(
                                            port="44515", reason="unassigned") > 0, 15)
         assert value(got, "portwatch_flagged_packets_total", port="44515") > 0
         assert d.stop() == 0
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", ["dumpcap", "scapy"])
+def test_the_daemon_holds_no_capability_while_it_captures(
+        backend: str, tmp_path: Path, official_csv: Path, env: dict[str, str]) -> None:
+    """Only the capture launcher (a child that parses nothing) keeps CAP_NET_RAW."""
+    if os.geteuid() != 0:
+        pytest.skip("capturing on lo needs root")
+    if backend == "dumpcap" and shutil.which("dumpcap") is None:
+        pytest.skip("dumpcap is not installed")
+    if backend == "scapy":
+        pytest.importorskip("scapy")
+    cfg = _config(tmp_path / "pw.toml", [official_csv])
+    with DaemonProcess(["daemon", "--config.file", str(cfg), "--backend", backend,
+                        "-i", "lo", "--bpf-filter", "udp port 44515"], env=env) as d:
+        d.wait_for_log("capture started", 20)
+        d.wait_for_log("capture privileges are held only by the capture launcher", 5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            _bind_dynamic(s)
+            got = d.samples()
+            deadline = time.monotonic() + 15
+            while value(got, "portwatch_flagged_packets_total", port="44515",
+                        reason="unassigned") < 5 and time.monotonic() < deadline:
+                s.sendto(b"x", ("127.0.0.1", 44515))
+                time.sleep(0.05)
+                got = d.samples()
+        assert value(got, "portwatch_flagged_packets_total", port="44515",
+                     reason="unassigned") >= 5
+        caps = _capabilities(d.proc.pid)
+        assert (caps["CapEff"], caps["CapPrm"], caps["CapAmb"], caps["CapInh"]) == (0, 0, 0, 0)
+        assert "NoNewPrivs:\t1" in Path(f"/proc/{d.proc.pid}/status").read_text()
+        launcher = _children(d.proc.pid)
+        assert len(launcher) == 1
+        assert _capabilities(launcher[0])["CapEff"] & (1 << 13)  # CAP_NET_RAW stays there
+        assert len(_dumpcaps(d.proc.pid)) == (backend == "dumpcap")
+        assert d.stop() == 0
+    assert not _processes_with(b"udp port 44515")
 
 
 @pytest.mark.root

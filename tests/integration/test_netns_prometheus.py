@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from integration.daemon_proc import DaemonProcess, value
+from helpers.daemon_proc import DaemonProcess, value
 from test_ops_assets import ALERTS, alert_rules, dashboard_expressions, substitute_grafana
 
 NS = "pwit-srv"

@@ -77,6 +77,7 @@ def _configure(ctx: Context, args: argparse.Namespace) -> DaemonConfig:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     # imported here: prometheus_client and http.server are not needed by other commands
+    from portwatch.daemon.privileges import separate_capture_privileges
     from portwatch.daemon.service import Daemon, DaemonDeps, default_table_loader, make_source
 
     _configure(ctx, args)  # flag and file errors: exit 2 before anything starts
@@ -86,6 +87,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         make_source=make_source,
         env=ctx.env,
         log=ctx.stderr,
+        config_file=args.config_file or "",
+        isolate_capture=separate_capture_privileges,
     )
     daemon = Daemon(deps)
     daemon.install_signal_handlers()

@@ -3,6 +3,20 @@
 The TOML keys are exactly those of ``systemd/portwatch.toml``; an unknown key
 is an error (a typo must not silently fall back to a default). The web
 configuration file (TLS, basic auth) is ``daemon.web_config``.
+
+Every number has a range, checked here so that a value the daemon cannot
+use is a one-line ``ConfigError`` at start or on SIGHUP, never a traceback
+later (``inf`` seconds once passed, and the flow expiry died on it):
+
+==============================  =========================================
+``[capture] snaplen``           64 .. 262,144 bytes
+``[capture] buffer_mib``        1 .. 4,096 MiB
+``[flows] max_flows``           1 .. 10,000,000
+``[flows] idle_timeout_seconds.{tcp,udp,sctp,dccp}``
+                                more than 0, at most 604,800 (7 days)
+``[flows] active_timeout_seconds``  more than 0, at most 604,800 (7 days)
+``[metrics] max_flagged_ports``  0 .. 10,000
+==============================  =========================================
 """
 
 from __future__ import annotations
@@ -20,6 +34,8 @@ from portwatch.ports import Transport
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "INT_RANGES",
+    "MAX_TIMEOUT_S",
     "Backend",
     "CaptureConfig",
     "DaemonConfig",
@@ -29,6 +45,17 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9917"
+
+#: The longest flow timeout accepted, idle or active: 7 days.
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+#: (section, key) -> inclusive (minimum, maximum) of every integer key.
+INT_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("capture", "snaplen"): (64, 262_144),
+    ("capture", "buffer_mib"): (1, 4096),
+    ("flows", "max_flows"): (1, 10_000_000),
+    ("metrics", "max_flagged_ports"): (0, 10_000),
+}
 
 
 class Backend(Enum):
@@ -83,16 +110,41 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
                         "list": "a list", "dict": "a table"}[k.__name__] for k in kinds)
 
 
-def _positive(value: float, what: str) -> float:
-    if value <= 0:
-        raise ConfigError(f"{what} = {value!r}: expected a positive number")
+def _int_in_range(section: Mapping[str, Any], where: str, key: str, default: int) -> int:
+    """An integer key, checked against ``INT_RANGES``."""
+    value: int = _get(section, key, int, where, default)
+    low, high = INT_RANGES[where, key]
+    if not low <= value <= high:
+        raise ConfigError(f"[{where}] {key} = {value}: expected {low}-{high}")
     return value
 
 
+def _seconds(value: Any, what: str) -> float:
+    """A flow timeout: a finite number of seconds, more than 0, at most ``MAX_TIMEOUT_S``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} = {value!r}: expected a number of seconds")
+    seconds = float(value)
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # also false for nan; inf is above the maximum
+        raise ConfigError(f"{what} = {value!r}: expected seconds more than 0 and at most "
+                          f"{MAX_TIMEOUT_S} (7 days)")
+    return seconds
+
+
 def _strings(value: list[Any], what: str) -> tuple[str, ...]:
-    if not all(isinstance(v, str) and v for v in value):
+    if not all(isinstance(v, str) and v and "\0" not in v for v in value):
         raise ConfigError(f"{what} = {value!r}: expected a list of non-empty strings")
     return tuple(value)
+
+
+def _interfaces(value: list[Any]) -> tuple[str, ...]:
+    """Names handed to a capture tool's ``-i``: never empty, and never an option."""
+    names = _strings(value, "[capture] interfaces")
+    if not names:
+        raise ConfigError("[capture] interfaces = []: expected at least one interface")
+    for name in names:
+        if name.startswith("-") or len(name) > 255 or any(c.isspace() for c in name):
+            raise ConfigError(f"[capture] interfaces: {name!r} is not an interface name")
+    return names
 
 
 def parse_config(data: bytes, path: str) -> DaemonConfig:
@@ -125,19 +177,14 @@ def _config(doc: Mapping[str, Any]) -> DaemonConfig:
     except ValueError:
         raise ConfigError(f"[capture] backend = {backend_name!r}: expected one of "
                           f"{', '.join(b.value for b in Backend)}") from None
-    snaplen = _get(cap, "snaplen", int, "capture", 128)
-    if not 64 <= snaplen <= 262144:
-        raise ConfigError(f"[capture] snaplen = {snaplen}: expected 64-262144")
-    buffer_mib = _get(cap, "buffer_mib", int, "capture", 32)
-    if not 1 <= buffer_mib <= 4096:
-        raise ConfigError(f"[capture] buffer_mib = {buffer_mib}: expected 1-4096")
+    if "\0" in _get(cap, "bpf_filter", str, "capture", ""):
+        raise ConfigError("[capture] bpf_filter: a NUL character cannot be passed to libpcap")
     capture = CaptureConfig(
         backend=backend,
-        interfaces=_strings(_get(cap, "interfaces", list, "capture", ["eth0"]),
-                            "[capture] interfaces"),
+        interfaces=_interfaces(_get(cap, "interfaces", list, "capture", ["eth0"])),
         bpf_filter=_get(cap, "bpf_filter", str, "capture", ""),
-        snaplen=snaplen,
-        buffer_mib=buffer_mib,
+        snaplen=_int_in_range(cap, "capture", "snaplen", 128),
+        buffer_mib=_int_in_range(cap, "capture", "buffer_mib", 32),
     )
     defaults = FlowLimits()
     idle = dict(defaults.idle_s)
@@ -147,21 +194,15 @@ def _config(doc: Mapping[str, Any]) -> DaemonConfig:
         except ValueError:
             raise ConfigError(f"[flows] idle_timeout_seconds.{key}: expected tcp, udp, sctp "
                               "or dccp") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"[flows] idle_timeout_seconds.{key} = {value!r}: expected a number")
-        idle[transport] = _positive(float(value), f"[flows] idle_timeout_seconds.{key}")
+        idle[transport] = _seconds(value, f"[flows] idle_timeout_seconds.{key}")
     limits = FlowLimits(
-        max_flows=int(_positive(_get(flows, "max_flows", int, "flows", defaults.max_flows),
-                                "[flows] max_flows")),
+        max_flows=_int_in_range(flows, "flows", "max_flows", defaults.max_flows),
         idle_s=idle,
-        active_s=_positive(float(_get(flows, "active_timeout_seconds", (int, float), "flows",
-                                      defaults.active_s)), "[flows] active_timeout_seconds"),
-        max_flagged_ports=int(_get(metrics, "max_flagged_ports", int, "metrics",
-                                   defaults.max_flagged_ports)),
+        active_s=_seconds(flows.get("active_timeout_seconds", defaults.active_s),
+                          "[flows] active_timeout_seconds"),
+        max_flagged_ports=_int_in_range(metrics, "metrics", "max_flagged_ports",
+                                        defaults.max_flagged_ports),
     )
-    if limits.max_flagged_ports < 0:
-        raise ConfigError(f"[metrics] max_flagged_ports = {limits.max_flagged_ports}: "
-                          "expected 0 or more")
     listen = _get(web, "listen_address", str, "web", DEFAULT_LISTEN)
     parse_listen_address(listen)
     return DaemonConfig(

@@ -1,17 +1,19 @@
 """``portwatch daemon``: capture, count, serve metrics; reload on SIGHUP, stop on SIGTERM.
 
-Threads: the main thread handles signals and housekeeping (flow expiry, drop
-counters, systemd watchdog); one capture thread runs the packet source and
-feeds the metrics core; the web server answers scrapes from a snapshot.
+``Daemon`` is the lifecycle: start, reload, stop and the signal self-pipe.
+It composes a ``CaptureSupervisor`` (the capture thread: one source after
+another, restarts with back-off; see ``daemon.supervisor``), the
+``TrafficCounters`` the sources feed, the ``WebServer`` that answers scrapes
+from a snapshot, and a ``SystemdNotifier``. The main thread handles signals
+and housekeeping (flow expiry, drop counters, the systemd watchdog).
 
-A source whose run ends or fails is restarted with exponential back-off
-(0.5 s doubling to 30 s, reset after a run of a minute) and each restart is
-counted in ``portwatch_backend_restarts_total{backend}``; capture never stops
-silently. A finite source (replay) is not restarted: the daemon keeps
-serving what it counted, and a SIGHUP plays the files again.
+A reload builds the new configuration, port table and web settings first
+and applies them only if all three could be built: whatever goes wrong while
+reloading (a bad file, a hostile registry, an exhausted allocator) keeps the
+running state and is logged on one line.
 
 Everything that touches the outside (the source factory, the registry
-loader, clocks, the environment, the log stream) is passed in.
+loader, clocks, the environment, the log stream) is passed in ``DaemonDeps``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -36,46 +37,27 @@ from portwatch.capture.live.source import PacketSource
 from portwatch.daemon.collector import register_collectors
 from portwatch.daemon.config import Backend, DaemonConfig
 from portwatch.daemon.counters import RegistryFacts, TrafficCounters
+from portwatch.daemon.notify import SystemdNotifier
+from portwatch.daemon.privileges import Isolation, keep_privileges
+from portwatch.daemon.supervisor import (
+    Backoff,
+    CaptureSupervisor,
+    OutcomeKind,
+    RunOutcome,
+    SourceFactory,
+    make_source,
+)
 from portwatch.daemon.web import WebServer
 from portwatch.daemon.web_config import WebSettings, load_web_settings
-from portwatch.errors import BackendError, ConfigError, PortwatchError
+from portwatch.errors import ConfigError, PortwatchError
 from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
-__all__ = ["Daemon", "DaemonDeps", "Notifier", "make_source"]
+__all__ = ["Daemon", "DaemonDeps", "default_table_loader", "make_source"]
 
 #: SIGTERM must end the process within 5 s; these budgets add up to less.
 STOP_CAPTURE_S = 3.0
 HOUSEKEEPING_S = 1.0
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
-STABLE_RUN_S = 60.0
-
-
-class Notifier:
-    """sd_notify(3) over ``NOTIFY_SOCKET`` (AF_UNIX datagram); silent when unset."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        path = env.get("NOTIFY_SOCKET", "")
-        self._address = ("\0" + path[1:]) if path.startswith("@") else path
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
-        owned = not pid or pid == str(os.getpid())
-        self.watchdog_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and owned else 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._address)
-
-    def send(self, *lines: str) -> None:
-        if not self._address:
-            return
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.connect(self._address)
-                sock.sendall("\n".join(lines).encode())
-        except OSError:
-            pass  # systemd gone or socket absent: nothing to tell
 
 
 class Wakeup:
@@ -119,13 +101,19 @@ class Wakeup:
 
 
 TableLoader = Callable[[DaemonConfig], tuple[PortTable, RegistryFacts]]
-SourceFactory = Callable[[DaemonConfig], PacketSource]
 ConfigLoader = Callable[[], DaemonConfig]
 
 
 @dataclass(slots=True)
 class DaemonDeps:
-    """The daemon's edges, injectable for tests."""
+    """The daemon's edges, injectable for tests.
+
+    ``config_file`` only names the configuration in log lines. ``sleep``
+    replaces the capture supervisor's interruptible back-off wait (a fake
+    clock's ``sleep`` in tests); ``None`` keeps the real one. ``isolate_capture``
+    runs once, after the configuration is read and before the registry is:
+    the command line passes ``privileges.separate_capture_privileges``.
+    """
 
     load_config: ConfigLoader
     load_table: TableLoader
@@ -134,6 +122,10 @@ class DaemonDeps:
     log: TextIO = sys.stderr
     monotonic: Callable[[], float] = time.monotonic
     wall_ns: Callable[[], int] = time.time_ns
+    sleep: Callable[[float], None] | None = None
+    config_file: str = ""
+    backoff: Backoff = field(default_factory=Backoff)
+    isolate_capture: Isolation = keep_privileges
 
 
 def default_table_loader(cache: Path | None) -> TableLoader:
@@ -145,79 +137,83 @@ def default_table_loader(cache: Path | None) -> TableLoader:
     return load
 
 
-def make_source(config: DaemonConfig) -> PacketSource:
-    """The configured backend; each is imported only when chosen."""
-    cap = config.capture
-    if cap.backend is Backend.DUMPCAP:
-        from portwatch.capture.live.dumpcap import DumpcapSource
-        return DumpcapSource(cap.interfaces, cap.bpf_filter, cap.snaplen,
-                             buffer_mib=cap.buffer_mib)
-    if cap.backend is Backend.SCAPY:
-        from portwatch.capture.live.scapy import ScapySource
-        return ScapySource(cap.interfaces, cap.bpf_filter, cap.snaplen,
-                           buffer_mib=cap.buffer_mib)
-    if cap.backend is Backend.PYSHARK:
-        from portwatch.capture.live.pyshark import PysharkSource
-        pyshark_source: PacketSource = PysharkSource(cap.interfaces, cap.bpf_filter, cap.snaplen)
-        return pyshark_source
-    from portwatch.capture.live.replay import ReplaySource
-    return ReplaySource(cap.replay_files, cap.replay_speed)
-
-
 class Daemon:
+    """The daemon's lifecycle: ``start``, ``reload``, ``shutdown``; ``run`` for a process."""
+
     def __init__(
         self, deps: DaemonDeps, collector_registry: CollectorRegistry | None = None
     ) -> None:
         self.deps = deps
         self.collector_registry = (
             collector_registry if collector_registry is not None else CollectorRegistry())
-        self.notifier = Notifier(deps.env)
-        self._stop = threading.Event()
+        self.notifier = SystemdNotifier(deps.env)
         # Set by signal handlers: plain flags, read by the main loop (see Wakeup).
         self._stop_requested = False
         self._reload_requested = False
         self._wakeup = Wakeup()
-        self._restart_capture = threading.Event()
-        self._finished = threading.Event()  # a finite source ran to its end
-        self._state_lock = threading.Lock()
-        self._source: PacketSource | None = None
+        self._health_lock = threading.Lock()
         self._capturing = False
         self._health_reason = "capture not started"
         self._capture_thread: threading.Thread | None = None
         self._web: WebServer | None = None
-        self._drops_seen: dict[str, int] = {}
         self.config = deps.load_config()
+        # Before the registry, the web settings or any packet is parsed.
+        make_source, self._privileges = deps.isolate_capture(self.config, deps.make_source)
+        self.web_settings = _web_settings(self.config)
         table, facts = deps.load_table(self.config)
         self.counters = TrafficCounters(table, self.config.flows, facts)
+        self.supervisor = CaptureSupervisor(
+            make_source, lambda: self.config, self.counters, backoff=deps.backoff,
+            clock=deps.monotonic, sleep=deps.sleep, on_start=self._capture_started,
+            on_outcome=self._capture_ended)
 
-    # -- logging ----------------------------------------------------------------
+    # -- logging and health -------------------------------------------------------
     def log(self, message: str) -> None:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
         print(f"{stamp} portwatch: {message}", file=self.deps.log, flush=True)
 
-    # -- health -----------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
-        with self._state_lock:
+        with self._health_lock:
             return self._capturing, self._health_reason
 
     def _set_health(self, capturing: bool, reason: str) -> None:
-        with self._state_lock:
+        with self._health_lock:
             self._capturing, self._health_reason = capturing, reason
+        self.notifier.status(reason)  # `systemctl status` shows what /healthz says
 
-    # -- lifecycle --------------------------------------------------------------
+    def _capture_started(self, source: PacketSource, config: DaemonConfig) -> None:
+        self._set_health(True, f"capturing with {source.backend}")
+        where = "" if source.finite else " ".join(config.capture.interfaces)
+        self.log(f"capture started: {source.backend} {where}".rstrip())
+
+    def _capture_ended(self, outcome: RunOutcome) -> None:
+        if outcome.kind is OutcomeKind.FINISHED:
+            self._set_health(False, f"{outcome.backend}: input finished; serving counts")
+            self.log(f"{outcome.backend} finished; still serving metrics")
+        elif outcome.kind is OutcomeKind.FAILED:
+            self._set_health(False, f"{outcome.backend}: {outcome.message}; "
+                                    f"restarting in {outcome.delay_s:g}s")
+            self.log(f"capture backend {outcome.backend} stopped: {outcome.message}; "
+                     f"restarting in {outcome.delay_s:g}s")
+        else:
+            self._set_health(False, f"{outcome.backend}: stopped")
+
+    # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
+        """Serve /metrics, start the capture thread, tell systemd we are ready."""
         register_collectors(self.collector_registry, self.counters.snapshot)
-        settings = _web_settings(self.config)
         self._web = WebServer(self.config.listen_address, self.collector_registry, self.health,
-                              settings)
+                              self.web_settings)
         self._web.start()
+        tls = self.web_settings is not None and self.web_settings.tls
         self.log(f"listening on {self.config.listen_address} "
-                 f"({'https' if settings and settings.tls else 'http'}) port {self._web.port}")
-        self._capture_thread = threading.Thread(target=self._capture_loop, name="capture",
+                 f"({'https' if tls else 'http'}) port {self._web.port}")
+        if self._privileges:
+            self.log(self._privileges)
+        self._capture_thread = threading.Thread(target=self.supervisor.run, name="capture",
                                                 daemon=True)
         self._capture_thread.start()
-        self.notifier.send("READY=1", f"STATUS=capturing with {self.config.capture.backend.value}",
-                           f"MAINPID={os.getpid()}")
+        self.notifier.ready(f"capturing with {self.config.capture.backend.value}")
 
     @property
     def port(self) -> int:
@@ -233,15 +229,15 @@ class Daemon:
         self._reload_requested = True
         self._wakeup.poke()
 
-    def _tick_s(self) -> float:
-        """How long the main loop may sleep: housekeeping, or the watchdog if sooner."""
-        watchdog = self.notifier.watchdog_s
-        return min(HOUSEKEEPING_S, watchdog) if watchdog else HOUSEKEEPING_S
-
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def _tick_s(self) -> float:
+        """How long the main loop may sleep: housekeeping, or the watchdog if sooner."""
+        watchdog = self.notifier.watchdog_s
+        return min(HOUSEKEEPING_S, watchdog) if watchdog else HOUSEKEEPING_S
 
     def run(self) -> int:
         """Serve until asked to stop; return the exit status."""
@@ -253,22 +249,26 @@ class Daemon:
                 break
             if self._reload_requested:
                 self._reload_requested = False
-                self._do_reload()
-            self._housekeeping()
+                self.reload()
+            self.housekeeping()
             now = self.deps.monotonic()
             if self.notifier.watchdog_s and now - last_watchdog >= self.notifier.watchdog_s:
-                self.notifier.send("WATCHDOG=1")
+                self.notifier.watchdog()
                 last_watchdog = now
         return self.shutdown()
 
     def shutdown(self) -> int:
-        self.notifier.send("STOPPING=1")
+        """Stop capture and the web server within the stop budget; log a summary."""
+        self.notifier.stopping()
         self.log("stopping")
-        self._stop.set()
-        self._close_source()
+        self.supervisor.stop()
         if self._capture_thread is not None:
-            self._capture_thread.join(STOP_CAPTURE_S)
-        self._poll_drops()
+            # A source made just as stop() ran may have missed the close: ask again.
+            self._capture_thread.join(STOP_CAPTURE_S / 3)
+            if self._capture_thread.is_alive():
+                self.supervisor.stop()
+                self._capture_thread.join(STOP_CAPTURE_S * 2 / 3)
+        self.supervisor.poll_drops()
         if self._web is not None:
             self._web.stop()
         self._wakeup.close()
@@ -279,131 +279,88 @@ class Daemon:
                  f"{snap.active_flows} flows active")
         return 0
 
-    def _do_reload(self) -> None:
-        self.notifier.send("RELOADING=1")
+    def reload(self) -> bool:
+        """Re-read configuration, registry and web settings; keep everything if any fails.
+
+        Returns whether the new state was applied. Any exception counts as a
+        failure (a registry nested deep enough for RecursionError, a
+        MemoryError, an unreadable file): the daemon must outlive a bad reload.
+        """
+        self.notifier.reloading()
+        reading = self.deps.config_file or "the configuration"
         try:
             config = self.deps.load_config()
+            reading = ", ".join(config.registry_sources) or "the registry"
             table, facts = self.deps.load_table(config)
-        except PortwatchError as exc:
-            self.log(f"reload failed, keeping the running configuration: {exc}")
-            self.notifier.send("READY=1")
-            return
+            reading = config.web_config_file
+            settings = _web_settings(config)
+        except Exception as exc:  # whatever it is, the running state stays
+            self.log(f"reload failed, keeping the running configuration: "
+                     f"{_error_line(exc, reading)}")
+            self.notifier.ready(self.health()[1])
+            return False
+        self._apply(config, table, facts, settings)
+        self.notifier.ready(self.health()[1])
+        return True
+
+    def _apply(self, config: DaemonConfig, table: PortTable, facts: RegistryFacts,
+               settings: WebSettings | None) -> None:
         if config.listen_address != self.config.listen_address:
             self.log("web listen address changes take effect on restart only")
-        old_capture = self.config.capture
-        self.config = config
+        old_capture, old_settings = self.config.capture, self.web_settings
+        self.config, self.web_settings = config, settings
         self.counters.reload(table, config.flows, facts)
         self.log(f"reloaded: registry {', '.join(p for p, _, _ in facts.sources)}, "
                  f"{sum(facts.records.values())} records")
-        if config.capture != old_capture or self._finished.is_set():
+        if settings != old_settings:
+            new = settings or WebSettings()
+            if self._web is not None:
+                self._web.update_settings(new)
+            self.log(f"web settings reloaded from {config.web_config_file or '(none)'}: "
+                     f"{describe_web_change(old_settings or WebSettings(), new)}")
+        if config.capture != old_capture or self.supervisor.finished:
             self.log("restarting the capture (settings changed, or the replay had finished)")
-            self._restart_capture.set()
-            self._close_source()
-        self.notifier.send("READY=1")
+            self.supervisor.request_restart()
 
-    def _housekeeping(self) -> None:
+    def housekeeping(self) -> None:
+        """Expire idle flows and collect the source's drop counters."""
         if self.config.capture.backend is Backend.REPLAY:
             now = self.counters.latest_ns  # replayed time, not the wall clock
         else:
             now = self.deps.wall_ns()
         if now:
             self.counters.expire(now)
-        self._poll_drops()
-
-    def _poll_drops(self) -> None:
-        with self._state_lock:
-            source = self._source
-        if source is None:
-            return
-        current = source.dropped()
-        with self._state_lock:
-            delta = {k: v - self._drops_seen.get(k, 0) for k, v in current.items()}
-            self._drops_seen = current
-        self.counters.add_dropped(delta)
-
-    def _close_source(self) -> None:
-        with self._state_lock:
-            source = self._source
-        if source is not None:
-            source.close()
-
-    # -- capture ------------------------------------------------------------------
-    def _capture_loop(self) -> None:
-        backoff = BACKOFF_MIN_S
-        first = True
-        while not self._stop.is_set():
-            config = self.config
-            error: str | None
-            try:
-                source = self.deps.make_source(config)
-            except PortwatchError as exc:
-                source = None
-                error = str(exc)
-            if source is not None:
-                self.counters.declare(source.backend, config.capture.interfaces
-                                  if config.capture.backend is not Backend.REPLAY else ())
-                if not first:
-                    self.counters.count_restart(source.backend)
-                first = False
-                started = self.deps.monotonic()
-                error = self._run_source(source)
-                if self._stop.is_set():
-                    return
-                if error is None and source.finite:
-                    self._set_health(False, f"{source.backend}: input finished; serving counts")
-                    self.log(f"{source.backend} finished; still serving metrics")
-                    self._finished.set()
-                    self._wait_for_restart_request()
-                    self._finished.clear()
-                    first = True
-                    continue
-                if self._restart_capture.is_set():
-                    self._restart_capture.clear()
-                    first = True
-                    continue
-                if self.deps.monotonic() - started > STABLE_RUN_S:
-                    backoff = BACKOFF_MIN_S
-            else:
-                self.counters.count_restart(config.capture.backend.value)
-            reason = error or "capture ended"
-            self._set_health(False, f"{config.capture.backend.value}: {reason}; "
-                                    f"restarting in {backoff:g}s")
-            self.log(f"capture backend {config.capture.backend.value} stopped: {reason}; "
-                     f"restarting in {backoff:g}s")
-            if self._stop.wait(backoff):
-                return
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
-
-    def _wait_for_restart_request(self) -> None:
-        while not self._stop.is_set() and not self._restart_capture.is_set():
-            self._stop.wait(HOUSEKEEPING_S)
-        self._restart_capture.clear()
-
-    def _run_source(self, source: PacketSource) -> str | None:
-        """Feed every batch of one run; the error that ended it, or ``None``."""
-        with self._state_lock:
-            self._source = source
-            self._drops_seen = {}
-        self._set_health(True, f"capturing with {source.backend}")
-        self.log(f"capture started: {source.backend} "
-                 f"{' '.join(self.config.capture.interfaces) if not source.finite else ''}")
-        try:
-            for batch in source.batches():
-                self.counters.feed(batch, source.interface_names())
-                if self._stop.is_set():
-                    break
-            return None
-        except BackendError as exc:
-            return exc.message
-        except Exception as exc:  # a bug must not end capture silently: log and restart
-            return f"unexpected {type(exc).__name__}: {exc}"
-        finally:
-            self._poll_drops()
-            with self._state_lock:
-                self._source = None
-            if self._stop.is_set():
-                source.close()
+        self.supervisor.poll_drops()
 
 
 def _web_settings(config: DaemonConfig) -> WebSettings | None:
     return load_web_settings(config.web_config_file) if config.web_config_file else None
+
+
+def describe_web_change(old: WebSettings, new: WebSettings) -> str:
+    """What changed, for the log: users added, removed or re-hashed; TLS on, off or new."""
+    parts = []
+    added = sorted(set(new.basic_auth_users) - set(old.basic_auth_users))
+    removed = sorted(set(old.basic_auth_users) - set(new.basic_auth_users))
+    changed = sorted(u for u in set(old.basic_auth_users) & set(new.basic_auth_users)
+                     if old.basic_auth_users[u] != new.basic_auth_users[u])
+    for what, users in (("added", added), ("removed", removed), ("new password", changed)):
+        if users:
+            parts.append(f"users {what}: {', '.join(users)}")
+    if old.tls != new.tls:
+        parts.append(f"TLS {'on' if new.tls else 'off'}")
+    elif new.tls and (old.cert_file, old.key_file, old.client_ca_file, old.client_auth_type) \
+            != (new.cert_file, new.key_file, new.client_ca_file, new.client_auth_type):
+        parts.append("TLS files or client authentication changed")
+    return "; ".join(parts) or "no effective change"
+
+
+def _error_line(exc: BaseException, reading: str) -> str:
+    """One line naming the file: ``str(exc)`` if it names one, else ``reading: Type: text``."""
+    if isinstance(exc, PortwatchError):
+        text = str(exc) if exc.path else f"{reading}: {exc}"
+    else:
+        detail = str(exc)
+        text = f"{reading}: {type(exc).__name__}{': ' + detail if detail else ''}"
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -162,6 +162,7 @@ class WebServer:
             server.socket = _tls_context(settings).wrap_socket(
                 server.socket, server_side=True, do_handshake_on_connect=False)
         self._server = server
+        self.settings = settings
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         daemon=True, name="web")
 
@@ -171,6 +172,10 @@ class WebServer:
 
     def start(self) -> None:
         self._thread.start()
+
+    def update_settings(self, settings: WebSettings) -> None:
+        """Keep ``settings`` as the current web settings (SIGHUP)."""
+        self.settings = settings
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -1,4 +1,4 @@
-"""The one interface every live capture backend implements, and a fake of it.
+"""The one interface every live capture backend implements.
 
 A backend is a ``PacketSource``: ``batches()`` yields :class:`PacketBatch`es
 until the capture ends (a replayed file is finished) or fails (it raises
@@ -8,24 +8,22 @@ values to names for the per-interface capture counters, and ``dropped()``
 reports packets the kernel or the backend lost, cumulative for this run.
 
 The daemon restarts a source whose ``batches()`` ended or failed (unless it is
-``finite``), so a backend need not retry anything itself.
+``finite``), so a backend need not retry anything itself. A scripted fake
+for tests is ``portwatch.testing.FakeSource``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.errors import BackendError
 
-__all__ = ["BatchCollector", "FakeSource", "PacketSource", "sysfs_counter"]
+__all__ = ["BatchCollector", "PacketSource", "sysfs_counter"]
 
 
 class PacketSource(Protocol):
@@ -50,48 +48,6 @@ class PacketSource(Protocol):
     def close(self) -> None:
         """Stop capturing; safe to call from any thread, more than once."""
         ...
-
-
-@dataclass(slots=True)
-class FakeSource:
-    """A scripted source for tests: yields ``script`` batches, then ends or fails.
-
-    ``fail_with`` makes the run raise that message after the batches (as a
-    dying backend does); ``hold`` keeps the run open after the batches until
-    closed, like a live capture with no more traffic. Each call of
-    ``batches()`` is one run; ``runs`` counts them.
-    """
-
-    script: list[PacketBatch]
-    backend: str = "fake"
-    finite: bool = False
-    fail_with: str | None = None
-    hold: bool = False
-    names: tuple[str, ...] = ("fake0",)
-    drops: dict[str, int] = field(default_factory=dict)
-    runs: int = 0
-    _closed: threading.Event = field(default_factory=threading.Event)
-
-    def batches(self) -> Iterator[PacketBatch]:
-        self.runs += 1
-        self._closed.clear()
-        for batch in self.script:
-            if self._closed.is_set():
-                return
-            yield batch
-        if self.fail_with is not None:
-            raise BackendError(self.fail_with)
-        if self.hold:
-            self._closed.wait()
-
-    def interface_names(self) -> Sequence[str]:
-        return self.names
-
-    def dropped(self) -> dict[str, int]:
-        return dict(self.drops)
-
-    def close(self) -> None:
-        self._closed.set()
 
 
 class BatchCollector:
