@@ -108,6 +108,10 @@ def test_a_storm_of_signals_never_wedges_the_main_loop(
         (["--config.file", "/nonexistent/pw.toml"], "cannot read the configuration"),
         (["--config.file", "INF_CONFIG"], "pw.toml: [flows] active_timeout_seconds = inf: "
                                           "expected seconds more than 0 and at most 604800"),
+        (["--backend", "replay", "--replay", "x.pcap", "--replay-speed", "inf"],
+         "--replay-speed inf: expected a finite number"),
+        (["--backend", "replay", "--replay", "x.pcap", "--replay-speed", "nan"],
+         "--replay-speed nan: expected a finite number"),
     ],
 )
 def test_bad_flags_and_config_exit_2_with_one_line(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from portwatch._paths import cache_dir
@@ -62,8 +63,9 @@ def _configure(ctx: Context, args: argparse.Namespace) -> DaemonConfig:
         changes["bpf_filter"] = args.bpf_filter
     if args.replay:
         changes["replay_files"] = tuple(args.replay)
-    if args.replay_speed < 0:
-        raise ConfigError(f"--replay-speed {args.replay_speed}: expected 0 or more")
+    if not math.isfinite(args.replay_speed) or args.replay_speed < 0:
+        raise ConfigError(f"--replay-speed {args.replay_speed}: expected a finite number, "
+                          "0 or more (0: as fast as possible)")
     changes["replay_speed"] = args.replay_speed
     if ctx.registry_paths:
         changes["registry_sources"] = tuple(ctx.registry_paths)
