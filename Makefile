@@ -119,6 +119,8 @@ install:
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
 	install -m 0644 systemd/README.md $(DESTDIR)$(DOCDIR)/systemd.md
 	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/examples/
+	@[ -x /bin/kill ] || echo "warning: /bin/kill is missing (apt-get install procps):" \
+		"portwatch.service's ExecReload= runs it" >&2
 	@if $(SYSTEMD_UP); then echo "systemctl daemon-reload"; systemctl daemon-reload; fi
 	@echo "installed; next: systemctl enable --now portwatch.service portwatch-registry-update.timer"
 
