@@ -204,8 +204,18 @@ def booted(rootfs: Path, work: Path, *, binds: Sequence[tuple[Path, str]] = (),
         yield container
     finally:
         _terminate(proc)
-        for mount in reversed(mounts):
-            subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        unmounted = all(_unmount(m) for m in reversed(mounts))
+        if unmounted:  # the container's writes (a venv, logs): hundreds of MB a run
+            for layer in ("upper", "work"):
+                shutil.rmtree(work / layer, ignore_errors=True)
+
+
+def _unmount(mount: Path) -> bool:
+    """Unmount; lazily if busy (then the layers are left for the next reboot to free)."""
+    if subprocess.run(["umount", str(mount)], check=False, capture_output=True).returncode == 0:
+        return True
+    subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+    return False
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
