@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin
+SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
+	systemd-container debootstrap
 SAMPLE := pcaps/sample.pcapng
 
-.PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean
+.PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall
 
 run: system-deps venv
 	$(BIN)/portwatch registry info
@@ -24,7 +25,9 @@ $(STAMP): pyproject.toml
 
 # Debian packages: python3-venv (Debian's python3 cannot make a venv without
 # it), and what the tests drive for real: tshark/dumpcap, Prometheus and
-# promtool, tcpreplay, ip(8). Installed only when missing, and only as root.
+# promtool, tcpreplay, ip(8), and systemd-nspawn + debootstrap for the
+# real-systemd test (tests/integration/test_nspawn.py). Installed only when
+# missing, and only as root.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -67,3 +70,70 @@ pcaps: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+
+# ---------------------------------------------------------------- install
+# `make install` (as root) deploys this checkout as a service; docs/install.md.
+# The paths are fixed because the units name them (ExecStart=/usr/bin/portwatch);
+# DESTDIR= stages the same tree elsewhere (for a package build), without
+# touching systemd. `make uninstall` keeps /etc/portwatch and /var/lib/portwatch.
+DESTDIR     ?=
+OPT         := /opt/portwatch
+BINDIR      := /usr/bin
+UNITDIR     := /etc/systemd/system
+CONFDIR     := /etc/portwatch
+DOCDIR      := /usr/share/doc/portwatch
+UNITS       := portwatch.service portwatch-registry-update.service portwatch-registry-update.timer
+DROPIN      := portwatch.service.d/10-install.conf
+DOCS        := README.md docs/install.md docs/operations.md docs/daemon.md docs/wireshark.md \
+               docs/plugins.md
+EXAMPLES    := systemd/portwatch.toml pcaps/sample.pcapng prometheus/alerts.yml \
+               prometheus/prometheus.yml grafana/dashboards/portwatch.json
+# Whether systemd manages this machine (sd_booted(3)); never for a DESTDIR stage.
+SYSTEMD_UP   = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]
+
+install:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then \
+		echo "make install: run it as root (or stage it with DESTDIR=DIR)" >&2; exit 1; fi
+	@link="$(DESTDIR)$(BINDIR)/portwatch"; \
+	if [ -e "$$link" ] && [ "$$(readlink "$$link")" != "$(OPT)/bin/portwatch" ]; then \
+		echo "make install: $$link exists and is not ours; remove it first" >&2; exit 1; fi
+	$(PYTHON) -m venv $(DESTDIR)$(OPT)
+	$(DESTDIR)$(OPT)/bin/pip install --quiet --disable-pip-version-check --no-warn-script-location .
+	@if [ -n "$(DESTDIR)" ]; then \
+		echo "relocating $(DESTDIR)$(OPT) to $(OPT)"; \
+		grep -rlIF "$(DESTDIR)$(OPT)" $(DESTDIR)$(OPT)/bin $(DESTDIR)$(OPT)/pyvenv.cfg \
+			| xargs -r sed -i "s|$(DESTDIR)$(OPT)|$(OPT)|g"; \
+		$(DESTDIR)$(OPT)/bin/python -m compileall -q -f -s "$(DESTDIR)" -p / \
+			$(DESTDIR)$(OPT)/lib >/dev/null; \
+	fi
+	install -d -m 0755 $(DESTDIR)$(BINDIR)
+	ln -sfn $(OPT)/bin/portwatch $(DESTDIR)$(BINDIR)/portwatch
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)/portwatch.service.d
+	for u in $(UNITS); do install -m 0644 systemd/$$u $(DESTDIR)$(UNITDIR)/$$u; done
+	install -m 0644 systemd/$(DROPIN) $(DESTDIR)$(UNITDIR)/$(DROPIN)
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	@if [ -e $(DESTDIR)$(CONFDIR)/portwatch.toml ]; then \
+		echo "keeping $(CONFDIR)/portwatch.toml (the new example is in $(DOCDIR)/examples/)"; \
+	else install -m 0644 systemd/portwatch.toml $(DESTDIR)$(CONFDIR)/portwatch.toml; fi
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/examples
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 0644 systemd/README.md $(DESTDIR)$(DOCDIR)/systemd.md
+	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/examples/
+	@[ -x /bin/kill ] || echo "warning: /bin/kill is missing (apt-get install procps):" \
+		"portwatch.service's ExecReload= runs it" >&2
+	@if $(SYSTEMD_UP); then echo "systemctl daemon-reload"; systemctl daemon-reload; fi
+	@echo "installed; next: systemctl enable --now portwatch.service portwatch-registry-update.timer"
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then \
+		echo "make uninstall: run it as root (or with DESTDIR=DIR)" >&2; exit 1; fi
+	@if $(SYSTEMD_UP); then \
+		systemctl disable --now $(UNITS) 2>/dev/null || :; fi
+	for u in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$u; done
+	rm -f $(DESTDIR)$(UNITDIR)/$(DROPIN)
+	rmdir --ignore-fail-on-non-empty $(DESTDIR)$(UNITDIR)/portwatch.service.d 2>/dev/null || :
+	@link="$(DESTDIR)$(BINDIR)/portwatch"; \
+	if [ "$$(readlink "$$link")" = "$(OPT)/bin/portwatch" ]; then rm -f "$$link"; fi
+	rm -rf $(DESTDIR)$(OPT) $(DESTDIR)$(DOCDIR)
+	@if $(SYSTEMD_UP); then echo "systemctl daemon-reload"; systemctl daemon-reload; fi
+	@echo "uninstalled; kept $(CONFDIR) and /var/lib/portwatch (remove them by hand if unwanted)"
