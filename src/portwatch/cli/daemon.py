@@ -16,6 +16,7 @@ from portwatch.daemon.config import (
     with_overrides,
 )
 from portwatch.errors import ConfigError
+from portwatch.registry.store import select_sources
 
 __all__ = ["add_parser", "run"]
 
@@ -70,7 +71,8 @@ def _configure(ctx: Context, args: argparse.Namespace) -> DaemonConfig:
     if ctx.registry_paths:
         changes["registry_sources"] = tuple(ctx.registry_paths)
     elif not config.registry_sources:
-        changes["registry_sources"] = tuple(ctx.selection().paths)
+        # chosen afresh on every SIGHUP: `registry update` may have stored a newer one
+        changes["registry_sources"] = select_sources((), env=ctx.env).paths
     config = with_overrides(config, **changes)
     if config.capture.backend is Backend.REPLAY and not config.capture.replay_files:
         raise ConfigError("--backend replay needs --replay FILE")
