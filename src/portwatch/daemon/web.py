@@ -48,7 +48,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from portwatch.daemon.config import parse_listen_address
-from portwatch.daemon.web_config import WebSettings, bcrypt_cost, san_allowed, tls_context
+from portwatch.daemon.web_config import (
+    WebSettings,
+    bcrypt_cost,
+    check_settings,
+    san_allowed,
+    tls_context,
+)
 from portwatch.errors import ConfigError
 
 __all__ = ["Health", "PasswordCheck", "WebLimits", "WebServer", "check_password"]
@@ -179,6 +185,7 @@ class _Policy:
 
 
 def _policy(settings: WebSettings, limits: WebLimits, clock: Callable[[], float]) -> _Policy:
+    check_settings(settings)
     tls = tls_context(settings) if settings.tls else None
     decoy = ""
     if settings.basic_auth_users:

@@ -38,6 +38,7 @@ __all__ = [
     "TLS_VERSIONS",
     "WebSettings",
     "bcrypt_cost",
+    "check_settings",
     "load_web_settings",
     "parse_web_settings",
     "san_allowed",
@@ -185,12 +186,17 @@ def parse_web_settings(text: str, path: str) -> WebSettings:
         raise ConfigError(str(exc), path=path, line=doc.line_of(exc.key)) from None
 
 
-def tls_context(settings: WebSettings) -> ssl.SSLContext:
-    """A server context that enforces every TLS setting, or ``ConfigError``."""
+def check_settings(settings: WebSettings) -> None:
+    """The rules the file reader applies, for settings built in code; ``ConfigError``."""
     try:
         _check(settings)
     except _Invalid as exc:
         raise ConfigError(str(exc), path=settings.path or None) from None
+
+
+def tls_context(settings: WebSettings) -> ssl.SSLContext:
+    """A server context that enforces every TLS setting, or ``ConfigError``."""
+    check_settings(settings)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = TLS_VERSIONS[settings.min_version]
     ctx.maximum_version = TLS_VERSIONS[settings.max_version]
