@@ -4,12 +4,13 @@ The endpoint is bounded by construction, because it runs under ``TasksMax``
 next to a capture that must not be starved (docs/daemon.md, "Web endpoint
 defences"):
 
-- One reactor thread accepts and holds every connection until it has sent a
-  whole request head; idle or slow clients cost a file descriptor, never a
-  thread, and are closed when their deadline passes. When ``max_connections``
-  are open, the longest-waiting one is closed to admit the new one.
-- A fixed pool of workers handles complete requests (and TLS handshakes, with
-  their own timeout) fed through a bounded queue; a full queue answers 503.
+- One reactor thread accepts every connection, runs its TLS handshake without
+  blocking, and holds it until it has sent a whole request head; idle, slow or
+  half-open clients cost a file descriptor, never a thread, and are closed
+  when their deadline passes. When ``max_connections`` are open, the
+  longest-waiting one is closed to admit the new one.
+- A fixed pool of workers answers complete requests, fed through a bounded
+  queue; a full queue answers 503 at once.
 - bcrypt runs at most ``bcrypt_concurrency`` at a time; an unknown user is
   checked against a decoy hash of the same cost, and a password that matched
   is remembered briefly by a keyed hash so each scrape does not pay bcrypt.
@@ -101,8 +102,9 @@ class WebLimits:
     #: Open connections; the longest-waiting idle one is closed to admit a new one.
     max_connections: int = 512
     #: A connection must send a whole request head within this after it opens
-    #: or after its previous response; it is closed otherwise.
+    #: (or its TLS handshake ends) or after its previous response; else it is closed.
     idle_timeout_s: float = 10.0
+    #: A TLS client must finish its handshake within this after it connects.
     handshake_timeout_s: float = 5.0
     #: Bound on writing one response to a slow reader.
     write_timeout_s: float = 10.0
@@ -324,7 +326,7 @@ class WebServer:
         self._sel = selectors.DefaultSelector()
         self._waiting: dict[_Conn, None] = {}  # registered connections, oldest deadline first
         self._returned: queue.SimpleQueue[_Conn] = queue.SimpleQueue()
-        self._jobs: queue.Queue[tuple[_Conn, bytes | None] | None] = queue.Queue(
+        self._jobs: queue.Queue[tuple[_Conn, bytes] | None] = queue.Queue(
             self._limits.queue)
         self._gate = _Gate(self._limits.bcrypt_concurrency, self._limits.bcrypt_waiters)
         self._open = 0
@@ -332,6 +334,7 @@ class WebServer:
         self._stopping = False
         self._reactor_gone = False
         self._paused_until = 0.0
+        self._next_expiry = 0.0
         self._threads = [threading.Thread(target=self._reactor, name="web", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"web-{i}", daemon=True)
                           for i in range(self._limits.workers)]
@@ -416,9 +419,7 @@ class WebServer:
         if self._paused_until and now >= self._paused_until:
             self._paused_until = 0.0
             self._sel.register(self._listener, selectors.EVENT_READ, None)
-        timeout = 1.0
-        if self._waiting:
-            timeout = min(timeout, max(0.0, next(iter(self._waiting)).deadline - now))
+        timeout = min(1.0, max(0.0, self._next_expiry - now))
         for key, _ in self._sel.select(timeout):
             if key.data is None:
                 self._accept()
@@ -427,11 +428,17 @@ class WebServer:
             elif isinstance(key.data, _Conn) and not key.data.closed:
                 self._readable(key.data)
         now = self._clock()
-        while self._waiting:
-            conn = next(iter(self._waiting))
-            if conn.deadline > now:
-                break
-            self._close(conn)  # idle, slow, or a TLS client that never finished
+        if now >= self._next_expiry:
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        """Close whoever is past its deadline: idle, too slow, or stuck in a TLS handshake."""
+        self._next_expiry = now + 1.0
+        for conn in list(self._waiting):
+            if conn.deadline <= now:
+                self._close(conn)
+            else:
+                self._next_expiry = min(self._next_expiry, conn.deadline)
 
     def _accept(self) -> None:
         for _ in range(64):  # a bounded burst, so deadlines still run under a flood
@@ -461,7 +468,9 @@ class WebServer:
                     continue
             with self._open_lock:
                 self._open += 1
-            self._wait(_Conn(conn_sock, peer, policy, handshaken=policy.tls is None))
+            conn = _Conn(conn_sock, peer, policy, handshaken=policy.tls is None)
+            self._wait(conn, self._limits.idle_timeout_s if conn.handshaken
+                       else self._limits.handshake_timeout_s)
 
     def _pause_accept(self) -> None:
         """Out of descriptors and nothing to evict: stop polling the listener for a moment."""
@@ -475,10 +484,15 @@ class WebServer:
         self._close(next(iter(self._waiting)))
         return True
 
-    def _wait(self, conn: _Conn) -> None:
-        conn.deadline = self._clock() + self._limits.idle_timeout_s
+    def _wait(self, conn: _Conn, timeout_s: float) -> None:
+        """Watch ``conn`` for input until ``timeout_s`` from now (the oldest waiter first)."""
+        conn.deadline = self._clock() + timeout_s
+        self._next_expiry = min(self._next_expiry, conn.deadline)
+        if conn in self._waiting:
+            del self._waiting[conn]
+        else:
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
         self._waiting[conn] = None
-        self._sel.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _unwait(self, conn: _Conn) -> None:
         if conn in self._waiting:
@@ -486,9 +500,7 @@ class WebServer:
             self._sel.unregister(conn.sock)
 
     def _readable(self, conn: _Conn) -> None:
-        if not conn.handshaken:
-            self._unwait(conn)
-            self._dispatch(conn, None)  # the ClientHello is here: a worker shakes hands
+        if not conn.handshaken and not self._shake(conn):
             return
         limit = self._limits.max_head_bytes
         while len(conn.buf) <= limit:
@@ -515,11 +527,38 @@ class WebServer:
             _reject(conn.sock, _TOO_LARGE)
             self._close(conn)
 
-    def _dispatch(self, conn: _Conn, head: bytes | None) -> None:
+    def _shake(self, conn: _Conn) -> bool:
+        """One non-blocking step of the TLS handshake; True once it is done and allowed.
+
+        The handshake runs here rather than in a worker so that a client that
+        stops half-way holds a descriptor until its deadline, never a thread.
+        """
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._sel.modify(sock, selectors.EVENT_READ, conn)
+            return False
+        except ssl.SSLWantWriteError:
+            self._sel.modify(sock, selectors.EVENT_WRITE, conn)
+            return False
+        except (OSError, ValueError):
+            self._close(conn)  # not TLS, a bad certificate, or gone: not worth a log line
+            return False
+        if not san_allowed(sock.getpeercert(), conn.policy.settings.client_allowed_sans):
+            self._close(conn)
+            return False
+        conn.handshaken = True
+        self._sel.modify(sock, selectors.EVENT_READ, conn)
+        self._wait(conn, self._limits.idle_timeout_s)
+        return True
+
+    def _dispatch(self, conn: _Conn, head: bytes) -> None:
         try:
             self._jobs.put_nowait((conn, head))
         except queue.Full:
-            _reject(conn.sock, _BUSY if head is not None else b"")
+            _reject(conn.sock, _BUSY)
             self._close(conn)
 
     def _wake(self) -> None:
@@ -543,7 +582,7 @@ class WebServer:
             if head is not None:  # a pipelined request was already read
                 self._dispatch(conn, head)
                 continue
-            self._wait(conn)
+            self._wait(conn, self._limits.idle_timeout_s)
             self._readable(conn)  # TLS may hold decrypted bytes the selector cannot see
 
     def _shutdown(self) -> None:
@@ -569,26 +608,12 @@ class WebServer:
                 return
             conn, head = job
             try:
-                if head is None:
-                    self._handshake(conn)
-                else:
-                    self._serve(conn, head)
+                self._serve(conn, head)
             except (OSError, ValueError):
                 self._close(conn)  # the client went away or broke TLS: not an event
             except Exception as exc:  # a bug: one line, never a traceback
                 self._log(f"web: {type(exc).__name__} serving {conn.peer}: {exc}")
                 self._close(conn)
-
-    def _handshake(self, conn: _Conn) -> None:
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        sock.settimeout(self._limits.handshake_timeout_s)
-        sock.do_handshake()
-        if not san_allowed(sock.getpeercert(), conn.policy.settings.client_allowed_sans):
-            self._close(conn)
-            return
-        conn.handshaken = True
-        self._hand_back(conn)
 
     def _serve(self, conn: _Conn, head: bytes) -> None:
         handler = _Handler(head, conn, self, self._policy)
