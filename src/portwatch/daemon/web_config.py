@@ -382,7 +382,8 @@ def _check(s: WebSettings) -> None:
     """Rules across keys; shared by the file reader and settings built in code."""
     pre = "tls_server_config."
     tls_keys_used = (s.client_ca_file or s.client_auth_type or s.client_allowed_sans
-                     or s.cipher_suites or s.curve_preferences)
+                     or s.cipher_suites or s.curve_preferences or s.min_version != "TLS12"
+                     or s.max_version != "TLS13" or not s.prefer_server_cipher_suites)
     if bool(s.cert_file) != bool(s.key_file):
         raise _Invalid(pre + ("key_file" if s.cert_file else "cert_file"),
                        "cert_file and key_file go together")
