@@ -108,7 +108,7 @@ class WebLimits:
     handshake_timeout_s: float = 5.0
     #: Bound on writing one response to a slow reader.
     write_timeout_s: float = 10.0
-    backlog: int = 128
+    backlog: int = 1024
     max_head_bytes: int = 16384
     bcrypt_concurrency: int = 2
     #: Requests that may wait for a bcrypt slot; beyond it: 503 at once.
