@@ -17,7 +17,7 @@ from portwatch.daemon.config import (
     parse_config,
     parse_listen_address,
 )
-from portwatch.daemon.web_config import load_web_settings
+from portwatch.daemon.web_config import load_web_settings, parse_web_settings
 from portwatch.errors import ConfigError
 from portwatch.ports import Transport
 
@@ -130,16 +130,19 @@ def test_listen_addresses_take_exporter_forms(text: str, expected: tuple[str, in
     assert parse_listen_address(text) == expected
 
 
+_HASH = "$2y$10$" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"
+
+
 def test_web_config_reads_exporter_toolkit_tls_and_users(tmp_path: Path) -> None:
     path = tmp_path / "web.yml"
     path.write_text(
         "# exporter-toolkit\ntls_server_config:\n  cert_file: tls.crt\n"
         '  key_file: "/abs/tls.key"\nbasic_auth_users:\n'
-        "  prometheus: $2y$10$abcdefghijklmnopqrstuv  # bcrypt\n")
-    settings = load_web_settings(str(path))
-    assert settings.cert_file == str(tmp_path / "tls.crt")
+        f"  prometheus: {_HASH}  # bcrypt\n")
+    settings = parse_web_settings(path.read_text(), str(path))  # parsing only: no files read
+    assert settings.cert_file == str(tmp_path / "tls.crt")  # relative to the config file
     assert settings.key_file == "/abs/tls.key"
-    assert settings.basic_auth_users == {"prometheus": "$2y$10$abcdefghijklmnopqrstuv"}
+    assert settings.basic_auth_users == {"prometheus": _HASH}
 
 
 def test_web_config_rejects_plain_passwords(tmp_path: Path) -> None:

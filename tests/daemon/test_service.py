@@ -21,7 +21,7 @@ from portwatch.ports import Transport
 from portwatch.porttable.table import PortTable
 from portwatch.testing import FakeSource
 
-BCRYPT = "$2y$10$abcdefghijklmnopqrstuv"
+BCRYPT = "$2y$10$" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"
 
 
 def fed(daemon: Daemon) -> int:
@@ -236,7 +236,7 @@ def test_a_bad_web_config_on_reload_keeps_the_old_settings(harness: Harness) -> 
     assert not daemon.reload()
     failures = reload_failures(harness)
     assert len(failures) == 1
-    assert f"{web}: basic_auth_users 'alice': expected a bcrypt hash" in failures[0]
+    assert f"{web}:2: basic_auth_users.alice: expected a bcrypt hash" in failures[0]
     assert daemon._web.settings is settings
     assert daemon.web_settings is settings
 

@@ -203,7 +203,7 @@ class Daemon:
         """Serve /metrics, start the capture thread, tell systemd we are ready."""
         register_collectors(self.collector_registry, self.counters.snapshot)
         self._web = WebServer(self.config.listen_address, self.collector_registry, self.health,
-                              self.web_settings)
+                              self.web_settings, log=self.log)
         self._web.start()
         tls = self.web_settings is not None and self.web_settings.tls
         self.log(f"listening on {self.config.listen_address} "
