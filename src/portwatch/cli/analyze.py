@@ -101,7 +101,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     _check_args(args)
     fmt = OutputFormat(args.format) if args.format else (
         OutputFormat.TABLE if ctx.stdout.isatty() and not args.output else OutputFormat.JSON)
-    table = ctx.loaded().table
+    table = ctx.table()
     filters = parse_filters(args.filter, table)
     annotate = AnnotateRequest(args.annotate, args.annotate_only_flagged) \
         if args.annotate else None

@@ -14,7 +14,9 @@ from typing import NoReturn, TextIO
 from portwatch._paths import cache_dir, data_dir
 from portwatch.errors import RegistryFormatError, UsageError
 from portwatch.porttable.cache import LoadedTable, load_table
+from portwatch.porttable.table import PortTable
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS, stale_warning
+from portwatch.registry.merge import Registry
 from portwatch.registry.store import SourceSelection, select_sources
 
 __all__ = ["Context", "PortwatchArgumentParser", "format_columns"]
@@ -49,7 +51,15 @@ class Context:
             self._selection = select_sources(self.registry_paths, env=self.env)
         return self._selection
 
-    def loaded(self) -> LoadedTable:
+    def table(self) -> PortTable:
+        """The port table of the selected registry (loaded once, from the cache if it can)."""
+        return self._load().table
+
+    def registry(self) -> Registry:
+        """The merged registry records behind the table (parsed on first use)."""
+        return self._load().full_registry()
+
+    def _load(self) -> LoadedTable:
         if self._loaded is None:
             selection = self.selection()
             if not selection.paths:

@@ -39,14 +39,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--output {args.output!r} is not a directory")
-    loaded = ctx.loaded()
-    data = plugin_bytes(loaded.table)
+    table = ctx.table()
+    data = plugin_bytes(table)
     target = out_dir / PLUGIN_FILENAME
     try:
         atomic_write_bytes(target, data)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
-    last = loaded.table.last_updated
+    last = table.last_updated
     print(f"wrote {target} ({len(data)} bytes, registry last updated "
           f"{last.isoformat() if last else 'unknown'})", file=ctx.stdout)
     return 0

@@ -51,7 +51,7 @@ def _registry_flags(verdict: Verdict) -> list[str]:
 
 def _answers(ctx: Context, query: str) -> list[tuple[PortInfo | None, list[int], str]]:
     """(port info, record ids, transport text) for each answer to one query."""
-    table = ctx.loaded().table
+    table = ctx.table()
     m = _PORT_QUERY.match(query)
     if m:
         port = int(m[1])
@@ -71,7 +71,7 @@ def _answers(ctx: Context, query: str) -> list[tuple[PortInfo | None, list[int],
             info = table.lookup(t, port)
             out.append((info, list(info.record_ids), t.label))
         return out
-    registry = ctx.loaded().full_registry()
+    registry = ctx.registry()
     rids = registry.records_named(query)
     if not rids:
         raise UsageError(f"no service named {query!r} in the loaded registry")
@@ -93,11 +93,10 @@ def _answers(ctx: Context, query: str) -> list[tuple[PortInfo | None, list[int],
 
 def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
              transport: str) -> dict[str, Any]:
-    loaded = ctx.loaded()
-    registry = loaded.full_registry()
+    registry, table = ctx.registry(), ctx.table()
     records = [record_dict(registry.records[i], registry.people) for i in rids]
-    updated = loaded.table.last_updated
-    answered_by = {"snapshot": loaded.table.snapshot,
+    updated = table.last_updated
+    answered_by = {"snapshot": table.snapshot,
                    "last_updated": updated.isoformat() if updated else None}
     if info is None:
         rec = registry.records[rids[0]]
@@ -105,7 +104,7 @@ def _as_json(ctx: Context, query: str, info: PortInfo | None, rids: list[int],
                 "service": rec.name, "aliases": [], "description": rec.description,
                 "flags": [], "reasons": [], "summary": "", "records": records,
                 "registry": answered_by}
-    verdict = Verdict.of_port(info, assigned_only=loaded.table.assigned_only)
+    verdict = Verdict.of_port(info, assigned_only=table.assigned_only)
     return {
         "query": query,
         "port": info.port,
@@ -139,11 +138,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(_as_json(ctx, query, info, rids, transport)), file=ctx.stdout)
             elif info is None:
-                rec = ctx.loaded().full_registry().records[rids[0]]
+                rec = ctx.registry().records[rids[0]]
                 rows.append([query, "-", transport or "-", "name-only", rec.name, "",
                              rec.description])
             else:
-                verdict = Verdict.of_port(info, assigned_only=ctx.loaded().table.assigned_only)
+                verdict = Verdict.of_port(info, assigned_only=ctx.table().assigned_only)
                 if verdict.flagged:
                     flagged[verdict.summary()] = None
                 flags = ",".join(_registry_flags(verdict))

@@ -68,9 +68,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
 
 def _info(ctx: Context, args: argparse.Namespace) -> int:
     selection = ctx.selection()
-    loaded = ctx.loaded()
-    table = loaded.table
-    stats = registry_stats(loaded.full_registry(), table)
+    table = ctx.table()
+    stats = registry_stats(ctx.registry(), table)
     updated = table.last_updated
     doc: dict[str, Any] = {
         "origin": selection.origin,
