@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 from typing import Any
 
 from portwatch._paths import cache_dir
@@ -96,4 +97,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     )
     daemon = Daemon(deps)
     daemon.install_signal_handlers()
-    return daemon.run()
+    try:
+        return daemon.run()
+    finally:
+        # Python resets its own handlers to the default at exit, so a second SIGTERM
+        # during interpreter shutdown would turn a clean exit 0 into death by signal.
+        # Ignored signals are left ignored.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
