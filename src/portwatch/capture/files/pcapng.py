@@ -21,7 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.files._framing import Framed, Interface, Stop, copy_region, gather_words
+from portwatch.capture.files._framing import (
+    DEFAULT_BATCH_BYTES,
+    Framed,
+    Interface,
+    Stop,
+    copy_region,
+    gather_words,
+)
 from portwatch.capture.files._run_predictor import RunPredictor, words_at
 from portwatch.errors import CaptureFormatError
 
@@ -185,10 +192,22 @@ class PcapngFramer:
         except _Damage as exc:
             raise CaptureFormatError(f"not a pcapng file: {exc}", path=path, offset=0) from None
 
-    def frame(self, buf: bytes | bytearray | memoryview, pos: int, end: int, limit: int) -> Framed:
-        """Find up to ``limit`` packet blocks in ``buf[pos:end]`` (one section at most)."""
+    def frame(
+        self,
+        buf: bytes | bytearray | memoryview,
+        pos: int,
+        end: int,
+        limit: int,
+        max_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> Framed:
+        """Find up to ``limit`` packet blocks in ``buf[pos:end]`` (one section at most).
+
+        From the first packet block on, the blocks taken span at most
+        ``max_bytes`` unless the first alone is bigger: blocks skipped between
+        packets count too, as the batch copies them.
+        """
         kinds = array("B")
-        framed = self._frame(buf, pos, end, limit, kinds)
+        framed = self._frame(buf, pos, end, limit, max_bytes, kinds=kinds)
         framed.kinds = kinds
         return framed
 
@@ -198,6 +217,8 @@ class PcapngFramer:
         pos: int,
         end: int,
         limit: int,
+        max_bytes: int,
+        *,
         kinds: array[int],
     ) -> Framed:
         positions: array[int] = array("q")
@@ -207,6 +228,7 @@ class PcapngFramer:
         nif = len(self.interfaces) - self._section_base
         view: npt.NDArray[np.uint8] | None = None
         previous = -1
+        budget_end = end  # set by the first packet block: it may span max_bytes from there
         n = 0
         while n < limit:
             if end - pos < 8:
@@ -224,6 +246,10 @@ class PcapngFramer:
                     and caplen <= length - 32
                     and u32(buf, pos + length - 4)[0] == length
                 ):
+                    if not n:
+                        budget_end = pos + max_bytes
+                    elif pos + length > budget_end:
+                        break
                     append(pos)
                     kind(_KIND_EPB)
                     n += 1
@@ -231,8 +257,8 @@ class PcapngFramer:
                     if length == previous and n < limit:
                         if view is None:
                             view = np.frombuffer(buf, dtype=np.uint8)
-                        run = self._run(view, pos, min(end, pos + (limit - n) * length),
-                                        length, nif)
+                        stop_at = min(end, budget_end, pos + (limit - n) * length)
+                        run = self._run(view, pos, stop_at, length, nif)
                         if run:
                             positions.extend(range(pos, pos + run * length, length))
                             kinds.extend(bytes([_KIND_EPB]) * run)
@@ -261,6 +287,8 @@ class PcapngFramer:
                 )
             if end - pos < length:
                 return Framed(positions, pos, Stop.PARTIAL)
+            if n and pos + length > budget_end:
+                break
             (trailer,) = u32(buf, pos + length - 4)
             if trailer != length:
                 return Framed(
@@ -283,6 +311,8 @@ class PcapngFramer:
                         if iface >= nif
                         else f"packet block claims {caplen} bytes in a {length}-byte block",
                     )
+                if not n:
+                    budget_end = pos + max_bytes
                 append(pos)
                 kind(_KIND_EPB)
                 n += 1
@@ -291,6 +321,8 @@ class PcapngFramer:
                     return Framed(
                         positions, pos, Stop.CORRUPT, "simple packet block without an interface"
                     )
+                if not n:
+                    budget_end = pos + max_bytes
                 append(pos)
                 kind(_KIND_SPB)
                 n += 1
@@ -329,12 +361,17 @@ class PcapngFramer:
         framed: Framed,
         base: int,
     ) -> PacketBatch:
-        """Turn framed blocks in ``buf[start:framed.end]`` into a batch."""
-        region = copy_region(buf, start, framed.end)
+        """Turn framed blocks in ``buf[start:framed.end]`` into a batch.
+
+        Only the bytes from the first packet block on are copied: blocks
+        skipped before it (interfaces, statistics) are not the batch's.
+        """
+        first = framed.positions[0]
+        region = copy_region(buf, first, framed.end)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         assert framed.kinds is not None
         is_spb = np.frombuffer(framed.kinds, dtype=np.uint8) == _KIND_SPB
-        rel = pos - start
+        rel = pos - first
         # EPB: type, length, interface, ts high, ts low, captured, original
         words = gather_words(region, rel, 7, self._order)
         local = np.where(is_spb, 0, words[:, 2]).astype(np.int64)
