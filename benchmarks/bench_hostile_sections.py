@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     args = parser.parse_args()
     print(f"Machine: {platform.node()} {platform.machine()}, Python {platform.python_version()}")
-    print("| sections | file | packets | seconds (best of %d) |" % args.repeat)
+    print(f"| sections | file | packets | seconds (best of {args.repeat}) |")
     print("|---:|---:|---:|---:|")
     for count in args.sections:
         data = sections(count)

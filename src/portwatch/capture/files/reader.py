@@ -230,6 +230,7 @@ class CaptureReader:
             if framed.positions:
                 batch = framer.build(feed.buf, start, framed, feed.base)
                 feed.pos = framed.end
+                feed.release()  # the batch owns a copy: drop the mapped pages before it is used
                 yield batch
             feed.pos = framed.end
             feed.release()
