@@ -36,7 +36,16 @@ from portwatch.capture.files._framing import (
 from portwatch.capture.files._run_predictor import RunPredictor, words_at
 from portwatch.errors import CaptureFormatError
 
-__all__ = ["BLOCK_SHB", "MAGIC", "PcapngFramer", "parse_options", "tsresol_to_ns"]
+__all__ = [
+    "BLOCK_SHB",
+    "MAGIC",
+    "NS_MAX",
+    "PcapngFramer",
+    "exact_ns",
+    "max_ticks",
+    "parse_options",
+    "tsresol_to_ns",
+]
 
 BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 0x00000001
@@ -83,6 +92,33 @@ def parse_options(
         out.append((code, bytes(buf[pos + 4 : value_end])))
         pos = value_end + (-length % 4)
     return out
+
+
+#: Timestamps are int64 nanoseconds since 1970: they end at 2262-04-11T23:47:16.854775807Z.
+NS_MAX = (1 << 63) - 1
+
+
+def _unit(tsresol: int) -> int:
+    """How many ticks make a second under ``if_tsresol``."""
+    return 1 << (tsresol & 0x7F) if tsresol & 0x80 else 10 ** tsresol
+
+
+def max_ticks(tsresol: int, tsoffset: int) -> int:
+    """The largest tick count whose time (``tsoffset`` seconds added) fits in int64 ns.
+
+    A record past it would wrap (to 1677 or 1969 instead of after 2262): it is
+    refused, as the scapy engine refuses it, rather than misdated.
+    """
+    room = NS_MAX - tsoffset * 1_000_000_000
+    if room < 0:
+        return -1
+    # floor(t * 1e9 / unit) <= room  <=>  t * 1e9 <= (room + 1) * unit - 1
+    return min(((room + 1) * _unit(tsresol) - 1) // 1_000_000_000, (1 << 64) - 1)
+
+
+def exact_ns(tsresol: int, tsoffset: int, ticks: int) -> int:
+    """One timestamp in nanoseconds with Python integers (for messages)."""
+    return ticks * 1_000_000_000 // _unit(tsresol) + tsoffset * 1_000_000_000
 
 
 def tsresol_to_ns(tsresol: int, ticks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
@@ -390,9 +426,11 @@ class PcapngFramer:
         offsets = rel + 28
         ticks = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
         ts = np.zeros(pos.shape[0], dtype=np.int64)
+        late = np.zeros(pos.shape[0], dtype=np.bool_)
         for idx in np.unique(local[~is_spb]).tolist():
             sel = (local == idx) & ~is_spb
             iface = table[idx]
+            late |= sel & (ticks > np.uint64(max(max_ticks(iface.tsresol, iface.tsoffset), 0)))
             ts[sel] = tsresol_to_ns(iface.tsresol, ticks[sel]) + iface.tsoffset * 1_000_000_000
         if is_spb.any():
             # SPB: type, length, original length, data. No timestamp: it stays 0.
@@ -402,7 +440,7 @@ class PcapngFramer:
             caplens[is_spb] = np.minimum(np.minimum(orig.astype(np.int64), room), snap)
             wirelens[is_spb] = orig
             offsets[is_spb] = rel[is_spb] + 12
-        return PacketBatch(
+        batch = PacketBatch(
             data=region,
             offsets=offsets,
             caplens=caplens,
@@ -413,3 +451,25 @@ class PcapngFramer:
             interfaces=(local + self._section_base).astype(np.uint32),
             file_offsets=pos + base,
         )
+        if late.any():
+            batch = self._refuse_from(batch, framed, int(np.flatnonzero(late)[0]), ticks, local)
+        return batch
+
+    def _refuse_from(
+        self,
+        batch: PacketBatch,
+        framed: Framed,
+        bad: int,
+        ticks: npt.NDArray[np.uint64],
+        local: npt.NDArray[np.int64],
+    ) -> PacketBatch:
+        """Keep the records before ``bad``; the framing now stops, damaged, at ``bad``."""
+        iface = self._section_ifaces[int(local[bad])]
+        stamp = exact_ns(iface.tsresol, iface.tsoffset, int(ticks[bad]))
+        framed.end = int(framed.positions[bad])
+        framed.stop = Stop.CORRUPT
+        framed.message = (
+            f"record timestamp {stamp} ns is out of range "
+            "(64-bit nanoseconds end in April 2262)"
+        )
+        return batch.slice(0, bad)

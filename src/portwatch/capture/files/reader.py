@@ -231,7 +231,8 @@ class CaptureReader:
                 batch = framer.build(feed.buf, start, framed, feed.base)
                 feed.pos = framed.end
                 feed.release()  # the batch owns a copy: drop the mapped pages before it is used
-                yield batch
+                if len(batch):  # empty when its first record was refused on building
+                    yield batch
             feed.pos = framed.end
             feed.release()
             if framed.stop is Stop.LIMIT:
