@@ -297,3 +297,17 @@ def test_writes_are_bounded_in_bytes_whatever_the_packet_sizes() -> None:
     back = [b.packet(i) for b in open_capture(out.getvalue(), "w") for i in range(len(b))]
     assert back == frames
     assert writer.warnings == []
+
+
+@pytest.mark.parametrize("tsresol", [0x94, 0x80 | 30, 0x80 | 34, 6, 9, 12])
+def test_copied_timestamps_read_back_exactly_at_any_resolution(tsresol: int) -> None:
+    """Rounding ticks down lost a nanosecond per copy at 2**-20 s (found by the fuzzer)."""
+    from portwatch.capture.files.pcapng import tsresol_to_ns
+
+    ticks = np.array([0, 1, 977, 1_234_567_891, (1 << 40) + 12_345], dtype=np.uint64)
+    ns = tsresol_to_ns(tsresol, ticks)
+    batch = PacketBatch.from_packets([b"x" * 20] * len(ns), 1, timestamps_ns=ns.tolist())
+    out = io.BytesIO()
+    PcapngWriter(out, [Interface(link_type=1, snaplen=0, tsresol=tsresol)]).write_batch(batch)
+    back = next(iter(open_capture(out.getvalue(), "r")))
+    assert back.timestamps_ns.tolist() == ns.tolist()

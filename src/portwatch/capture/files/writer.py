@@ -95,14 +95,23 @@ def _block(btype: int, body: bytes) -> bytes:
 
 
 def ns_to_ticks(tsresol: int, ns: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-    """Nanoseconds to ``if_tsresol`` units (the inverse of ``pcapng.tsresol_to_ns``)."""
+    """Nanoseconds to ``if_tsresol`` units (the inverse of ``pcapng.tsresol_to_ns``).
+
+    Binary resolutions round up: the reader floors ``ticks * 1e9 / 2**shift``,
+    so the smallest tick count at or above ``ns`` reads back as ``ns`` again
+    (rounding down lost up to a nanosecond per copy, found by the fuzzer).
+    """
     ns_u = ns.astype(np.uint64)
     billion = np.uint64(1_000_000_000)
+    if tsresol & 0x80 and tsresol & 0x7F > 34:
+        # as the reader does: through float64 (whole seconds shifted this far overflow uint64)
+        scaled = np.ceil(ns.astype(np.float64) * (2.0 ** (tsresol & 0x7F) / 1e9))
+        return np.minimum(scaled, 2.0**64 - 2048).astype(np.uint64)
     if tsresol & 0x80:
         shift = np.uint64(tsresol & 0x7F)
         ticks: npt.NDArray[np.uint64] = ((ns_u // billion) << shift) + (
-            ((ns_u % billion) << shift) // billion
-        )
+            ((ns_u % billion) << shift) + billion - np.uint64(1)
+        ) // billion
         return ticks
     if tsresol <= 9:
         return ns_u // np.uint64(10 ** (9 - tsresol))
