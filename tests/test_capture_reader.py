@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import shutil
+import struct
 import subprocess
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from portwatch.capture.files._framing import REGION_SLACK
 from portwatch.capture.files.reader import CaptureReader, open_capture, read_capture_path
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
@@ -296,3 +298,112 @@ def test_random_mutations_raise_nothing_but_capture_errors(
             assert bool((batch.offsets + batch.caplens <= batch.data.shape[0]).all())
     except CaptureError:
         pass
+
+
+# -- batches are bounded in bytes as well as in records ----------------------------------
+
+
+def pcap_of(sizes: list[int]) -> bytes:
+    """A little-endian microsecond pcap (Ethernet) with one record per size, filled 0xAB."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)]
+    for i, size in enumerate(sizes):
+        out.append(struct.pack("<IIII", i, 0, size, size) + bytes([i % 251]) * size)
+    return b"".join(out)
+
+
+def pcapng_of(blocks: list[tuple[str, int]]) -> bytes:
+    """A pcapng with one interface; ``("epb", n)`` is a packet, ``("cb", n)`` a custom block."""
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+           block(1, struct.pack("<HHI", 1, 0, 0))]
+    for i, (kind, size) in enumerate(blocks):
+        if kind == "epb":
+            out.append(block(6, struct.pack("<IIIII", 0, 0, i, size, size) + bytes([i]) * size))
+        else:
+            out.append(block(0x00000BAD, struct.pack("<I", 32473) + bytes(size)))
+    return b"".join(out)
+
+
+def spans(reader: CaptureReader) -> list[tuple[int, int, int]]:
+    """(records, file bytes from the first record to the end of the last, bytes copied).
+
+    The copied region starts at the first record, so the last packet's end in it is the span.
+    """
+    out = []
+    for batch in reader:
+        span = int(batch.offsets[-1]) + int(batch.caplens[-1])
+        out.append((len(batch), span, int(batch.data.shape[0]) - REGION_SLACK))
+    return out
+
+
+def _open_as(kind: str, data: bytes, tmp_path: Path, batch_bytes: int) -> CaptureReader:
+    if kind == "mmap":
+        path = tmp_path / "c.cap"
+        path.write_bytes(data)
+        return read_capture_path(str(path), batch_bytes=batch_bytes)
+    if kind == "stream":
+        return open_capture(io.BytesIO(data), "s", batch_bytes=batch_bytes)
+    if kind == "gzip":
+        return open_capture(gzip.compress(data, mtime=0), "g", batch_bytes=batch_bytes)
+    return open_capture(data, "b", batch_bytes=batch_bytes)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "mmap", "stream", "gzip"])
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_batches_never_copy_more_than_batch_bytes(kind: str, fmt: str, tmp_path: Path) -> None:
+    sizes = [1000] * 40 + [100] * 30 + [1500, 7, 1500] * 5
+    data = pcap_of(sizes) if fmt == "pcap" else pcapng_of([("epb", s) for s in sizes])
+    with _open_as(kind, data, tmp_path, 4096) as reader:
+        got = spans(reader)
+    assert sum(n for n, _, _ in got) == len(sizes)
+    for _, span, copied in got:
+        assert span <= 4096
+        assert copied <= 4096 + 28  # pcapng: the last block's options and trailer
+    assert max(n for n, _, _ in got) >= 3  # small records still share a batch
+    assert read_all(data, 65536) == read_all_bounded(data, 4096)
+
+
+def read_all_bounded(data: bytes, batch_bytes: int) -> list[tuple[bytes, int, int, int]]:
+    return packets(open_capture(data, "t", batch_bytes=batch_bytes))
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_a_record_bigger_than_batch_bytes_comes_alone(fmt: str) -> None:
+    sizes = [100, 9000, 100, 100]
+    data = pcap_of(sizes) if fmt == "pcap" else pcapng_of([("epb", s) for s in sizes])
+    got = spans(open_capture(data, "t", batch_bytes=4096))
+    assert [n for n, _, _ in got] == [1, 1, 2]
+    assert [len(p[0]) for p in read_all_bounded(data, 4096)] == sizes
+
+
+def test_blocks_skipped_between_packets_count_against_batch_bytes() -> None:
+    data = pcapng_of([("epb", 60), ("cb", 100_000), ("epb", 60), ("cb", 100_000), ("epb", 60)])
+    got = spans(open_capture(data, "t", batch_bytes=4096))
+    assert [n for n, _, _ in got] == [1, 1, 1]
+    assert max(copied for _, _, copied in got) < 4096
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=40),
+    batch_bytes=st.integers(1, 20_000),
+    batch_size=st.integers(1, 9),
+)
+def test_byte_and_record_bounds_never_change_what_is_read(
+    sizes: list[int], batch_bytes: int, batch_size: int
+) -> None:
+    for data in (pcap_of(sizes), pcapng_of([("epb", s) for s in sizes])):
+        reader = open_capture(data, "t", batch_size, batch_bytes=batch_bytes)
+        got = [(p[0], p[3]) for p in packets(reader)]
+        assert got == [(p[0], p[3]) for p in read_all(data)]
+        for n, span, _ in spans(open_capture(data, "t", batch_size, batch_bytes=batch_bytes)):
+            assert n <= batch_size
+            assert n == 1 or span <= batch_bytes
+
+
+def test_batch_bytes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="batch_bytes"):
+        open_capture(pcap_of([10]), "t", batch_bytes=0)

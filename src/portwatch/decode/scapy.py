@@ -23,6 +23,7 @@ scapy is imported only when this module's functions run.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -235,10 +236,63 @@ def packet_timestamp_ns(packet: Any) -> int:
 
 
 # -- reading --------------------------------------------------------------------
+#: scapy reads record and block headers in pieces of at most this many bytes.
+_HEADER_PROBE = 16
+
+
+class _BoundedFile:
+    """The capture file as scapy reads it, never asked for more than it holds.
+
+    scapy reads a pcapng block body with one ``read(length - 12)``: a 176-byte
+    file whose block claims 0xFFFFFFFC bytes made it allocate 4 GiB and die
+    with ``MemoryError``. Here such a read gets what is left, scapy sees a
+    short block and stops, and ``overrun`` keeps where and what for the error.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.name = path
+        self.size = os.fstat(self._f.fileno()).st_size
+        self.overrun: tuple[int, int] | None = None  # (offset, bytes asked)
+
+    def read(self, n: int = -1) -> bytes:
+        at = self._f.tell()
+        left = max(self.size - at, 0)
+        if n is None or n < 0:
+            n = left
+        elif n > left:
+            # a header-sized read at the very end is scapy probing for the next record
+            if (left or n > _HEADER_PROBE) and self.overrun is None:
+                self.overrun = (at, n)
+            n = left
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _overrun_error(path: str, fileobj: _BoundedFile) -> CaptureTruncatedError | None:
+    if fileobj.overrun is None:
+        return None
+    at, asked = fileobj.overrun
+    return CaptureTruncatedError(
+        f"a record asks for {asked} bytes at byte {at}, but the file ends "
+        f"{max(fileobj.size - at, 0)} bytes later",
+        path=path,
+        offset=at,
+    )
+
+
 def _open(path: str) -> Any:
     """scapy's reader on a file we own: scapy leaks its own if the sniff fails."""
     s = _scapy()
-    fileobj = open(path, "rb")  # noqa: SIM115 - owned by the reader, closed with it
+    fileobj = _BoundedFile(path)
     try:
         reader = s.RawPcapReader(fileobj)
     except s.Scapy_Exception as exc:
@@ -314,6 +368,7 @@ def iter_decoded(
     """
     s = _scapy()
     reader = _open(path)
+    bounded = reader.f if isinstance(reader.f, _BoundedFile) else None
     rows: list[Row] = []
     stamps: list[int] = []
     try:
@@ -327,7 +382,19 @@ def iter_decoded(
                 raise CaptureTruncatedError(
                     f"scapy stopped: {exc}", path=path, offset=offset
                 ) from exc
+            except MemoryError as exc:  # a length we could not bound (inside gzip)
+                if rows:
+                    yield _batch(rows, stamps)
+                raise CaptureTruncatedError(
+                    "scapy ran out of memory on a record claiming a huge length",
+                    path=path, offset=offset,
+                ) from exc
             if record is None:
+                overrun = None if bounded is None else _overrun_error(path, bounded)
+                if overrun is not None:
+                    if rows:
+                        yield _batch(rows, stamps)
+                    raise overrun
                 break
             data, meta = record
             row, stamp, cut = _record(s, reader, data, meta)
@@ -339,8 +406,13 @@ def iter_decoded(
                     path=path, offset=offset,
                 )
             if not -_INT64_MAX <= stamp <= _INT64_MAX:
-                raise CaptureFormatError(
-                    f"record timestamp {stamp} ns is out of range", path=path, offset=offset
+                # the native reader's rule: damage at this record, the packets before count
+                if rows:
+                    yield _batch(rows, stamps)
+                raise CaptureTruncatedError(
+                    f"record timestamp {stamp} ns is out of range "
+                    "(64-bit nanoseconds end in April 2262)",
+                    path=path, offset=offset,
                 )
             rows.append(row)
             stamps.append(stamp)

@@ -15,10 +15,21 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["REGION_SLACK", "Framed", "Interface", "Stop", "copy_region", "gather_words"]
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "REGION_SLACK",
+    "Framed",
+    "Interface",
+    "Stop",
+    "copy_region",
+    "gather_words",
+]
 
 #: Gathering fixed-width headers may read past the last record; regions get this slack.
 REGION_SLACK = 32
+#: File bytes one batch may span (records and the blocks between them), unless a single
+#: record is bigger. A count bound alone lets 65,536 records of 64 KiB copy 4 GiB at once.
+DEFAULT_BATCH_BYTES = 64 << 20
 
 
 class Stop(enum.Enum):

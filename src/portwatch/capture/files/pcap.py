@@ -18,7 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.files._framing import Framed, Interface, Stop, copy_region, gather_words
+from portwatch.capture.files._framing import (
+    DEFAULT_BATCH_BYTES,
+    Framed,
+    Interface,
+    Stop,
+    copy_region,
+    gather_words,
+)
 from portwatch.capture.files._run_predictor import RunPredictor, words_at
 from portwatch.errors import CaptureFormatError
 
@@ -111,13 +118,25 @@ class PcapFramer:
         self._u4 = np.dtype(header.byteorder + "u4")
         self._runs = RunPredictor()
 
-    def frame(self, buf: bytes | bytearray | memoryview, pos: int, end: int, limit: int) -> Framed:
-        """Find up to ``limit`` whole records in ``buf[pos:end]``; never reads past ``end``."""
+    def frame(
+        self,
+        buf: bytes | bytearray | memoryview,
+        pos: int,
+        end: int,
+        limit: int,
+        max_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> Framed:
+        """Find up to ``limit`` whole records in ``buf[pos:end]``; never reads past ``end``.
+
+        The records found span at most ``max_bytes`` of ``buf`` (headers included)
+        unless the first one alone is bigger: a batch is bounded in bytes too.
+        """
         positions: array[int] = array("q")
         append = positions.append
         unpack = self._incl.unpack_from
         max_caplen = self._max_caplen
         view: npt.NDArray[np.uint8] | None = None
+        budget_end = pos + max_bytes
         previous = -1
         n = 0
         while n < limit:
@@ -135,13 +154,15 @@ class PcapFramer:
             nxt = pos + RECORD_HEADER_LEN + incl
             if nxt > end:
                 return Framed(positions, pos, Stop.PARTIAL)
+            if n and nxt > budget_end:
+                break
             append(pos)
             pos = nxt
             n += 1
             if incl == previous:
                 if view is None:
                     view = np.frombuffer(buf, dtype=np.uint8)
-                taken = self._run(view, pos, end, incl, limit - n)
+                taken = self._run(view, pos, min(end, budget_end), incl, limit - n)
                 if taken:
                     stride = RECORD_HEADER_LEN + incl
                     positions.extend(range(pos, pos + taken * stride, stride))
@@ -175,9 +196,10 @@ class PcapFramer:
 
         ``base`` is the file offset of ``buf[0]`` (non-zero when streaming).
         """
-        region = copy_region(buf, start, framed.end)
+        first = framed.positions[0]
+        region = copy_region(buf, first, framed.end)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
-        rel = pos - start
+        rel = pos - first
         words = gather_words(region, rel, 4, self.header.byteorder)
         n = rel.shape[0]
         ts = words[:, 0].astype(np.int64) * 1_000_000_000 + words[:, 1].astype(np.int64) * (

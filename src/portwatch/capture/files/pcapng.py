@@ -9,7 +9,11 @@ can be gathered with numpy afterwards.
 
 ``PacketBatch.interfaces`` holds an index into :attr:`PcapngFramer.interfaces`,
 which lists the interfaces of every section seen so far in file order (for a
-single-section file that is the pcapng interface id itself).
+single-section file that is the pcapng interface id itself). A batch is built
+from its own section's interfaces only (a table per section), so the work per
+section does not grow with the sections before it: 50,000 one-packet
+sections once took 58 s because every batch rebuilt the link types of all
+interfaces seen so far.
 """
 
 from __future__ import annotations
@@ -21,11 +25,27 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.files._framing import Framed, Interface, Stop, copy_region, gather_words
+from portwatch.capture.files._framing import (
+    DEFAULT_BATCH_BYTES,
+    Framed,
+    Interface,
+    Stop,
+    copy_region,
+    gather_words,
+)
 from portwatch.capture.files._run_predictor import RunPredictor, words_at
 from portwatch.errors import CaptureFormatError
 
-__all__ = ["BLOCK_SHB", "MAGIC", "PcapngFramer", "parse_options", "tsresol_to_ns"]
+__all__ = [
+    "BLOCK_SHB",
+    "MAGIC",
+    "NS_MAX",
+    "PcapngFramer",
+    "exact_ns",
+    "max_ticks",
+    "parse_options",
+    "tsresol_to_ns",
+]
 
 BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 0x00000001
@@ -74,6 +94,33 @@ def parse_options(
     return out
 
 
+#: Timestamps are int64 nanoseconds since 1970: they end at 2262-04-11T23:47:16.854775807Z.
+NS_MAX = (1 << 63) - 1
+
+
+def _unit(tsresol: int) -> int:
+    """How many ticks make a second under ``if_tsresol``."""
+    return 1 << (tsresol & 0x7F) if tsresol & 0x80 else 10 ** tsresol
+
+
+def max_ticks(tsresol: int, tsoffset: int) -> int:
+    """The largest tick count whose time (``tsoffset`` seconds added) fits in int64 ns.
+
+    A record past it would wrap (to 1677 or 1969 instead of after 2262): it is
+    refused, as the scapy engine refuses it, rather than misdated.
+    """
+    room = NS_MAX - tsoffset * 1_000_000_000
+    if room < 0:
+        return -1
+    # floor(t * 1e9 / unit) <= room  <=>  t * 1e9 <= (room + 1) * unit - 1
+    return min(((room + 1) * _unit(tsresol) - 1) // 1_000_000_000, (1 << 64) - 1)
+
+
+def exact_ns(tsresol: int, tsoffset: int, ticks: int) -> int:
+    """One timestamp in nanoseconds with Python integers (for messages)."""
+    return ticks * 1_000_000_000 // _unit(tsresol) + tsoffset * 1_000_000_000
+
+
 def tsresol_to_ns(tsresol: int, ticks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
     """Convert timestamps in ``if_tsresol`` units (uint64) to int64 nanoseconds."""
     if tsresol & 0x80:
@@ -100,6 +147,8 @@ class PcapngFramer:
         self.sections = 0
         self._order = "<"
         self._section_base = 0  # index in ``interfaces`` of this section's interface 0
+        self._section_ifaces: list[Interface] = []  # this section's, by interface id
+        self._section_links = array("H")
         self._runs = RunPredictor()
         self._set_order("<")
 
@@ -138,6 +187,8 @@ class PcapngFramer:
         self._set_order(order)
         self.sections += 1
         self._section_base = len(self.interfaces)
+        self._section_ifaces = []
+        self._section_links = array("H")
         return int(length)
 
     def _interface(self, buf: bytes | bytearray | memoryview, pos: int, length: int) -> None:
@@ -161,18 +212,19 @@ class PcapngFramer:
             raise _Damage(f"interface timestamp resolution {tsresol:#x} is out of range")
         if abs(tsoffset) > 1 << 33:
             raise _Damage(f"interface timestamp offset {tsoffset} s is out of range")
-        self.interfaces.append(
-            Interface(
-                link_type=link_type,
-                snaplen=snaplen,
-                name=name,
-                tsresol=tsresol,
-                tsoffset=tsoffset,
-                description=description,
-                fcs_len=fcs_len,
-                section=self.sections - 1,
-            )
+        iface = Interface(
+            link_type=link_type,
+            snaplen=snaplen,
+            name=name,
+            tsresol=tsresol,
+            tsoffset=tsoffset,
+            description=description,
+            fcs_len=fcs_len,
+            section=self.sections - 1,
         )
+        self.interfaces.append(iface)
+        self._section_ifaces.append(iface)
+        self._section_links.append(link_type)
 
     # -- framing ----------------------------------------------------------------
 
@@ -185,10 +237,22 @@ class PcapngFramer:
         except _Damage as exc:
             raise CaptureFormatError(f"not a pcapng file: {exc}", path=path, offset=0) from None
 
-    def frame(self, buf: bytes | bytearray | memoryview, pos: int, end: int, limit: int) -> Framed:
-        """Find up to ``limit`` packet blocks in ``buf[pos:end]`` (one section at most)."""
+    def frame(
+        self,
+        buf: bytes | bytearray | memoryview,
+        pos: int,
+        end: int,
+        limit: int,
+        max_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> Framed:
+        """Find up to ``limit`` packet blocks in ``buf[pos:end]`` (one section at most).
+
+        From the first packet block on, the blocks taken span at most
+        ``max_bytes`` unless the first alone is bigger: blocks skipped between
+        packets count too, as the batch copies them.
+        """
         kinds = array("B")
-        framed = self._frame(buf, pos, end, limit, kinds)
+        framed = self._frame(buf, pos, end, limit, max_bytes, kinds=kinds)
         framed.kinds = kinds
         return framed
 
@@ -198,6 +262,8 @@ class PcapngFramer:
         pos: int,
         end: int,
         limit: int,
+        max_bytes: int,
+        *,
         kinds: array[int],
     ) -> Framed:
         positions: array[int] = array("q")
@@ -207,6 +273,7 @@ class PcapngFramer:
         nif = len(self.interfaces) - self._section_base
         view: npt.NDArray[np.uint8] | None = None
         previous = -1
+        budget_end = end  # set by the first packet block: it may span max_bytes from there
         n = 0
         while n < limit:
             if end - pos < 8:
@@ -224,6 +291,10 @@ class PcapngFramer:
                     and caplen <= length - 32
                     and u32(buf, pos + length - 4)[0] == length
                 ):
+                    if not n:
+                        budget_end = pos + max_bytes
+                    elif pos + length > budget_end:
+                        break
                     append(pos)
                     kind(_KIND_EPB)
                     n += 1
@@ -231,8 +302,8 @@ class PcapngFramer:
                     if length == previous and n < limit:
                         if view is None:
                             view = np.frombuffer(buf, dtype=np.uint8)
-                        run = self._run(view, pos, min(end, pos + (limit - n) * length),
-                                        length, nif)
+                        stop_at = min(end, budget_end, pos + (limit - n) * length)
+                        run = self._run(view, pos, stop_at, length, nif)
                         if run:
                             positions.extend(range(pos, pos + run * length, length))
                             kinds.extend(bytes([_KIND_EPB]) * run)
@@ -261,6 +332,8 @@ class PcapngFramer:
                 )
             if end - pos < length:
                 return Framed(positions, pos, Stop.PARTIAL)
+            if n and pos + length > budget_end:
+                break
             (trailer,) = u32(buf, pos + length - 4)
             if trailer != length:
                 return Framed(
@@ -283,6 +356,8 @@ class PcapngFramer:
                         if iface >= nif
                         else f"packet block claims {caplen} bytes in a {length}-byte block",
                     )
+                if not n:
+                    budget_end = pos + max_bytes
                 append(pos)
                 kind(_KIND_EPB)
                 n += 1
@@ -291,6 +366,8 @@ class PcapngFramer:
                     return Framed(
                         positions, pos, Stop.CORRUPT, "simple packet block without an interface"
                     )
+                if not n:
+                    budget_end = pos + max_bytes
                 append(pos)
                 kind(_KIND_SPB)
                 n += 1
@@ -329,42 +406,70 @@ class PcapngFramer:
         framed: Framed,
         base: int,
     ) -> PacketBatch:
-        """Turn framed blocks in ``buf[start:framed.end]`` into a batch."""
-        region = copy_region(buf, start, framed.end)
+        """Turn framed blocks in ``buf[start:framed.end]`` into a batch.
+
+        Only the bytes from the first packet block on are copied: blocks
+        skipped before it (interfaces, statistics) are not the batch's.
+        """
+        first = framed.positions[0]
+        region = copy_region(buf, first, framed.end)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         assert framed.kinds is not None
         is_spb = np.frombuffer(framed.kinds, dtype=np.uint8) == _KIND_SPB
-        rel = pos - start
+        rel = pos - first
         # EPB: type, length, interface, ts high, ts low, captured, original
         words = gather_words(region, rel, 7, self._order)
         local = np.where(is_spb, 0, words[:, 2]).astype(np.int64)
-        ifaces = local + self._section_base
-        table = self.interfaces
-        link = np.array([i.link_type for i in table], dtype=np.uint16)
+        table = self._section_ifaces
         caplens = words[:, 5].copy()
         wirelens = words[:, 6].copy()
         offsets = rel + 28
         ticks = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
         ts = np.zeros(pos.shape[0], dtype=np.int64)
-        for idx in np.unique(ifaces[~is_spb]).tolist():
-            sel = (ifaces == idx) & ~is_spb
+        late = np.zeros(pos.shape[0], dtype=np.bool_)
+        for idx in np.unique(local[~is_spb]).tolist():
+            sel = (local == idx) & ~is_spb
             iface = table[idx]
+            late |= sel & (ticks > np.uint64(max(max_ticks(iface.tsresol, iface.tsoffset), 0)))
             ts[sel] = tsresol_to_ns(iface.tsresol, ticks[sel]) + iface.tsoffset * 1_000_000_000
         if is_spb.any():
             # SPB: type, length, original length, data. No timestamp: it stays 0.
-            snap = table[self._section_base].snaplen or 0xFFFFFFFF
+            snap = table[0].snaplen or 0xFFFFFFFF
             orig = words[is_spb, 2]
             room = words[is_spb, 1].astype(np.int64) - 16
             caplens[is_spb] = np.minimum(np.minimum(orig.astype(np.int64), room), snap)
             wirelens[is_spb] = orig
             offsets[is_spb] = rel[is_spb] + 12
-        return PacketBatch(
+        batch = PacketBatch(
             data=region,
             offsets=offsets,
             caplens=caplens,
             wirelens=wirelens,
             timestamps_ns=ts,
-            linktypes=link[ifaces],
-            interfaces=ifaces.astype(np.uint32),
+            # a transient view: the array may grow again once this returns
+            linktypes=np.frombuffer(self._section_links, dtype=np.uint16)[local],
+            interfaces=(local + self._section_base).astype(np.uint32),
             file_offsets=pos + base,
         )
+        if late.any():
+            batch = self._refuse_from(batch, framed, int(np.flatnonzero(late)[0]), ticks, local)
+        return batch
+
+    def _refuse_from(
+        self,
+        batch: PacketBatch,
+        framed: Framed,
+        bad: int,
+        ticks: npt.NDArray[np.uint64],
+        local: npt.NDArray[np.int64],
+    ) -> PacketBatch:
+        """Keep the records before ``bad``; the framing now stops, damaged, at ``bad``."""
+        iface = self._section_ifaces[int(local[bad])]
+        stamp = exact_ns(iface.tsresol, iface.tsoffset, int(ticks[bad]))
+        framed.end = int(framed.positions[bad])
+        framed.stop = Stop.CORRUPT
+        framed.message = (
+            f"record timestamp {stamp} ns is out of range "
+            "(64-bit nanoseconds end in April 2262)"
+        )
+        return batch.slice(0, bad)

@@ -6,6 +6,11 @@ stream, never whole). A buffer (``bytes``, ``mmap``) is framed in place; a
 file object is read in chunks into a rolling buffer, so ``tcpdump -w - |
 portwatch analyze -`` works and memory stays bounded by the batch size.
 
+A batch is bounded twice: at most ``batch_size`` records and at most
+``batch_bytes`` bytes of the file (64 MiB by default), except that a batch
+always holds at least one record. Without the byte bound, 65,536 records of
+64 KiB would be copied at once (4 GiB per batch).
+
 Damage is reported after the good data: the iterator yields every packet
 before the first bad record, then raises :class:`CaptureTruncatedError` with
 the byte offset of that record. Input that is no capture at all raises
@@ -28,13 +33,14 @@ from types import TracebackType
 from typing import BinaryIO, Protocol
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.files._framing import Framed, Interface, Stop
+from portwatch.capture.files._framing import DEFAULT_BATCH_BYTES, Framed, Interface, Stop
 from portwatch.capture.files.pcap import FILE_HEADER_LEN, MAGICS, PcapFramer, parse_header
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
 from portwatch.capture.files.pcapng import PcapngFramer
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError
 
 __all__ = [
+    "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
     "CaptureReader",
     "open_capture",
@@ -54,7 +60,7 @@ class _Framer(Protocol):
     interfaces: list[Interface]
 
     def frame(
-        self, buf: bytes | bytearray | memoryview, pos: int, end: int, limit: int
+        self, buf: bytes | bytearray | memoryview, pos: int, end: int, limit: int, max_bytes: int
     ) -> Framed: ...
 
     def build(
@@ -174,13 +180,17 @@ class CaptureReader:
         name: str,
         batch_size: int,
         *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
         compressed: bool = False,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
+        if batch_bytes < 1:
+            raise ValueError(f"batch_bytes must be positive, not {batch_bytes}")
         self.name = name
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.compressed = compressed
         self._feed = feed
         self._framer = framer
@@ -216,11 +226,13 @@ class CaptureReader:
         feed, framer = self._feed, self._framer
         while True:
             start = feed.pos
-            framed = framer.frame(feed.buf, start, feed.end, self.batch_size)
+            framed = framer.frame(feed.buf, start, feed.end, self.batch_size, self.batch_bytes)
             if framed.positions:
                 batch = framer.build(feed.buf, start, framed, feed.base)
                 feed.pos = framed.end
-                yield batch
+                feed.release()  # the batch owns a copy: drop the mapped pages before it is used
+                if len(batch):  # empty when its first record was refused on building
+                    yield batch
             feed.pos = framed.end
             feed.release()
             if framed.stop is Stop.LIMIT:
@@ -278,7 +290,9 @@ class _ViewReader:
         return out
 
 
-def _sniff(feed: _Feed, name: str, batch_size: int, compressed: bool) -> CaptureReader:
+def _sniff(
+    feed: _Feed, name: str, batch_size: int, batch_bytes: int, compressed: bool
+) -> CaptureReader:
     have = _need(feed, 4)
     head = bytes(feed.buf[feed.pos : feed.pos + 4])
     if not have:
@@ -305,11 +319,17 @@ def _sniff(feed: _Feed, name: str, batch_size: int, compressed: bool) -> Capture
             path=name,
             offset=0,
         )
-    return CaptureReader(feed, framer, name, batch_size, compressed=compressed)
+    return CaptureReader(
+        feed, framer, name, batch_size, batch_bytes=batch_bytes, compressed=compressed
+    )
 
 
 def open_capture(
-    source: BinaryIO | Buffer, name: str, batch_size: int = DEFAULT_BATCH_SIZE
+    source: BinaryIO | Buffer,
+    name: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    *,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> CaptureReader:
     """Sniff ``source`` and return a reader; ``name`` is what errors call it.
 
@@ -325,13 +345,15 @@ def open_capture(
         feed = _StreamFeed(read, _no_error)
         raw = read
     if not _need(feed, 2) or bytes(feed.buf[feed.pos : feed.pos + 2]) != GZIP_MAGIC:
-        return _sniff(feed, name, batch_size, compressed=False)
+        return _sniff(feed, name, batch_size, batch_bytes, compressed=False)
     if isinstance(feed, _StreamFeed):
         # The sniffed bytes were already taken from the stream: hand them back first.
         prefix = bytes(feed.buf[feed.pos : feed.end])
         raw = _Prefixed(prefix, raw).read
     gunzip = _Gunzip(raw)
-    return _sniff(_StreamFeed(gunzip.read, gunzip.error), name, batch_size, compressed=True)
+    return _sniff(
+        _StreamFeed(gunzip.read, gunzip.error), name, batch_size, batch_bytes, compressed=True
+    )
 
 
 class _Prefixed:
@@ -348,7 +370,9 @@ class _Prefixed:
         return self._read(n)
 
 
-def read_capture_path(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> CaptureReader:
+def read_capture_path(
+    path: str, batch_size: int = DEFAULT_BATCH_SIZE, *, batch_bytes: int = DEFAULT_BATCH_BYTES
+) -> CaptureReader:
     """Open a capture by path: mmap a regular file, stream anything else; ``-`` is stdin.
 
     The returned reader owns what it opened: use it as a context manager or
@@ -356,17 +380,17 @@ def read_capture_path(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Captur
     refuses zero-length maps) and so reports a format error.
     """
     if path == "-":
-        return open_capture(sys.stdin.buffer, "-", batch_size)
+        return open_capture(sys.stdin.buffer, "-", batch_size, batch_bytes=batch_bytes)
     fileobj = open(path, "rb")  # noqa: SIM115 - owned by the reader, closed by it
     try:
         info = os.fstat(fileobj.fileno())
         if not stat.S_ISREG(info.st_mode):
-            reader = open_capture(fileobj, path, batch_size)
+            reader = open_capture(fileobj, path, batch_size, batch_bytes=batch_bytes)
             reader._on_close = fileobj.close
             return reader
         if info.st_size == 0:
             fileobj.close()
-            return open_capture(b"", path, batch_size)
+            return open_capture(b"", path, batch_size, batch_bytes=batch_bytes)
         mapped = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
     except BaseException:
         fileobj.close()
@@ -380,7 +404,7 @@ def read_capture_path(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Captur
         fileobj.close()
 
     try:
-        reader = open_capture(mapped, path, batch_size)
+        reader = open_capture(mapped, path, batch_size, batch_bytes=batch_bytes)
     except BaseException:
         release()
         raise

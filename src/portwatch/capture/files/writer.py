@@ -10,6 +10,14 @@ between buffers.
 
 The CLI writes through ``portwatch._atomic.atomic_output``, so an annotated
 copy is either complete or absent.
+
+Whatever the source held, the copy is one that readers accept: an option
+value longer than 65,535 bytes (an interface name of invalid UTF-8 grows by
+half when its bytes become replacement characters) is cut on a character
+boundary, and packet data longer than :data:`MAX_WRITE_CAPLEN` (Wireshark's
+262,144-byte limit: tshark refuses ``cap_len`` beyond it, and portwatch's
+own pcapng reader refuses blocks over 16 MiB) is cut with its original
+length kept. Each cut is reported in :attr:`PcapngWriter.warnings`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy.typing as npt
 
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files._framing import Interface
+from portwatch.capture.files.pcap import DEFAULT_MAX_CAPLEN
 from portwatch.capture.files.pcapng import (
     BLOCK_EPB,
     BLOCK_IDB,
@@ -36,10 +45,24 @@ from portwatch.capture.files.pcapng import (
     OPT_COMMENT,
 )
 
-__all__ = ["WRITE_PACKETS", "PcapngWriter", "ns_to_ticks"]
+__all__ = [
+    "MAX_OPTION_LEN",
+    "MAX_WRITE_CAPLEN",
+    "WRITE_BYTES",
+    "WRITE_PACKETS",
+    "PcapngWriter",
+    "ns_to_ticks",
+]
 
 #: Packets laid out per write: bounds the writer's buffer (about 9 MB of 500-byte packets).
 WRITE_PACKETS = 16_384
+#: Bytes laid out per write (at least one packet): big packets must not multiply it.
+WRITE_BYTES = 16 << 20
+#: Packet bytes written per packet at most: tshark refuses a larger ``cap_len``
+#: ("pcapng: cap_len 262145 is larger than 262144") for the link types portwatch reads.
+MAX_WRITE_CAPLEN = DEFAULT_MAX_CAPLEN
+#: An option's length field is 16 bits.
+MAX_OPTION_LEN = 0xFFFF
 
 SHB_USERAPPL = 4
 _OPT = struct.Struct("<HH")
@@ -55,20 +78,40 @@ def _option(code: int, value: bytes) -> bytes:
     return _OPT.pack(code, len(value)) + value + b"\0" * _pad(len(value))
 
 
+def _utf8(text: str, limit: int = MAX_OPTION_LEN) -> tuple[bytes, int]:
+    """``text`` as UTF-8 cut to ``limit`` bytes on a character boundary; and its full length.
+
+    Lone surrogates (from ``surrogateescape`` decoding) become ``?`` rather than raise.
+    """
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return raw, len(raw)
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8"), len(raw)
+
+
 def _block(btype: int, body: bytes) -> bytes:
     length = 12 + len(body)
     return _BLOCK_HEAD.pack(btype, length) + body + struct.pack("<I", length)
 
 
 def ns_to_ticks(tsresol: int, ns: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-    """Nanoseconds to ``if_tsresol`` units (the inverse of ``pcapng.tsresol_to_ns``)."""
+    """Nanoseconds to ``if_tsresol`` units (the inverse of ``pcapng.tsresol_to_ns``).
+
+    Binary resolutions round up: the reader floors ``ticks * 1e9 / 2**shift``,
+    so the smallest tick count at or above ``ns`` reads back as ``ns`` again
+    (rounding down lost up to a nanosecond per copy, found by the fuzzer).
+    """
     ns_u = ns.astype(np.uint64)
     billion = np.uint64(1_000_000_000)
+    if tsresol & 0x80 and tsresol & 0x7F > 34:
+        # as the reader does: through float64 (whole seconds shifted this far overflow uint64)
+        scaled = np.ceil(ns.astype(np.float64) * (2.0 ** (tsresol & 0x7F) / 1e9))
+        return np.minimum(scaled, 2.0**64 - 2048).astype(np.uint64)
     if tsresol & 0x80:
         shift = np.uint64(tsresol & 0x7F)
         ticks: npt.NDArray[np.uint64] = ((ns_u // billion) << shift) + (
-            ((ns_u % billion) << shift) // billion
-        )
+            ((ns_u % billion) << shift) + billion - np.uint64(1)
+        ) // billion
         return ticks
     if tsresol <= 9:
         return ns_u // np.uint64(10 ** (9 - tsresol))
@@ -91,8 +134,12 @@ class PcapngWriter:
     ) -> None:
         self._out = fileobj
         self._interfaces: list[Interface] = []
+        self._notes: list[str] = []
+        self._cut_packets = 0
+        self._first_cut: tuple[int, int] | None = None  # (source file offset, captured length)
         body = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
-        body += _option(SHB_USERAPPL, application.encode()) + b"\0\0\0\0"
+        body += _option(SHB_USERAPPL, self._text("application name", application))
+        body += b"\0\0\0\0"
         self._out.write(_block(BLOCK_SHB, body))
         for iface in interfaces:
             self.add_interface(iface)
@@ -101,13 +148,37 @@ class PcapngWriter:
     def interfaces(self) -> list[Interface]:
         return list(self._interfaces)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the copy holds differently from the source, one line each."""
+        out = list(self._notes)
+        if self._first_cut is not None:
+            at, caplen = self._first_cut
+            more = f" ({self._cut_packets - 1:,} more after it)" if self._cut_packets > 1 else ""
+            out.append(
+                f"packet data longer than {MAX_WRITE_CAPLEN:,} bytes is cut to that in the "
+                f"copy, original length kept: the record at byte {at} of the source holds "
+                f"{caplen:,}{more}"
+            )
+        return out
+
+    def _text(self, what: str, text: str) -> bytes:
+        raw, full = _utf8(text)
+        if full > len(raw):
+            self._notes.append(
+                f"{what} is {full:,} bytes in UTF-8, more than a pcapng option holds: "
+                f"cut to {len(raw):,}"
+            )
+        return raw
+
     def add_interface(self, iface: Interface) -> int:
         """Write an Interface Description Block; returns its interface id."""
         opts = b""
+        which = f"interface {len(self._interfaces)}"
         if iface.name:
-            opts += _option(IF_NAME, iface.name.encode())
+            opts += _option(IF_NAME, self._text(f"{which} name", iface.name))
         if iface.description:
-            opts += _option(IF_DESCRIPTION, iface.description.encode())
+            opts += _option(IF_DESCRIPTION, self._text(f"{which} description", iface.description))
         if iface.tsresol != 6:
             opts += _option(IF_TSRESOL, bytes([iface.tsresol]))
         if iface.tsoffset:
@@ -129,31 +200,60 @@ class PcapngWriter:
     def write_batch(self, batch: PacketBatch, comments: Sequence[str | None] | None = None) -> None:
         """Write every packet of ``batch``; ``comments[i]`` (None or "" for none) per packet.
 
-        Blocks are laid out ``WRITE_PACKETS`` at a time, so the buffer for one
-        write stays a few MB whatever the batch size (peak RSS of annotating a
-        1M-packet capture: 204 MB in whole 65,536-packet batches).
+        Blocks are laid out at most ``WRITE_PACKETS`` packets and about
+        ``WRITE_BYTES`` bytes at a time (always at least one packet), so the
+        buffer for one write stays a few MB whatever the batch (peak RSS of
+        annotating a 1M-packet capture: 204 MB in whole 65,536-packet batches).
         """
         n = len(batch)
         if comments is not None and len(comments) != n:
             raise ValueError(f"{len(comments)} comments for {n} packets")
-        for lo in range(0, n, WRITE_PACKETS):
-            hi = min(n, lo + WRITE_PACKETS)
-            self._write_part(batch.slice(lo, hi), None if comments is None else comments[lo:hi])
-
-    def _write_part(self, batch: PacketBatch, comments: Sequence[str | None] | None) -> None:
-        n = len(batch)
+        if n == 0:
+            return
         ifaces = batch.interfaces.astype(np.int64)
         if int(ifaces.max()) >= len(self._interfaces):
             raise ValueError(
                 f"packet names interface {int(ifaces.max())}; only {len(self._interfaces)} written"
             )
-        encoded: list[bytes] = [c.encode() if c else b"" for c in comments or ()]
-        if any(len(c) > 0xFFFF for c in encoded):
-            raise ValueError("a pcapng comment must be shorter than 65536 bytes")
-        clen = np.fromiter((len(c) for c in encoded), dtype=np.int64, count=len(encoded))
-        if comments is None:
-            clen = np.zeros(n, dtype=np.int64)
+        encoded = [self._comment(c) for c in comments] if comments is not None else [b""] * n
+        clen = np.fromiter((len(c) for c in encoded), dtype=np.int64, count=n)
+        cap = self._caplens(batch)
+        sizes = 32 + cap + (-cap % 4) + np.where(clen > 0, 8 + clen + (-clen % 4), 0)
+        ends = np.cumsum(sizes)
+        lo = 0
+        while lo < n:
+            base = int(ends[lo - 1]) if lo else 0
+            hi = int(np.searchsorted(ends, base + WRITE_BYTES, side="right"))
+            hi = min(max(hi, lo + 1), lo + WRITE_PACKETS, n)
+            self._write_part(batch.slice(lo, hi), cap[lo:hi], encoded[lo:hi], clen[lo:hi])
+            lo = hi
+
+    def _comment(self, text: str | None) -> bytes:
+        if not text:
+            return b""
+        return self._text("a packet comment", text)
+
+    def _caplens(self, batch: PacketBatch) -> npt.NDArray[np.int64]:
+        """Captured lengths to write: at most ``MAX_WRITE_CAPLEN``; cuts are counted."""
         cap = batch.caplens.astype(np.int64)
+        over = np.flatnonzero(cap > MAX_WRITE_CAPLEN)
+        if over.size:
+            if self._first_cut is None:
+                first = int(over[0])
+                self._first_cut = (int(batch.file_offsets[first]), int(cap[first]))
+            self._cut_packets += int(over.size)
+            cap = np.minimum(cap, MAX_WRITE_CAPLEN)
+        return cap
+
+    def _write_part(
+        self,
+        batch: PacketBatch,
+        cap: npt.NDArray[np.int64],
+        encoded: Sequence[bytes],
+        clen: npt.NDArray[np.int64],
+    ) -> None:
+        n = len(batch)
+        ifaces = batch.interfaces.astype(np.int64)
         data_end = 28 + cap + (-cap % 4)
         opt_len = np.where(clen > 0, 8 + clen + (-clen % 4), 0)
         block = data_end + opt_len + 4
@@ -168,7 +268,7 @@ class PcapngWriter:
         ticks = self._ticks(batch.timestamps_ns, ifaces)
         words[w + 3] = (ticks >> np.uint64(32)).astype(np.uint32)
         words[w + 4] = (ticks & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        words[w + 5] = batch.caplens
+        words[w + 5] = cap
         words[w + 6] = batch.wirelens
         words[(starts + block) // 4 - 1] = block
         has = np.flatnonzero(clen)
