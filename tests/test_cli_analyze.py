@@ -462,3 +462,21 @@ def test_errors_from_workers_keep_their_file_and_offset(
     code, out, err = _run(capsys, "analyze", "--jobs", "2", str(junk), str(junk))
     assert (code, out) == (2, "")
     assert err.splitlines()[-1].startswith(f"portwatch: error: {junk}: byte 0: not a capture")
+
+
+def test_annotated_copy_reports_records_it_had_to_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record past what readers accept is cut in the copy, and the run says so."""
+    big = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x00" + \
+        bytes(300_000)
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 400_000, 1)
+    record = struct.pack("<IIII", 1, 0, len(big), len(big)) + big
+    capture = tmp_path / "big.pcap"
+    capture.write_bytes(header + record)
+    out = tmp_path / "copy.pcapng"
+    code, _, err = _run(capsys, "analyze", "-f", "json", "--annotate", str(out), str(capture))
+    assert code == 0
+    assert out.exists()
+    assert f"{out}: " in err
+    assert "262,144 bytes is cut" in err

@@ -395,6 +395,8 @@ def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest) -
             with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
                 write_annotated(analyzer, reader, writer, only_flagged=request.only_flagged,
                                 interfaces_of=reader)
+        # what the copy had to shorten (an option or a record past what readers accept)
+        analyzer.warnings.extend(f"{request.output}: {w}" for w in writer.warnings)
     finally:
         reader.close()
 
