@@ -167,3 +167,28 @@ def test_rows_without_ip_keep_only_their_wire_length() -> None:
     assert batch.ip_version.tolist() == [0]
     assert batch.src_lo.tolist() == [0]
     assert batch.src_port.tolist() == [0]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+@pytest.mark.parametrize(("capture", "damaged"), [("sample.pcapng", False),
+                                                  ("truncated.pcap", True)])
+def test_a_lost_tshark_exit_status_is_checked_with_tshark_itself(
+    monkeypatch: pytest.MonkeyPatch, capture: str, damaged: bool
+) -> None:
+    """pyshark's child watcher can report 255 for a tshark that exited 0 (seen under load)."""
+    from portwatch.decode import pyshark as pyshark_decoder
+
+    crash = pyshark_decoder._crash_type()
+    lost = crash("TShark (pid 1) seems to have crashed (retcode: 255).\nLast error line: \n")
+    real_close = pyshark_decoder._close
+
+    def close_losing_the_status(cap: Any, kind: type[Exception]) -> Exception | None:
+        return real_close(cap, kind) or lost
+
+    monkeypatch.setattr(pyshark_decoder, "_close", close_losing_the_status)
+    batches = pyshark_decoder.iter_decoded(str(PCAPS / capture))
+    if damaged:
+        with pytest.raises(CaptureTruncatedError, match="tshark stopped after"):
+            list(batches)
+    else:
+        assert sum(len(b) for b, _ in batches) > 0
