@@ -22,7 +22,7 @@ from portwatch._paths import cache_dir
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.annotate import Annotator
 from portwatch.capture.files.reader import read_capture_path
-from portwatch.decode import engine
+from portwatch.decode import decoder_for
 from portwatch.porttable.cache import load_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def main() -> None:
         for name in ("scapy", "pyshark"):
             started = time.perf_counter()
             analyzer = Analyzer(table)
-            for decoded, stamps in engine(name)(str(path), 4096):
+            for decoded, stamps in decoder_for(name)(str(path), 4096):
                 analyzer.feed_decoded(decoded, stamps)
             rows.append((name, time.perf_counter() - started, analyzer.packets))
 

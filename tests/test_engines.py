@@ -13,7 +13,7 @@ import pytest
 
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.capture.files.reader import read_capture_path
-from portwatch.decode import ENGINES, engine
+from portwatch.decode import ENGINES, decoder_for
 from portwatch.decode.native import DecodedBatch, DecodeStatus
 from portwatch.decode.rows import rows_to_batch, timestamp_ns
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
@@ -79,7 +79,7 @@ def test_scapy_engine_reports_what_the_native_engine_reports(
         table: PortTable, name: str) -> None:
     _need("scapy")
     native, native_error = _native(table, PCAPS / name)
-    scapy, scapy_error = _dissected(table, lambda: engine("scapy")(str(PCAPS / name), 5))
+    scapy, scapy_error = _dissected(table, lambda: decoder_for("scapy")(str(PCAPS / name), 5))
     assert _summary(scapy) == _summary(native)
     assert scapy_error == native_error
 
@@ -89,7 +89,7 @@ def test_pyshark_engine_reports_what_the_native_engine_reports(
         table: PortTable, name: str) -> None:
     _need("pyshark")
     native, native_error = _native(table, PCAPS / name)
-    tshark, tshark_error = _dissected(table, lambda: engine("pyshark")(str(PCAPS / name), 5))
+    tshark, tshark_error = _dissected(table, lambda: decoder_for("pyshark")(str(PCAPS / name), 5))
     assert _summary(tshark) == _summary(native)
     assert tshark_error == native_error
 
@@ -103,7 +103,7 @@ def test_engines_give_the_native_decode_fields_packet_by_packet(engine_name: str
     from portwatch.decode.native import decode_batch
 
     native = [decode_batch(b) for b in batches]
-    theirs = [d for d, _ in engine(engine_name)(path, 4096)]
+    theirs = [d for d, _ in decoder_for(engine_name)(path, 4096)]
     for field in ("status", "ip_version", "ip_proto", "src_hi", "src_lo", "dst_hi", "dst_lo",
                   "src_port", "dst_port", "tcp_flags", "frag_id", "is_first_fragment",
                   "wirelen"):
@@ -111,14 +111,14 @@ def test_engines_give_the_native_decode_fields_packet_by_packet(engine_name: str
         got = np.concatenate([getattr(d, field) for d in theirs])
         assert got.tolist() == ours.tolist(), field
     stamps = np.concatenate([b.timestamps_ns for b in batches])
-    got_stamps = np.concatenate([t for _, t in engine(engine_name)(path, 7)])
+    got_stamps = np.concatenate([t for _, t in decoder_for(engine_name)(path, 7)])
     assert got_stamps.tolist() == stamps.tolist()
 
 
 @pytest.mark.parametrize("engine_name", ["scapy", "pyshark"])
 def test_engines_yield_batches_no_larger_than_asked(engine_name: str) -> None:
     _need(engine_name)
-    sizes = [len(d) for d, _ in engine(engine_name)(str(PCAPS / "sample.pcapng"), 10)]
+    sizes = [len(d) for d, _ in decoder_for(engine_name)(str(PCAPS / "sample.pcapng"), 10)]
     assert max(sizes) == 10
     assert sum(sizes) == 68
 
@@ -130,14 +130,14 @@ def test_engines_reject_a_file_that_is_no_capture_naming_it(
     bogus = tmp_path / "notes.pcap"
     bogus.write_bytes(b"these are notes, not packets\n" * 4)
     with pytest.raises(CaptureFormatError, match=r"notes\.pcap"):
-        list(engine(engine_name)(str(bogus), 4096))
+        list(decoder_for(engine_name)(str(bogus), 4096))
 
 
 @pytest.mark.parametrize("engine_name", ["scapy", "pyshark"])
 def test_engines_yield_the_good_packets_of_a_cut_capture_then_raise(engine_name: str) -> None:
     _need(engine_name)
     got: list[int] = []
-    batches = engine(engine_name)(str(PCAPS / "truncated.pcap"), 4)
+    batches = decoder_for(engine_name)(str(PCAPS / "truncated.pcap"), 4)
     with pytest.raises(CaptureTruncatedError, match=r"truncated\.pcap"):
         got.extend(s for decoded, _ in batches for s in decoded.status.tolist())
     assert len(got) == 6
@@ -146,7 +146,7 @@ def test_engines_yield_the_good_packets_of_a_cut_capture_then_raise(engine_name:
 def test_unknown_engine_is_a_usage_error_listing_the_choices() -> None:
     assert ENGINES == ("native", "scapy", "pyshark")
     with pytest.raises(UsageError, match="scapy, pyshark"):
-        engine("dpkt")
+        decoder_for("dpkt")
 
 
 @pytest.mark.parametrize(("text", "ns"), [

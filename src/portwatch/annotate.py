@@ -136,15 +136,15 @@ def _dissect(packet: object) -> tuple[Row, int]:
     """Dispatch on the packet's library without importing either library."""
     library = _library_of(packet)
     if library == "scapy":
-        from portwatch.decode import scapy as scapy_engine
+        from portwatch.decode import scapy as scapy_decoder
 
         wirelen = getattr(packet, "wirelen", None)
-        return (scapy_engine.dissect(packet, None if wirelen is None else int(wirelen)),
-                scapy_engine.packet_timestamp_ns(packet))
+        return (scapy_decoder.dissect(packet, None if wirelen is None else int(wirelen)),
+                scapy_decoder.packet_timestamp_ns(packet))
     if library == "pyshark":
-        from portwatch.decode import pyshark as pyshark_engine
+        from portwatch.decode import pyshark as pyshark_decoder
 
-        return pyshark_engine.dissect(packet), pyshark_engine.packet_timestamp_ns(packet)
+        return pyshark_decoder.dissect(packet), pyshark_decoder.packet_timestamp_ns(packet)
     raise TypeError(
         f"portwatch.annotate takes a scapy or pyshark packet, not {type(packet).__name__!r}")
 

@@ -18,7 +18,7 @@ import pytest
 
 from portwatch.capture.files.reader import open_capture, read_capture_path
 from portwatch.cli import main
-from portwatch.decode import engine
+from portwatch.decode import decoder_for
 from portwatch.errors import CaptureError, CaptureTruncatedError
 
 FRAME = bytes(12) + b"\x08\x00" + bytes(28)  # 42 bytes: Ethernet carrying nothing useful
@@ -54,7 +54,7 @@ def drain(engine_name: str, path: Path, stamps: list[int]) -> None:
                 stamps.extend(batch.timestamps_ns.tolist())
         return
     pytest.importorskip(engine_name)
-    for _, ts in engine(engine_name)(str(path), 4096):
+    for _, ts in decoder_for(engine_name)(str(path), 4096):
         stamps.extend(ts.tolist())
 
 

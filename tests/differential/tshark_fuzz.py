@@ -39,7 +39,7 @@ from scapy.layers.sctp import SCTP  # noqa: E402
 from scapy.packet import Packet, Raw  # noqa: E402
 
 from portwatch.capture.files.reader import open_capture  # noqa: E402
-from portwatch.decode import engine  # noqa: E402
+from portwatch.decode import decoder_for  # noqa: E402
 from portwatch.decode.native import decode_batch  # noqa: E402
 
 FIELDS = ("status", "ip_proto", "src_port", "dst_port")
@@ -122,7 +122,7 @@ def main() -> int:
         path.write_bytes(g.write_pcap(
             [(g.BASE_NS + i * 1000, f) for i, f in enumerate(sample)], linktype))
         native = columns(decode_batch(b) for b in open_capture(path.read_bytes(), str(path)))
-        tshark = columns(d for d, _ in engine("pyshark")(str(path), 100_000))
+        tshark = columns(d for d, _ in decoder_for("pyshark")(str(path), 100_000))
         bad = [i for i in range(len(sample)) if any(native[k][i] != tshark[k][i] for k in FIELDS)]
         print(f"link type {linktype}: {len(sample)} frames, {len(bad)} differ")
         for i in bad:

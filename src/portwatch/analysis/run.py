@@ -47,8 +47,7 @@ from portwatch.capture.files.reader import (
     open_capture,
     read_capture_path,
 )
-from portwatch.decode import ENGINES
-from portwatch.decode import engine as dissecting_engine
+from portwatch.decode import ENGINES, decoder_for
 from portwatch.errors import (
     CaptureError,
     CaptureFormatError,
@@ -365,7 +364,7 @@ def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallb
 
 def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str) -> Analyzer:
     analyzer = Analyzer(table, capture=inp.name)
-    iter_decoded = dissecting_engine(engine)
+    iter_decoded = decoder_for(engine)
     try:
         for decoded, ts in iter_decoded(inp.path, 4096):
             analyzer.feed_decoded(decoded, ts)

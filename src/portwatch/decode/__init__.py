@@ -21,7 +21,7 @@ import numpy.typing as npt
 from portwatch.decode.native import DecodedBatch
 from portwatch.errors import UsageError
 
-__all__ = ["DISSECTING_ENGINES", "ENGINES", "IterDecoded", "engine"]
+__all__ = ["DISSECTING_ENGINES", "ENGINES", "IterDecoded", "decoder_for"]
 
 IterDecoded = Callable[[str, int], Iterator[tuple[DecodedBatch, npt.NDArray[np.int64]]]]
 
@@ -34,7 +34,7 @@ DISSECTING_ENGINES = {
 }
 
 
-def engine(name: str) -> IterDecoded:
+def decoder_for(name: str) -> IterDecoded:
     """``iter_decoded`` of a dissecting engine; imports its module (not yet its library)."""
     module = DISSECTING_ENGINES.get(name)
     if module is None:
