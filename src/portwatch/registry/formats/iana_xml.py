@@ -13,13 +13,14 @@ one space.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from datetime import date
+from typing import NoReturn
 from xml.parsers import expat
 
 from portwatch.errors import RegistryFormatError
+from portwatch.registry.formats._fields import MAX_PROBLEMS, too_many_problems
 from portwatch.registry.formats.contacts import repair_contact_uri
 from portwatch.registry.formats.iana_csv import newest_date, parse_port_text, parse_transport_text
 from portwatch.registry.model import (
@@ -34,7 +35,7 @@ from portwatch.registry.model import (
     parse_registry_date,
 )
 
-__all__ = ["REGISTRY_ID", "looks_like_iana_xml", "parse_iana_xml"]
+__all__ = ["MAX_DEPTH", "MAX_HELD_NODES", "REGISTRY_ID", "looks_like_iana_xml", "parse_iana_xml"]
 
 REGISTRY_ID = "service-names-port-numbers"
 
@@ -44,6 +45,13 @@ _REGISTRY_TAG_RE = re.compile(
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _SPACE_RE = re.compile(r"\s+")
 _BLOCKS = frozenset({"br", "paragraph"})  # elements that separate text like a line break
+#: The official XML nests 5 deep (registry, record, description, paragraph,
+#: xref). Rendering recurses, so a document thousands deep is refused.
+MAX_DEPTH = 32
+#: Elements and text runs held at once (one record or person is being
+#: built; the largest official one has under 100). Bounds memory for a
+#: hostile ``<record>`` with millions of children.
+MAX_HELD_NODES = 100_000
 
 
 def looks_like_iana_xml(head: bytes) -> bool:
@@ -190,37 +198,63 @@ class _Builder:
         self.problems: list[ParseProblem] = []
         self.people: dict[str, Person] = {}
         self.updated = ""
+        self.held = 0  # nodes and text runs below the root not yet converted and dropped
+        self.marks: list[int] = []  # ``held`` before each open element began
+
+    def _hold(self) -> None:
+        self.held += 1
+        if self.held > MAX_HELD_NODES:
+            raise RegistryFormatError(
+                f"one element holds more than {MAX_HELD_NODES:,} elements and text runs:"
+                " not the IANA registry XML",
+                path=self.path,
+                line=self.parser.CurrentLineNumber,
+            )
 
     def start(self, qname: str, attrs: dict[str, str]) -> None:
+        if len(self.stack) >= MAX_DEPTH:
+            raise RegistryFormatError(
+                f"elements nested deeper than {MAX_DEPTH} levels: not the IANA registry XML"
+                " (it nests 5 deep)",
+                path=self.path,
+                line=self.parser.CurrentLineNumber,
+            )
         tag = qname.rpartition(" ")[2]
         node = _Node(tag, attrs, self.parser.CurrentLineNumber)
+        self.marks.append(self.held)
         if not self.stack:
             self._check_root(node)
         else:
+            self._hold()
             self.stack[-1].children.append(node)
         self.stack.append(node)
 
     def _check_root(self, root: _Node) -> None:
         if root.tag != "registry" or root.attrs.get("id") != REGISTRY_ID:
-            found = f"<{root.tag}" + (f" id={root.attrs['id']!r}" if "id" in root.attrs else "")
+            # The element's name only (an XML name holds no secrets); never
+            # its attribute values or text.
+            found = f"<{root.tag[:40]}>" if root.tag != "registry" else "another <registry>"
             raise RegistryFormatError(
-                f"not the service-names registry: expected <registry id={REGISTRY_ID!r}>,"
-                f" found {found}>",
+                f"not the service-names registry: expected <registry id={REGISTRY_ID!r}>"
+                f" as the root element, found {found}",
                 path=self.path,
                 line=root.line,
             )
 
     def end(self, qname: str) -> None:
         node = self.stack.pop()
+        mark = self.marks.pop()
         depth = len(self.stack)  # 1: child of <registry>; 2: grandchild
         if depth == 1:
             self.stack[0].children.pop()  # done with it: keep memory flat
+            self.held = mark
             if node.tag == "record":
                 self._add_record(node)
             elif node.tag == "updated":
                 self.updated = _collapse(node.raw_text())
         elif depth == 2 and node.tag == "person" and self.stack[1].tag == "people":
             self.stack[1].children.pop()
+            self.held = mark
             person = _person(node)
             if person.id:
                 self.people[person.id] = person
@@ -228,6 +262,8 @@ class _Builder:
                 self.problems.append(ParseProblem(self.path, node.line, "<person> without an id"))
 
     def _add_record(self, node: _Node) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise too_many_problems(self.path, node.line, "the IANA registry XML")
         try:
             self.records.append(_record(node, self.path, parse_registry_date(self.updated)))
         except ValueError as exc:
@@ -236,6 +272,7 @@ class _Builder:
     def text(self, data: str) -> None:
         """Keep text inside records and people; what lies between them is layout."""
         if len(self.stack) > 1 and self.stack[-1].tag != "people":
+            self._hold()
             self.stack[-1].children.append(data)
 
 
@@ -251,9 +288,24 @@ def _check_bytes(data: bytes, path: str) -> None:
         )
 
 
-def _run(data: bytes, path: str) -> _Builder:
-    parser = expat.ParserCreate(namespace_separator=" ")
+def _forbid(path: str, parser: expat.XMLParserType, what: str) -> NoReturn:
+    """Refuse a DTD feature outright, as defusedxml does: no entity is ever expanded."""
+    raise RegistryFormatError(
+        f"{what} are not allowed in a registry (the official XML has none)",
+        path=path,
+        line=parser.CurrentLineNumber,
+    )
+
+
+def _run(data: bytes, path: str, encoding: str | None) -> _Builder:
+    parser = expat.ParserCreate(encoding, namespace_separator=" ")
     parser.buffer_text = True
+    # No entity declaration (internal ones are how billion-laughs expands),
+    # no external entity or DTD is ever fetched (XXE).
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.EntityDeclHandler = lambda *_: _forbid(path, parser, "entity declarations")
+    parser.UnparsedEntityDeclHandler = lambda *_: _forbid(path, parser, "entity declarations")
+    parser.ExternalEntityRefHandler = lambda *_: _forbid(path, parser, "external entities")
     builder = _Builder(parser, path)
     parser.StartElementHandler = builder.start
     parser.EndElementHandler = builder.end
@@ -269,26 +321,21 @@ def _run(data: bytes, path: str) -> _Builder:
     return builder
 
 
-def parse_iana_xml(data: bytes, path: str) -> ParsedSource:
+def parse_iana_xml(data: bytes, path: str, *, encoding: str | None = None) -> ParsedSource:
     """Parse the official IANA registry XML held in ``data``; ``path`` names it in messages.
 
     A record that cannot be understood becomes a ``ParseProblem`` and the
     rest still loads; anything that is not the registry XML raises
-    ``RegistryFormatError``.
+    ``RegistryFormatError``. ``encoding`` overrides the document's own
+    declaration (the loader transcodes UTF-16/32 to UTF-8 and says so).
     """
     _check_bytes(data, path)
-    built = _run(data, path)
+    built = _run(data, path, encoding)
     last_updated: date | None = parse_registry_date(built.updated)
     if last_updated is None:
         last_updated = newest_date(d for r in built.records for d in (r.registered, r.modified))
     records = [_with_date(r, last_updated) for r in built.records]
-    info = SourceInfo(
-        path,
-        SourceFormat.IANA_XML,
-        last_updated,
-        assigned_only=False,
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    info = SourceInfo(path, SourceFormat.IANA_XML, last_updated, assigned_only=False)
     return ParsedSource(info=info, records=records, people=built.people, problems=built.problems)
 
 
