@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -192,6 +196,145 @@ def test_table_survives_serialisation_unchanged(csv_source: ParsedSource) -> Non
 def test_garbage_is_not_taken_for_a_compiled_table() -> None:
     with pytest.raises(ValueError, match="not a compiled portwatch table"):
         PortTable.from_bytes(b"garbage")
+
+
+# -- a tampered cache is a cache miss, never a traceback ------------------------
+
+_SMALL_SERVICES = "http 80/tcp www # World Wide Web HTTP\ndomain 53/udp\nmyapp 6000-6003/tcp\n"
+
+
+def _small_table_bytes(tmp_path: Path) -> bytes:
+    src = tmp_path / "services"
+    src.write_text(_SMALL_SERVICES)
+    return load_table([str(src)], cache=None).table.to_bytes()
+
+
+def _members(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _savez(members: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **members)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _json_member(value: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+
+
+def _edit_meta(members: dict[str, np.ndarray], **changes: object) -> np.ndarray:
+    meta = json.loads(members["meta"].tobytes())
+    meta.update(changes)
+    return _json_member(meta)
+
+
+def _edit_entry(members: dict[str, np.ndarray], field: int, value: object) -> np.ndarray:
+    entries = json.loads(members["entries"].tobytes())
+    entries[-1][field] = value
+    return _json_member(entries)
+
+
+_TAMPERINGS: dict[str, Callable[[dict[str, np.ndarray]], None]] = {
+    "missing-entry-array": lambda m: m.pop("entry"),
+    "missing-meta": lambda m: m.pop("meta"),
+    "short-status": lambda m: m.update(status=m["status"][:, :1000]),
+    "flat-flags": lambda m: m.update(flags=m["flags"].reshape(-1)),
+    "three-transports": lambda m: m.update(service_id=m["service_id"][:3]),
+    "service-id-as-int64": lambda m: m.update(service_id=m["service_id"].astype(np.int64)),
+    "status-as-float": lambda m: m.update(status=m["status"].astype(np.float32)),
+    "big-endian-entry": lambda m: m.update(entry=m["entry"].astype(">i4")),
+    "service-id-past-the-names": lambda m: m["service_id"].__setitem__((0, 80), 10_000),
+    "negative-service-id": lambda m: m["service_id"].__setitem__((1, 53), -3),
+    "entry-past-the-entries": lambda m: m["entry"].__setitem__((0, 80), 999),
+    "entry-below-minus-one": lambda m: m["entry"].__setitem__((0, 81), -2),
+    "status-code-unknown": lambda m: m["status"].__setitem__((2, 9), 200),
+    "flag-code-unknown": lambda m: m["flags"].__setitem__((2, 9), 7),
+    "meta-not-json": lambda m: m.update(meta=np.frombuffer(b"{not json", dtype=np.uint8)),
+    "meta-a-list": lambda m: m.update(meta=_json_member([1, 2, 3])),
+    "meta-nested-deep": lambda m: m.update(
+        meta=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, dtype=np.uint8)),
+    "meta-other-version": lambda m: m.update(meta=_edit_meta(m, version=99)),
+    "names-not-strings": lambda m: m.update(meta=_edit_meta(m, names=["", 5])),
+    "names-empty": lambda m: m.update(meta=_edit_meta(m, names=[])),
+    "source-of-four-fields": lambda m: m.update(
+        meta=_edit_meta(m, sources=[["p", "services", None, True]])),
+    "source-format-unknown": lambda m: m.update(
+        meta=_edit_meta(m, sources=[["p", "yaml", None, True, ""]])),
+    "source-date-garbage": lambda m: m.update(
+        meta=_edit_meta(m, sources=[["p", "services", "2024-13-45", True, ""]])),
+    "entries-a-dict": lambda m: m.update(entries=_json_member({"a": 1})),
+    "entry-of-seven-fields": lambda m: m.update(
+        entries=_json_member([e[:7] for e in json.loads(m["entries"].tobytes())])),
+    "entry-status-a-string": lambda m: m.update(entries=_edit_entry(m, 0, "assigned")),
+    "entry-aliases-of-ints": lambda m: m.update(entries=_edit_entry(m, 2, [1, 2])),
+    "entry-source-past-the-sources": lambda m: m.update(entries=_edit_entry(m, 7, 4)),
+    "entry-record-id-negative": lambda m: m.update(entries=_edit_entry(m, 6, [-1])),
+    "entry-flag-a-bool": lambda m: m.update(entries=_edit_entry(m, 4, True)),
+    "object-array-member": lambda m: m.update(entries=np.array([{"x": 1}], dtype=object)),
+}
+
+
+@pytest.mark.parametrize("tamper", list(_TAMPERINGS), ids=list(_TAMPERINGS))
+def test_tampered_table_is_refused_with_a_value_error(tmp_path: Path, tamper: str) -> None:
+    members = _members(_small_table_bytes(tmp_path))
+    _TAMPERINGS[tamper](members)
+    if tamper == "object-array-member":
+        buf = io.BytesIO()
+        np.savez(buf, allow_pickle=True, **members)  # type: ignore[arg-type]
+        blob = buf.getvalue()
+    else:
+        blob = _savez(members)
+    with pytest.raises(ValueError, match="not a compiled portwatch table"):
+        PortTable.from_bytes(blob)
+
+
+def test_untouched_members_resaved_still_load(tmp_path: Path) -> None:
+    """The tamper harness itself changes nothing by re-saving: the refusals are real."""
+    blob = _savez(_members(_small_table_bytes(tmp_path)))
+    assert PortTable.from_bytes(blob).lookup(Transport.TCP, 80).service == "http"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 22, 100, 5_000, -1_000, -1])
+def test_truncated_table_is_refused_with_a_value_error(tmp_path: Path, cut: int) -> None:
+    blob = _small_table_bytes(tmp_path)
+    with pytest.raises(ValueError, match="not a compiled portwatch table"):
+        PortTable.from_bytes(blob[:cut])
+
+
+def test_member_claiming_a_huge_size_is_refused_before_inflating(tmp_path: Path) -> None:
+    members = _members(_small_table_bytes(tmp_path))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in members.items():
+            if name != "entries":
+                with zf.open(f"{name}.npy", "w") as out:
+                    np.lib.format.write_array(out, array)
+        with zf.open("entries.npy", "w") as out:  # 65 MiB of zeros deflate to 64 KiB: a bomb
+            np.lib.format.write_array(out, np.zeros(65 * 1024 * 1024, dtype=np.uint8))
+    with pytest.raises(ValueError, match="implausibly large"):
+        PortTable.from_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "tamper", ["short-status", "entry-past-the-entries", "meta-nested-deep", "missing-meta"]
+)
+def test_load_table_recompiles_over_a_tampered_cache_file(tmp_path: Path, tamper: str) -> None:
+    src = tmp_path / "services"
+    src.write_text(_SMALL_SERVICES)
+    cache = tmp_path / "cache"
+    fresh = load_table([str(src)], cache=cache)
+    (cached,) = cache.glob("table-*.npz")
+    good = cached.read_bytes()
+    members = _members(good)
+    _TAMPERINGS[tamper](members)
+    cached.write_bytes(_savez(members))
+    again = load_table([str(src)], cache=cache)
+    assert not again.from_cache
+    assert again.table.lookup(Transport.TCP, 80).service == "http"
+    assert cached.read_bytes() == good == fresh.table.to_bytes()  # overwritten with a good one
+    assert load_table([str(src)], cache=cache).from_cache
 
 
 def test_cache_is_reused_and_invalidated_when_a_source_changes(tmp_path: Path) -> None:
