@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.compile import compile_table
-from portwatch.porttable.table import PortTable
+from portwatch.porttable.compile import _entry_for, _remark_ports, compile_table
+from portwatch.porttable.table import PortTable, SlotEntry
 from portwatch.registry.formats.iana_csv import parse_iana_csv
 from portwatch.registry.formats.iana_xml import parse_iana_xml
-from portwatch.registry.merge import merge_sources
+from portwatch.registry.merge import Registry, merge_sources
 from portwatch.registry.model import (
     ParsedSource,
     Provenance,
@@ -402,3 +402,76 @@ def test_table_agrees_with_a_linear_scan_for_every_port(
                            for r in newer)
             want = _linear_scan(newer if in_newer else older, t, port)
             assert (table.status_of(t, port).label, table.service_of(t, port)) == want
+
+
+# -- the vectorised compiler equals the slot-by-slot one, byte for byte ---------
+
+
+def _reference_table(registry: Registry) -> PortTable:
+    """The compiler as it was: one dict item per slot, numbered as first met."""
+    status = np.zeros((4, 65536), dtype=np.uint8)
+    service_id = np.zeros((4, 65536), dtype=np.int32)
+    flags = np.zeros((4, 65536), dtype=np.uint8)
+    entry = np.full((4, 65536), -1, dtype=np.int32)
+    names, name_ids = [""], {"": 0}
+    entries: list[SlotEntry] = []
+    interned: dict[tuple[tuple[int, ...], int], int] = {}
+    for (transport, port), view in registry.slot_views().items():
+        st_, service, aliases, description, remarked = _entry_for(registry, view)
+        flag = PortFlag.NONE
+        if remarked is not None:
+            ports = _remark_ports(remarked)
+            if ports is None or port in ports:
+                flag = PortFlag.UNAUTHORIZED_USE
+        index = interned.setdefault((view.record_ids, int(flag)), len(entries))
+        if index == len(entries):
+            entries.append(SlotEntry(st_, service, aliases, description, flag,
+                                     remarked.unauthorized_use if remarked else "",
+                                     view.record_ids, view.source_index))
+        sid = name_ids.setdefault(service, len(names))
+        if sid == len(names):
+            names.append(service)
+        status[transport, port] = st_
+        service_id[transport, port] = sid
+        flags[transport, port] = flag
+        entry[transport, port] = index
+    dynamic = status[:, 49152:]
+    dynamic[dynamic == PortStatus.UNLISTED] = PortStatus.DYNAMIC
+    return PortTable(status=status, service_id=service_id, flags=flags, entry=entry,
+                     names=names, entries=entries, sources=list(registry.sources))
+
+
+@st.composite
+def _remarked_records(draw: st.DrawFn, path: str) -> list[ServiceRecord]:
+    out = []
+    for i in range(draw(st.integers(0, 10))):
+        lo = draw(st.integers(0, 120))
+        hi = lo + draw(st.sampled_from([0, 0, 2, 30]))
+        kind = draw(_KINDS)
+        remark = draw(st.sampled_from(["", "", f"port {lo}", f"ports {lo + 1} and {hi}", "yes"]))
+        out.append(ServiceRecord(
+            f"svc{draw(st.integers(0, 6))}" if kind is RecordKind.ASSIGNED else "", lo, hi,
+            draw(st.sampled_from([None, *Transport])), f"d{i % 3}", kind,
+            Provenance(path, i + 1, None), unauthorized_use=remark))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(_remarked_records("a"), _remarked_records("b"), st.booleans())
+def test_compiled_table_equals_the_slot_by_slot_reference(
+    first: list[ServiceRecord], second: list[ServiceRecord], newer_first: bool
+) -> None:
+    dates = (date(2024, 1, 1), date(2020, 1, 1)) if newer_first else (None, date(2020, 1, 1))
+    registry = merge_sources([
+        ParsedSource(SourceInfo("a", SourceFormat.IANA_CSV, dates[0]), first),
+        ParsedSource(SourceInfo("b", SourceFormat.IANA_CSV, dates[1]), second),
+    ])
+    assert compile_table(registry).to_bytes() == _reference_table(registry).to_bytes()
+
+
+def test_official_tables_equal_the_slot_by_slot_reference(
+    csv_source: ParsedSource, xml_source: ParsedSource
+) -> None:
+    for sources in ([xml_source], [csv_source, xml_source]):
+        registry = merge_sources(sources)
+        assert compile_table(registry).to_bytes() == _reference_table(registry).to_bytes()
