@@ -76,14 +76,18 @@ class _Node:
     #: was a third of the parse.
     by_tag: dict[str, list[_Node]] | None = None
 
-    def elements(self, tag: str) -> list[_Node]:
+    def index(self) -> dict[str, list[_Node]]:
+        """Child elements by tag, in document order."""
         index = self.by_tag
         if index is None:
             index = self.by_tag = {}
             for c in self.children:
                 if not isinstance(c, str):
                     index.setdefault(c.tag, []).append(c)
-        return index.get(tag, _NONE)
+        return index
+
+    def elements(self, tag: str) -> list[_Node]:
+        return self.index().get(tag, _NONE)
 
     def first(self, tag: str) -> _Node | None:
         found = self.elements(tag)
@@ -161,17 +165,27 @@ def _record(node: _Node, path: str, last_updated: date | None) -> ServiceRecord:
     is the assignee too (as IANA's CSV export has it). Other record-level
     xrefs are the references.
     """
-    name = _collapse(_text_of(node, "name"))
-    port_low, port_high = parse_port_text(_text_of(node, "number"))
-    transport = parse_transport_text(_text_of(node, "protocol"))
-    description = _text_of(node, "description")
-    contacts = _persons(node) + _persons(node.first("contact"))
-    assignee = node.first("assignee")
-    assignees = contacts if assignee is None else _persons(assignee)
+    index = node.index()
+
+    def text(tag: str) -> str:
+        found = index.get(tag)
+        return found[0].rendered() if found else ""
+
+    name = _collapse(text("name"))
+    port_low, port_high = parse_port_text(text("number"))
+    transport = parse_transport_text(text("protocol"))
+    description = text("description")
+    xrefs = index.get("xref", _NONE)
+    contact = index.get("contact")
+    contacts = _persons(node) if xrefs else ()
+    if contact:
+        contacts += _persons(contact[0])
+    assignee = index.get("assignee")
+    assignees = contacts if not assignee else _persons(assignee[0])
     references = tuple(
-        label for x in node.elements("xref")
-        if x.attrs.get("type") != "person" and (label := _xref_label(x))
+        label for x in xrefs if x.attrs.get("type") != "person" and (label := _xref_label(x))
     )
+    notes = index.get("note", _NONE)
     return ServiceRecord(
         name=name,
         port_low=port_low,
@@ -185,9 +199,9 @@ def _record(node: _Node, path: str, last_updated: date | None) -> ServiceRecord:
         registered=node.attrs.get("date", "").strip(),
         modified=node.attrs.get("updated", "").strip(),
         references=references,
-        service_code=_text_of(node, "sc"),
-        unauthorized_use=_text_of(node, "unauthorized"),
-        notes=" ".join(n.rendered() for n in node.elements("note") if n.rendered()),
+        service_code=text("sc"),
+        unauthorized_use=text("unauthorized"),
+        notes=" ".join(r for r in (n.rendered() for n in notes) if r),
     )
 
 
