@@ -185,6 +185,27 @@ def test_a_record_with_millions_of_children_is_refused_without_holding_them() ->
     assert peak < 64 * 1024 * 1024
 
 
+@pytest.mark.parametrize("encoding", ["TTF-8", "shift_jis", "utf-7", "UTF-32", "rot13", "hex"])
+def test_an_xml_declaring_an_unreadable_encoding_is_refused_without_quoting_it(
+    encoding: str,
+) -> None:
+    """Found by the fuzz harness: expat asked Python's codecs and a LookupError escaped."""
+    doc = (f"<?xml version='1.0' encoding='{encoding}'?>\n"
+           "<registry id='service-names-port-numbers'><record><name>echo</name>"
+           "<number>7</number></record></registry>\n").encode()
+    err = _refused(doc, "enc.xml")
+    assert err.line == 1
+    assert "names an encoding that cannot be read" in err.message
+    assert encoding not in err.message
+
+
+def test_an_xml_declaring_a_single_byte_encoding_is_read_in_it() -> None:
+    doc = ("<?xml version='1.0' encoding='cp1252'?>\n"
+           "<registry id='service-names-port-numbers'><record><name>caf\u00e9</name>"
+           "<number>7</number></record></registry>\n").encode("cp1252")
+    assert [r.name for r in parse_source(doc, "cp.xml").records] == ["caf\u00e9"]
+
+
 # --- huge inputs: refused early, in bounded memory ----------------------------------
 
 

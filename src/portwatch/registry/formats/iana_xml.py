@@ -361,6 +361,16 @@ def _run(data: bytes, path: str, encoding: str | None) -> _Builder:
             path=path,
             line=exc.lineno,
         ) from None
+    except (LookupError, ValueError, UnicodeError):
+        # Expat asks Python's codecs for an encoding it lacks: an unknown name
+        # raises LookupError, a multi-byte one ValueError. The name is not
+        # quoted: the file may be no registry at all.
+        raise RegistryFormatError(
+            "the XML declaration names an encoding that cannot be read"
+            " (the registry is UTF-8)",
+            path=path,
+            line=parser.CurrentLineNumber,
+        ) from None
     return builder
 
 
