@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections import Counter
 from datetime import date
@@ -113,14 +112,14 @@ def test_each_record_points_at_the_physical_line_where_its_row_starts(
     assert parsed.records[-1].provenance.line == 15_381  # the last physical line
 
 
-def test_source_info_dates_the_csv_by_its_newest_date_and_hashes_its_bytes(
+def test_source_info_dates_the_csv_by_its_newest_date(
     parsed: ParsedSource, official_csv: Path
 ) -> None:
     info = parsed.info
     assert info.format is SourceFormat.IANA_CSV
     assert info.last_updated == date(2026, 4, 9)
     assert info.assigned_only is False
-    assert info.sha256 == hashlib.sha256(official_csv.read_bytes()).hexdigest()
+    assert info.sha256 == ""  # the loader hashes the bytes as read, once for every format
     assert {r.provenance.last_updated for r in parsed.records} == {date(2026, 4, 9)}
     assert {r.provenance.path for r in parsed.records} == {str(official_csv)}
 
@@ -233,9 +232,10 @@ def test_truncated_official_csv_names_the_line_where_the_cut_row_started(
     assert str(err.value).startswith("cut.csv:134: ")
 
 
-def test_a_quote_that_never_closes_is_refused_with_the_row_line() -> None:
+def test_a_quote_that_never_closes_is_refused_as_an_overlong_field_with_the_row_line() -> None:
     runaway = 'x,1,tcp,"opened but never closed\n' + _good("echo", "7") * 6_000
-    with pytest.raises(RegistryFormatError, match="never closes") as err:
+    with pytest.raises(RegistryFormatError, match=r"longer than the 131,072-character limit"
+                       r".*closing '\"' missing") as err:
         parse_iana_csv(HEADER_LINE + _good("a", "1") + runaway, "runaway.csv")
     assert err.value.line == 3
 
@@ -333,7 +333,7 @@ def test_a_broken_row_is_a_problem_with_its_line_and_the_rest_still_loads(
         (HEADER_LINE + "abc\x00def\r\n", 2, "binary"),
         ("\udcff\udcfePK\x03\x04", 1, "binary"),
         ("PK\x03\x04 not a csv at all\r\n", 1, "expected 'Service Name,Port Number"),
-        ("Service Name,Port Number\r\necho,7\r\n", 1, "found 'Service Name,Port Number'"),
+        ("Service Name,Port Number\r\necho,7\r\n", 1, "found a row of 2 fields$"),
         (HEADER_LINE + 'x,1,tcp,"cut off here', 2, "truncated"),
         (HEADER_LINE + _good("a", "1") + 'x,1,tcp,"line one\nline two\n', 3, "truncated"),
     ],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from datetime import date
@@ -78,12 +77,12 @@ def test_official_xml_parses_every_record_and_person(parsed: ParsedSource) -> No
     assert len(parsed.people) == 5_615
 
 
-def test_source_info_carries_the_registry_updated_date_and_sha256(
-    parsed: ParsedSource, xml_bytes: bytes, official_xml: Path
+def test_source_info_carries_the_registry_updated_date(
+    parsed: ParsedSource, official_xml: Path
 ) -> None:
     assert parsed.info.format is SourceFormat.IANA_XML
     assert parsed.info.last_updated == date(2026, 8, 17)
-    assert parsed.info.sha256 == hashlib.sha256(xml_bytes).hexdigest()
+    assert parsed.info.sha256 == ""  # the loader hashes the bytes as read, once for every format
     assert {r.provenance.last_updated for r in parsed.records} == {date(2026, 8, 17)}
     assert {r.provenance.path for r in parsed.records} == {str(official_xml)}
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.compile import compile_table
 from portwatch.registry.loader import detect_format, load_registry
-from portwatch.registry.model import SourceFormat
+from portwatch.registry.merge import merge_sources
+from portwatch.registry.model import (
+    ParsedSource,
+    Provenance,
+    RecordKind,
+    ServiceRecord,
+    SourceFormat,
+    SourceInfo,
+)
 
 HEADER = (
     "| Service Name | Port Number | Transport Protocol | Description | Assignee | Contact | "
@@ -95,3 +106,49 @@ def test_format_comes_from_content_never_from_the_file_name(
     name: str, content: str, fmt: SourceFormat
 ) -> None:
     assert detect_format(content.encode(), name) is fmt
+
+
+# --- the array form of the slot views is the dict form, order included ---------
+
+_KINDS = st.sampled_from([RecordKind.ASSIGNED, RecordKind.RESERVED, RecordKind.UNASSIGNED,
+                          RecordKind.NAME_ONLY])
+
+
+@st.composite
+def _source(draw: st.DrawFn, index: int) -> ParsedSource:
+    """A small source whose ranges overlap each other, single ports and other sources."""
+    records = []
+    for line in range(draw(st.integers(0, 10))):
+        low = draw(st.integers(0, 60))
+        high = low + draw(st.sampled_from([0, 0, 1, 3, 20]))
+        kind = draw(_KINDS)
+        ports = (None, None) if kind is RecordKind.NAME_ONLY else (low, high)
+        records.append(ServiceRecord(
+            f"s{draw(st.integers(0, 4))}", *ports, draw(st.sampled_from([None, *Transport])),
+            "d", kind, Provenance(f"src{index}", line + 1, None)))
+    updated = draw(st.sampled_from([None, date(2020, 1, 1), date(2024, 1, 1)]))
+    return ParsedSource(SourceInfo(f"src{index}", SourceFormat.IANA_CSV, updated), records)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_slot_view_arrays_equal_slot_views_in_value_and_order(data: st.DataObject) -> None:
+    sources = [data.draw(_source(i)) for i in range(data.draw(st.integers(1, 3)))]
+    registry = merge_sources(sources)
+    expected = registry.slot_views()
+    arrays = registry.slot_view_arrays()
+    assert arrays.order.tolist() == [int(t) * 65536 + p for t, p in expected]
+    assert [arrays.views[arrays.view_id[k]] for k in arrays.order.tolist()] == list(
+        expected.values())
+    assert int((arrays.view_id >= 0).sum()) == len(expected)
+
+
+def test_slot_view_arrays_equal_slot_views_for_the_official_files(
+    official_xml: Path, official_csv: Path, history_csv: Path
+) -> None:
+    registry = load_registry([history_csv, official_csv, official_xml])
+    expected = registry.slot_views()
+    arrays = registry.slot_view_arrays()
+    assert arrays.order.tolist() == [int(t) * 65536 + p for t, p in expected]
+    assert [arrays.views[v] for v in arrays.view_id[arrays.order].tolist()] == list(
+        expected.values())

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -14,11 +18,11 @@ from hypothesis import strategies as st
 
 from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.cache import load_table
-from portwatch.porttable.compile import compile_table
-from portwatch.porttable.table import PortTable
+from portwatch.porttable.compile import _entry_for, _remark_ports, compile_table
+from portwatch.porttable.table import PortTable, SlotEntry
 from portwatch.registry.formats.iana_csv import parse_iana_csv
 from portwatch.registry.formats.iana_xml import parse_iana_xml
-from portwatch.registry.merge import merge_sources
+from portwatch.registry.merge import Registry, merge_sources
 from portwatch.registry.model import (
     ParsedSource,
     Provenance,
@@ -194,6 +198,145 @@ def test_garbage_is_not_taken_for_a_compiled_table() -> None:
         PortTable.from_bytes(b"garbage")
 
 
+# -- a tampered cache is a cache miss, never a traceback ------------------------
+
+_SMALL_SERVICES = "http 80/tcp www # World Wide Web HTTP\ndomain 53/udp\nmyapp 6000-6003/tcp\n"
+
+
+def _small_table_bytes(tmp_path: Path) -> bytes:
+    src = tmp_path / "services"
+    src.write_text(_SMALL_SERVICES)
+    return load_table([str(src)], cache=None).table.to_bytes()
+
+
+def _members(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _savez(members: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **members)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _json_member(value: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+
+
+def _edit_meta(members: dict[str, np.ndarray], **changes: object) -> np.ndarray:
+    meta = json.loads(members["meta"].tobytes())
+    meta.update(changes)
+    return _json_member(meta)
+
+
+def _edit_entry(members: dict[str, np.ndarray], field: int, value: object) -> np.ndarray:
+    entries = json.loads(members["entries"].tobytes())
+    entries[-1][field] = value
+    return _json_member(entries)
+
+
+_TAMPERINGS: dict[str, Callable[[dict[str, np.ndarray]], None]] = {
+    "missing-entry-array": lambda m: m.pop("entry"),
+    "missing-meta": lambda m: m.pop("meta"),
+    "short-status": lambda m: m.update(status=m["status"][:, :1000]),
+    "flat-flags": lambda m: m.update(flags=m["flags"].reshape(-1)),
+    "three-transports": lambda m: m.update(service_id=m["service_id"][:3]),
+    "service-id-as-int64": lambda m: m.update(service_id=m["service_id"].astype(np.int64)),
+    "status-as-float": lambda m: m.update(status=m["status"].astype(np.float32)),
+    "big-endian-entry": lambda m: m.update(entry=m["entry"].astype(">i4")),
+    "service-id-past-the-names": lambda m: m["service_id"].__setitem__((0, 80), 10_000),
+    "negative-service-id": lambda m: m["service_id"].__setitem__((1, 53), -3),
+    "entry-past-the-entries": lambda m: m["entry"].__setitem__((0, 80), 999),
+    "entry-below-minus-one": lambda m: m["entry"].__setitem__((0, 81), -2),
+    "status-code-unknown": lambda m: m["status"].__setitem__((2, 9), 200),
+    "flag-code-unknown": lambda m: m["flags"].__setitem__((2, 9), 7),
+    "meta-not-json": lambda m: m.update(meta=np.frombuffer(b"{not json", dtype=np.uint8)),
+    "meta-a-list": lambda m: m.update(meta=_json_member([1, 2, 3])),
+    "meta-nested-deep": lambda m: m.update(
+        meta=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, dtype=np.uint8)),
+    "meta-other-version": lambda m: m.update(meta=_edit_meta(m, version=99)),
+    "names-not-strings": lambda m: m.update(meta=_edit_meta(m, names=["", 5])),
+    "names-empty": lambda m: m.update(meta=_edit_meta(m, names=[])),
+    "source-of-four-fields": lambda m: m.update(
+        meta=_edit_meta(m, sources=[["p", "services", None, True]])),
+    "source-format-unknown": lambda m: m.update(
+        meta=_edit_meta(m, sources=[["p", "yaml", None, True, ""]])),
+    "source-date-garbage": lambda m: m.update(
+        meta=_edit_meta(m, sources=[["p", "services", "2024-13-45", True, ""]])),
+    "entries-a-dict": lambda m: m.update(entries=_json_member({"a": 1})),
+    "entry-of-seven-fields": lambda m: m.update(
+        entries=_json_member([e[:7] for e in json.loads(m["entries"].tobytes())])),
+    "entry-status-a-string": lambda m: m.update(entries=_edit_entry(m, 0, "assigned")),
+    "entry-aliases-of-ints": lambda m: m.update(entries=_edit_entry(m, 2, [1, 2])),
+    "entry-source-past-the-sources": lambda m: m.update(entries=_edit_entry(m, 7, 4)),
+    "entry-record-id-negative": lambda m: m.update(entries=_edit_entry(m, 6, [-1])),
+    "entry-flag-a-bool": lambda m: m.update(entries=_edit_entry(m, 4, True)),
+    "object-array-member": lambda m: m.update(entries=np.array([{"x": 1}], dtype=object)),
+}
+
+
+@pytest.mark.parametrize("tamper", list(_TAMPERINGS), ids=list(_TAMPERINGS))
+def test_tampered_table_is_refused_with_a_value_error(tmp_path: Path, tamper: str) -> None:
+    members = _members(_small_table_bytes(tmp_path))
+    _TAMPERINGS[tamper](members)
+    if tamper == "object-array-member":
+        buf = io.BytesIO()
+        np.savez(buf, allow_pickle=True, **members)  # type: ignore[arg-type]
+        blob = buf.getvalue()
+    else:
+        blob = _savez(members)
+    with pytest.raises(ValueError, match="not a compiled portwatch table"):
+        PortTable.from_bytes(blob)
+
+
+def test_untouched_members_resaved_still_load(tmp_path: Path) -> None:
+    """The tamper harness itself changes nothing by re-saving: the refusals are real."""
+    blob = _savez(_members(_small_table_bytes(tmp_path)))
+    assert PortTable.from_bytes(blob).lookup(Transport.TCP, 80).service == "http"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 22, 100, 5_000, -1_000, -1])
+def test_truncated_table_is_refused_with_a_value_error(tmp_path: Path, cut: int) -> None:
+    blob = _small_table_bytes(tmp_path)
+    with pytest.raises(ValueError, match="not a compiled portwatch table"):
+        PortTable.from_bytes(blob[:cut])
+
+
+def test_member_claiming_a_huge_size_is_refused_before_inflating(tmp_path: Path) -> None:
+    members = _members(_small_table_bytes(tmp_path))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in members.items():
+            if name != "entries":
+                with zf.open(f"{name}.npy", "w") as out:
+                    np.lib.format.write_array(out, array)
+        with zf.open("entries.npy", "w") as out:  # 65 MiB of zeros deflate to 64 KiB: a bomb
+            np.lib.format.write_array(out, np.zeros(65 * 1024 * 1024, dtype=np.uint8))
+    with pytest.raises(ValueError, match="implausibly large"):
+        PortTable.from_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "tamper", ["short-status", "entry-past-the-entries", "meta-nested-deep", "missing-meta"]
+)
+def test_load_table_recompiles_over_a_tampered_cache_file(tmp_path: Path, tamper: str) -> None:
+    src = tmp_path / "services"
+    src.write_text(_SMALL_SERVICES)
+    cache = tmp_path / "cache"
+    fresh = load_table([str(src)], cache=cache)
+    (cached,) = cache.glob("table-*.npz")
+    good = cached.read_bytes()
+    members = _members(good)
+    _TAMPERINGS[tamper](members)
+    cached.write_bytes(_savez(members))
+    again = load_table([str(src)], cache=cache)
+    assert not again.from_cache
+    assert again.table.lookup(Transport.TCP, 80).service == "http"
+    assert cached.read_bytes() == good == fresh.table.to_bytes()  # overwritten with a good one
+    assert load_table([str(src)], cache=cache).from_cache
+
+
 def test_cache_is_reused_and_invalidated_when_a_source_changes(tmp_path: Path) -> None:
     src = tmp_path / "services"
     src.write_text("http 80/tcp www # World Wide Web HTTP\n")
@@ -259,3 +402,76 @@ def test_table_agrees_with_a_linear_scan_for_every_port(
                            for r in newer)
             want = _linear_scan(newer if in_newer else older, t, port)
             assert (table.status_of(t, port).label, table.service_of(t, port)) == want
+
+
+# -- the vectorised compiler equals the slot-by-slot one, byte for byte ---------
+
+
+def _reference_table(registry: Registry) -> PortTable:
+    """The compiler as it was: one dict item per slot, numbered as first met."""
+    status = np.zeros((4, 65536), dtype=np.uint8)
+    service_id = np.zeros((4, 65536), dtype=np.int32)
+    flags = np.zeros((4, 65536), dtype=np.uint8)
+    entry = np.full((4, 65536), -1, dtype=np.int32)
+    names, name_ids = [""], {"": 0}
+    entries: list[SlotEntry] = []
+    interned: dict[tuple[tuple[int, ...], int], int] = {}
+    for (transport, port), view in registry.slot_views().items():
+        st_, service, aliases, description, remarked = _entry_for(registry, view)
+        flag = PortFlag.NONE
+        if remarked is not None:
+            ports = _remark_ports(remarked)
+            if ports is None or port in ports:
+                flag = PortFlag.UNAUTHORIZED_USE
+        index = interned.setdefault((view.record_ids, int(flag)), len(entries))
+        if index == len(entries):
+            entries.append(SlotEntry(st_, service, aliases, description, flag,
+                                     remarked.unauthorized_use if remarked else "",
+                                     view.record_ids, view.source_index))
+        sid = name_ids.setdefault(service, len(names))
+        if sid == len(names):
+            names.append(service)
+        status[transport, port] = st_
+        service_id[transport, port] = sid
+        flags[transport, port] = flag
+        entry[transport, port] = index
+    dynamic = status[:, 49152:]
+    dynamic[dynamic == PortStatus.UNLISTED] = PortStatus.DYNAMIC
+    return PortTable(status=status, service_id=service_id, flags=flags, entry=entry,
+                     names=names, entries=entries, sources=list(registry.sources))
+
+
+@st.composite
+def _remarked_records(draw: st.DrawFn, path: str) -> list[ServiceRecord]:
+    out = []
+    for i in range(draw(st.integers(0, 10))):
+        lo = draw(st.integers(0, 120))
+        hi = lo + draw(st.sampled_from([0, 0, 2, 30]))
+        kind = draw(_KINDS)
+        remark = draw(st.sampled_from(["", "", f"port {lo}", f"ports {lo + 1} and {hi}", "yes"]))
+        out.append(ServiceRecord(
+            f"svc{draw(st.integers(0, 6))}" if kind is RecordKind.ASSIGNED else "", lo, hi,
+            draw(st.sampled_from([None, *Transport])), f"d{i % 3}", kind,
+            Provenance(path, i + 1, None), unauthorized_use=remark))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(_remarked_records("a"), _remarked_records("b"), st.booleans())
+def test_compiled_table_equals_the_slot_by_slot_reference(
+    first: list[ServiceRecord], second: list[ServiceRecord], newer_first: bool
+) -> None:
+    dates = (date(2024, 1, 1), date(2020, 1, 1)) if newer_first else (None, date(2020, 1, 1))
+    registry = merge_sources([
+        ParsedSource(SourceInfo("a", SourceFormat.IANA_CSV, dates[0]), first),
+        ParsedSource(SourceInfo("b", SourceFormat.IANA_CSV, dates[1]), second),
+    ])
+    assert compile_table(registry).to_bytes() == _reference_table(registry).to_bytes()
+
+
+def test_official_tables_equal_the_slot_by_slot_reference(
+    csv_source: ParsedSource, xml_source: ParsedSource
+) -> None:
+    for sources in ([xml_source], [csv_source, xml_source]):
+        registry = merge_sources(sources)
+        assert compile_table(registry).to_bytes() == _reference_table(registry).to_bytes()

@@ -47,6 +47,19 @@ class LoadedTable:
         return self.registry
 
 
+#: A compiled table is about 3.5 MB; a cache file far larger is not one of ours.
+_MAX_CACHED_BYTES = 256 * 1024 * 1024
+
+
+def _read_cached(target: Path) -> bytes:
+    """The cache file's bytes; ``ValueError`` for one too large to be a table."""
+    with target.open("rb") as f:
+        data = f.read(_MAX_CACHED_BYTES + 1)
+    if len(data) > _MAX_CACHED_BYTES:
+        raise ValueError(f"{target}: too large to be a compiled table")
+    return data
+
+
 def load_table(
     paths: Sequence[str], *, cache: Path | None, strict: bool = False
 ) -> LoadedTable:
@@ -55,10 +68,10 @@ def load_table(
     target = cache / f"table-{table_key(sources)}.npz" if cache is not None else None
     if target is not None and not strict:
         try:
-            table = PortTable.from_bytes(target.read_bytes())
+            table = PortTable.from_bytes(_read_cached(target))
             return LoadedTable(table, None, True, sources)
         except (OSError, ValueError):
-            pass  # absent or unusable: compile afresh and overwrite
+            pass  # absent, cut short or tampered with: compile afresh and overwrite
     registry = merge_sources([parse_source(d, p) for p, d in sources])
     if strict and registry.problems:
         first = registry.problems[0]

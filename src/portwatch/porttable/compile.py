@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import numpy.typing as npt
 
-from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus
+from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PORTS, PortTable, SlotEntry
 from portwatch.registry.merge import Registry, SlotView
 from portwatch.registry.model import RecordKind, ServiceRecord
@@ -68,52 +69,88 @@ def _entry_for(
     raise AssertionError("slot view without records")  # slot_views never yields one
 
 
-def compile_table(registry: Registry) -> PortTable:
-    """Resolve every slot once; the result answers by indexing alone."""
-    status = np.zeros((4, PORTS), dtype=np.uint8)
-    service_id = np.zeros((4, PORTS), dtype=np.int32)
-    flags = np.zeros((4, PORTS), dtype=np.uint8)
-    entry = np.full((4, PORTS), -1, dtype=np.int32)
-    names: list[str] = [""]
-    name_ids: dict[str, int] = {"": 0}
-    entries: list[SlotEntry] = []
-    interned: dict[tuple[tuple[int, ...], int], int] = {}
-    resolved: dict[tuple[int, ...], tuple[PortStatus, str, tuple[str, ...], str,
-                                          ServiceRecord | None]] = {}
+_Facts = tuple[PortStatus, str, tuple[str, ...], str, ServiceRecord | None]
 
-    for (transport, port), view in registry.slot_views().items():
-        facts = resolved.get(view.record_ids)
-        if facts is None:
-            facts = resolved[view.record_ids] = _entry_for(registry, view)
-        st, service, aliases, description, remarked = facts
-        flag = PortFlag.NONE
+
+def _first_seen_ranks(keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64],
+                                                           npt.NDArray[np.intp]]:
+    """The distinct ``keys`` in order of first appearance, and each key's rank in that order."""
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    by_first = np.argsort(first, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.intp)
+    rank[by_first] = np.arange(len(uniq))
+    return uniq[by_first], rank[inverse]
+
+
+def _flags(facts: list[_Facts], vid: npt.NDArray[np.int32],
+           ports: npt.NDArray[np.intp]) -> npt.NDArray[np.uint8]:
+    """UNAUTHORIZED_USE where a slot's remark covers it: all the record's ports, or those named."""
+    everywhere = np.zeros(len(facts) + 1, dtype=bool)
+    named: dict[int, set[int]] = {}
+    for v, (*_, remarked) in enumerate(facts):
         if remarked is not None:
-            ports = _remark_ports(remarked)
-            if ports is None or port in ports:
-                flag = PortFlag.UNAUTHORIZED_USE
-        key = (view.record_ids, int(flag))
-        index = interned.get(key)
-        if index is None:
-            index = interned[key] = len(entries)
-            entries.append(
-                SlotEntry(st, service, aliases, description, flag,
-                          remarked.unauthorized_use if remarked else "",
-                          view.record_ids, view.source_index)
-            )
-        sid = name_ids.get(service)
-        if sid is None:
-            sid = name_ids[service] = len(names)
-            names.append(service)
-        status[transport, port] = st
-        service_id[transport, port] = sid
-        flags[transport, port] = flag
-        entry[transport, port] = index
+            ports_named = _remark_ports(remarked)
+            if ports_named is None:
+                everywhere[v] = True
+            else:
+                named[v] = ports_named
+    flags = everywhere[vid].astype(np.uint8) * np.uint8(PortFlag.UNAUTHORIZED_USE)
+    if named:
+        for i in np.flatnonzero(np.isin(vid, np.fromiter(named, dtype=np.int32))).tolist():
+            if int(ports[i]) in named[int(vid[i])]:
+                flags[i] = PortFlag.UNAUTHORIZED_USE
+    return flags
 
+
+def compile_table(registry: Registry) -> PortTable:
+    """Resolve every slot once; the result answers by indexing alone.
+
+    Work is per distinct view (about 13,000 for the official registry), not
+    per slot (110,000): slots are filled with numpy fancy indexing, and
+    entries and names are numbered by first appearance in the order of
+    ``Registry.slot_views`` so the table is the same, byte for byte.
+    """
+    sv = registry.slot_view_arrays()
+    facts = [_entry_for(registry, view) for view in sv.views]
+    vid = sv.view_id[sv.order]
+    ports = sv.order % PORTS
+    flags_of_slot = _flags(facts, vid, ports)
+
+    keys, entry_of_slot = _first_seen_ranks(vid.astype(np.int64) * 2 + flags_of_slot)
+    entries = []
+    for key in keys.tolist():
+        view = sv.views[key >> 1]
+        st, service, aliases, description, remarked = facts[key >> 1]
+        entries.append(SlotEntry(st, service, aliases, description, PortFlag(key & 1),
+                                 remarked.unauthorized_use if remarked else "",
+                                 view.record_ids, view.source_index))
+
+    service_ids: dict[str, int] = {"": 0}
+    service_of_view = np.array([service_ids.setdefault(f[1], len(service_ids)) for f in facts],
+                               dtype=np.int64)
+    seen, _ = _first_seen_ranks(service_of_view[vid])
+    by_id = list(service_ids)
+    names = [""] + [by_id[i] for i in seen.tolist() if i != 0]
+    name_ids = {name: i for i, name in enumerate(names)}
+    sid_of_view = np.array([name_ids.get(f[1], 0) for f in facts], dtype=np.int32)
+    status_of_view = np.array([f[0] for f in facts], dtype=np.uint8)
+
+    status = np.zeros(len(Transport) * PORTS, dtype=np.uint8)
+    service_id = np.zeros(len(Transport) * PORTS, dtype=np.int32)
+    flags = np.zeros(len(Transport) * PORTS, dtype=np.uint8)
+    entry = np.full(len(Transport) * PORTS, -1, dtype=np.int32)
+    if facts:
+        status[sv.order] = status_of_view[vid]
+        service_id[sv.order] = sid_of_view[vid]
+    flags[sv.order] = flags_of_slot
+    entry[sv.order] = entry_of_slot
+    shape = (len(Transport), PORTS)
+    status_rows = status.reshape(shape)
     dynamic = slice(DYNAMIC_PORTS.start, DYNAMIC_PORTS.stop)
-    unlisted = status[:, dynamic] == PortStatus.UNLISTED
-    status[:, dynamic][unlisted] = PortStatus.DYNAMIC
+    unlisted = status_rows[:, dynamic] == PortStatus.UNLISTED
+    status_rows[:, dynamic][unlisted] = PortStatus.DYNAMIC
     return PortTable(
-        status=status, service_id=service_id, flags=flags, entry=entry,
-        names=names, entries=entries, sources=list(registry.sources),
+        status=status_rows, service_id=service_id.reshape(shape), flags=flags.reshape(shape),
+        entry=entry.reshape(shape), names=names, entries=entries,
+        sources=list(registry.sources),
     )
-

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from datetime import date
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +36,21 @@ _STATUS_BY_CODE = tuple(PortStatus(i) for i in range(len(PortStatus)))
 #: ``__new__`` of NamedTuple: 426 ns -> about 100 ns a lookup.
 _new_info = tuple.__new__
 _FLAGS_BY_CODE = tuple(PortFlag(i) for i in range(2))
+_SLOT_ARRAYS: dict[str, np.dtype[Any]] = {
+    "status": np.dtype(np.uint8),
+    "service_id": np.dtype(np.int32),
+    "flags": np.dtype(np.uint8),
+    "entry": np.dtype(np.int32),
+}
+_BLOBS = ("meta", "entries")
+#: No member of a genuine table comes near this (the whole file is ~3.5 MB);
+#: checked from the zip directory before anything is inflated.
+_MAX_MEMBER_BYTES = 64 * 1024 * 1024
+#: What ``from_bytes`` turns into "not a compiled table": whatever a damaged
+#: or hand-made file makes numpy, zipfile or json raise (a JSON nested
+#: thousands deep raises RecursionError).
+_DAMAGE = (KeyError, IndexError, TypeError, ValueError, OSError, EOFError,
+           zipfile.BadZipFile, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +147,7 @@ class PortTable:
         return self._entries
 
     def _raw(self) -> list[Any]:
-        if self._raw_entries is None:
+        if self._raw_entries is None:  # a table built by hand with a blob
             self._raw_entries = json.loads(self._entries_blob)
             self._entries_blob = b""
         return self._raw_entries
@@ -264,28 +281,105 @@ class PortTable:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PortTable:
-        """Inverse of ``to_bytes``; raises ``ValueError`` on anything else."""
+        """Inverse of ``to_bytes``; raises ``ValueError`` on anything else.
+
+        Everything is checked before it is trusted (the cache directory is
+        writable by the user, and a file there may be cut short or edited):
+        array shapes and dtypes, every index into ``names`` and the slot
+        entries, and the JSON's structure. The caller treats the error as a
+        cache miss, so nothing but ``ValueError`` may escape.
+        """
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {
-                    k: npz[k] for k in ("status", "service_id", "flags", "entry", "meta", "entries")
-                }
-            meta = json.loads(arrays["meta"].tobytes())
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise ValueError(f"not a compiled portwatch table: {exc}") from None
-        if meta.get("version") != TABLE_FORMAT_VERSION:
+            return cls._checked(data)
+        except _DAMAGE as exc:
+            raise ValueError(f"not a compiled portwatch table: {exc!s:.200}") from None
+
+    @classmethod
+    def _checked(cls, data: bytes) -> PortTable:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for name in (*_SLOT_ARRAYS, *_BLOBS):
+                if zf.getinfo(f"{name}.npy").file_size > _MAX_MEMBER_BYTES:
+                    raise ValueError(f"member {name!r} is implausibly large")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in (*_SLOT_ARRAYS, *_BLOBS)}
+        for name, dtype in _SLOT_ARRAYS.items():
+            a = arrays[name]
+            if a.shape != (len(Transport), PORTS) or a.dtype != dtype:
+                raise ValueError(f"{name}: {a.dtype}{a.shape}, expected {dtype}(4, {PORTS})")
+        for name in _BLOBS:
+            if arrays[name].ndim != 1 or arrays[name].dtype != np.uint8:
+                raise ValueError(f"{name}: not a byte string")
+        meta = json.loads(arrays["meta"].tobytes())
+        if not isinstance(meta, dict) or meta.get("version") != TABLE_FORMAT_VERSION:
             raise ValueError("compiled table of another format version")
-        sources = [
-            SourceInfo(p, SourceFormat(f), date.fromisoformat(d) if d else None, a, h)
-            for p, f, d, a, h in meta["sources"]
-        ]
-        return cls(
-            status=arrays["status"],
-            service_id=arrays["service_id"],
-            flags=arrays["flags"],
-            entry=arrays["entry"],
-            names=list(meta["names"]),
+        names, sources = _checked_names(meta["names"]), _checked_sources(meta["sources"])
+        raw = json.loads(arrays["entries"].tobytes())
+        _check_entries(raw, len(sources))
+        status, flags = arrays["status"], arrays["flags"]
+        service_id, entry = arrays["service_id"], arrays["entry"]
+        if int(status.max()) >= len(PortStatus) or int(flags.max()) >= len(_FLAGS_BY_CODE):
+            raise ValueError("status or flag code out of range")
+        if int(service_id.min()) < 0 or int(service_id.max()) >= len(names):
+            raise ValueError("service id out of range of the names")
+        if int(entry.min()) < -1 or int(entry.max()) >= len(raw):
+            raise ValueError("slot entry index out of range of the entries")
+        table = cls(
+            status=np.ascontiguousarray(status),
+            service_id=np.ascontiguousarray(service_id),
+            flags=np.ascontiguousarray(flags),
+            entry=np.ascontiguousarray(entry),
+            names=names,
             entries=None,
             sources=sources,
-            entries_blob=arrays["entries"].tobytes(),
         )
+        table._raw_entries = raw  # already decoded to check it: keep, do not decode twice
+        return table
+
+
+def _checked_names(names: object) -> list[str]:
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("names: expected a list of strings")
+    return names
+
+
+def _checked_sources(sources: object) -> list[SourceInfo]:
+    if not isinstance(sources, list):
+        raise ValueError("sources: expected a list")
+    out: list[SourceInfo] = []
+    for item in sources:
+        p, f, d, a, h = item  # ValueError/TypeError on another shape
+        if not (isinstance(p, str) and isinstance(a, bool) and isinstance(h, str)
+                and (d is None or isinstance(d, str))):
+            raise ValueError("sources: an item of the wrong types")
+        out.append(SourceInfo(p, SourceFormat(f), date.fromisoformat(d) if d else None, a, h))
+    return out
+
+
+_STATUS_CODES = frozenset(int(s) for s in PortStatus)
+_FLAG_CODES = frozenset(range(len(_FLAGS_BY_CODE)))
+
+
+def _check_entries(raw: object, n_sources: int) -> None:
+    """Every entry is ``[status, service, aliases, description, flags, remark, ids, source]``.
+
+    Checked column by column with C-level set/map passes: a per-entry Python
+    loop over 13,000 entries would triple the warm start-up.
+    """
+    if not isinstance(raw, list):
+        raise ValueError("entries: expected a list")
+    if not raw:
+        return
+    if set(map(type, raw)) != {list} or set(map(len, raw)) != {8}:
+        raise ValueError("entries: an entry of the wrong shape")
+    st, sv, al, de, fl, rm, ri, so = zip(*raw, strict=True)
+    for column, kind in ((st, int), (sv, str), (al, list), (de, str), (fl, int), (rm, str),
+                         (ri, list), (so, int)):
+        if set(map(type, column)) != {kind}:
+            raise ValueError("entries: a field of the wrong type")
+    aliases, ids = list(chain.from_iterable(al)), list(chain.from_iterable(ri))
+    if not set(map(type, aliases)) <= {str} or not set(map(type, ids)) <= {int}:
+        raise ValueError("entries: an alias or record id of the wrong type")
+    if not set(st) <= _STATUS_CODES or not set(fl) <= _FLAG_CODES:
+        raise ValueError("entries: a status or flag code out of range")
+    if min(so) < 0 or max(so) >= n_sources or (ids and min(ids) < 0):
+        raise ValueError("entries: a source or record index out of range")

@@ -8,8 +8,10 @@ parser.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import hashlib
 import lzma
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +23,10 @@ from portwatch.registry.merge import Registry, merge_sources
 from portwatch.registry.model import ParsedSource, SourceFormat
 
 __all__ = [
+    "MAX_LINES",
+    "MAX_LINE_BYTES",
     "MAX_SOURCE_BYTES",
+    "check_lines",
     "decompress_source",
     "detect_format",
     "load_registry",
@@ -29,6 +34,7 @@ __all__ = [
     "read_bytes",
     "read_source",
     "sha256_of",
+    "transcode_bom",
 ]
 
 _SNIFF_BYTES = 64 * 1024
@@ -36,6 +42,22 @@ _SNIFF_BYTES = 64 * 1024
 #: The official XML is about 4 MB; nothing genuine comes near this, a bomb or
 #: ``/dev/zero`` does. Applies to the file as read and as inflated.
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
+#: The official CSV's longest line is about 400 bytes, a text rendering's
+#: under 2 KB. A longer line in a text source is damage (or ``/dev/urandom``
+#: without NULs), refused before it is decoded and split.
+MAX_LINE_BYTES = 64 * 1024
+#: The official CSV has 15,381 lines, the XML 127,034. Each line of a text
+#: source costs a Python string; a million is ample and bounds that memory.
+MAX_LINES = 1_000_000
+
+_LONG_LINE_RE = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE_BYTES + 1))
+#: Byte-order marks, longest first (UTF-32 LE begins like UTF-16 LE).
+_BOMS: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x00\x00\xfe\xff", "utf-32", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "utf-32", "UTF-32"),
+    (b"\xfe\xff", "utf-16", "UTF-16"),
+    (b"\xff\xfe", "utf-16", "UTF-16"),
+)
 
 
 class _Decompressor(Protocol):
@@ -101,13 +123,66 @@ def detect_format(data: bytes, path: str) -> SourceFormat:
         return SourceFormat.TEXT_TABLE
     if services_file.looks_like_services(text):
         return SourceFormat.SERVICES
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")[:60]
+    # Never quote what an unrecognised file holds: ``--registry /etc/shadow``
+    # must not print a password hash. Say what was expected instead.
     raise RegistryFormatError(
-        "not an IANA port registry (official CSV or XML, a text/Markdown rendering, "
-        f"or a services(5) file); first line is {first!r}",
+        "not an IANA port registry: expected the official CSV (header 'Service Name,"
+        "Port Number,...'), the official XML (<registry id=\"service-names-port-numbers\">),"
+        " a text/Markdown rendering of the registry page, or a services(5) file",
         path=path,
         line=1,
     )
+
+
+def transcode_bom(data: bytes, path: str) -> tuple[bytes, bool]:
+    """UTF-16/32 text (judged by its byte-order mark) as UTF-8; whether it was transcoded.
+
+    Done before any NUL check, since every ASCII character of UTF-16 text
+    carries a NUL byte.
+    """
+    found = next((b for b in _BOMS if data.startswith(b[0])), None)
+    if found is None:
+        return data, False
+    _, codec, name = found
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].decode(codec, errors="ignore").count("\n") + 1
+        raise RegistryFormatError(
+            f"not valid {name} text despite its byte-order mark (byte offset {exc.start})",
+            path=path,
+            line=line,
+        ) from None
+    return text.encode("utf-8"), True
+
+
+def check_lines(data: bytes, path: str) -> None:
+    """Refuse a text source with a line over ``MAX_LINE_BYTES`` or too many lines.
+
+    Runs on the bytes before decoding, so a 60 MB one-line file costs one
+    scan, not a decoded copy and a csv module buffer.
+    """
+    first = data.find(b"\n", 0, MAX_LINE_BYTES + 1)
+    long_at: int | None = None
+    if first == -1 and len(data) > MAX_LINE_BYTES:
+        long_at = 1
+    else:
+        m = _LONG_LINE_RE.search(data)
+        if m:
+            long_at = data.count(b"\n", 0, m.start()) + 2
+    if long_at is not None:
+        raise RegistryFormatError(
+            f"line longer than {MAX_LINE_BYTES:,} bytes: not a port registry"
+            " (the official files' lines are under 2 KB)",
+            path=path,
+            line=long_at,
+        )
+    if data.count(b"\n") > MAX_LINES:
+        raise RegistryFormatError(
+            f"more than {MAX_LINES:,} lines: not a port registry"
+            " (the official CSV has about 15,000)",
+            path=path,
+        )
 
 
 def _decode(data: bytes, path: str) -> str:
@@ -123,11 +198,24 @@ def _decode(data: bytes, path: str) -> str:
 
 
 def parse_source(data: bytes, path: str) -> ParsedSource:
-    """Parse one source from its bytes, whatever form (and compression) it is in."""
+    """Parse one source from its bytes, whatever form (and compression) it is in.
+
+    ``SourceInfo.sha256`` is the digest of ``data`` as read, compressed or
+    not, so that it matches ``sha256sum`` of the file and the cache key.
+    """
+    digest = sha256_of(data)
     data = decompress_source(data, path)
+    data, transcoded = transcode_bom(data, path)
     fmt = detect_format(data, path)
+    parsed = _parse(fmt, data, path, transcoded)
+    parsed.info = dataclasses.replace(parsed.info, sha256=digest)
+    return parsed
+
+
+def _parse(fmt: SourceFormat, data: bytes, path: str, transcoded: bool) -> ParsedSource:
     if fmt is SourceFormat.IANA_XML:
-        return iana_xml.parse_iana_xml(data, path)
+        return iana_xml.parse_iana_xml(data, path, encoding="UTF-8" if transcoded else None)
+    check_lines(data, path)
     text = _decode(data, path)
     if fmt is SourceFormat.IANA_CSV:
         return iana_csv.parse_iana_csv(text, path)

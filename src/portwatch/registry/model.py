@@ -15,6 +15,7 @@ from datetime import date
 from enum import Enum
 
 from portwatch.ports import Transport
+from portwatch.registry.formats._fields import DATE_RE
 
 __all__ = [
     "ParseProblem",
@@ -160,12 +161,9 @@ class ParsedSource:
     problems: list[ParseProblem] = field(default_factory=list)
 
 
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
-
-
 def parse_registry_date(text: str) -> date | None:
     """``'2007-06'`` -> 2007-06-01, ``'2020-04-29'`` -> that day; else ``None``."""
-    m = _DATE_RE.match(text.strip())
+    m = DATE_RE.match(text.strip())
     if not m:
         return None
     year, month, day = int(m[1]), int(m[2]), int(m[3] or 1)

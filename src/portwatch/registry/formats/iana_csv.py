@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from datetime import date
 
 from portwatch.errors import RegistryFormatError
 from portwatch.ports import Transport
+from portwatch.registry.formats._fields import (
+    MAX_PROBLEMS,
+    parse_port_range,
+    shorten,
+    too_many_problems,
+)
 from portwatch.registry.model import (
     ParsedSource,
     ParseProblem,
@@ -33,6 +38,7 @@ from portwatch.registry.model import (
 
 __all__ = [
     "HEADER",
+    "MAX_FIELD_CHARS",
     "looks_like_iana_csv",
     "newest_date",
     "parse_iana_csv",
@@ -58,10 +64,10 @@ HEADER: tuple[str, ...] = (
 )
 
 _BOM = "\ufeff"
-_PORT_RE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
-_MAX_PORT = 65535
 _BINARY_RE = re.compile("[\x00\ud800-\udfff]")  # NUL, or bytes kept by surrogateescape
-_SHOWN = 120  # characters of a bad header or value quoted back to the user
+#: The csv module's own limit on one field; the longest official field is
+#: under 2 KB, so a longer one is damage, not data.
+MAX_FIELD_CHARS = csv.field_size_limit()
 
 
 def looks_like_iana_csv(head: str) -> bool:
@@ -81,21 +87,11 @@ def parse_port_text(text: str) -> tuple[int | None, int | None]:
     """``''`` -> (None, None); ``'80'`` -> (80, 80); ``'6000-6063'`` -> (6000, 6063).
 
     Raises ``ValueError`` with a message quoting the text when it is no port
-    number or range, is above 65535, or runs backwards.
+    number or range of ASCII digits, is above 65535, or runs backwards.
     """
-    text = text.strip()
-    if not text:
+    if not text.strip():
         return None, None
-    m = _PORT_RE.match(text)
-    if not m:
-        raise ValueError(f"bad port number {text!r}: expected a number or a range like 6000-6063")
-    low = int(m[1])
-    high = int(m[2]) if m[2] is not None else low
-    if high > _MAX_PORT:
-        raise ValueError(f"bad port number {text!r}: ports run from 0 to {_MAX_PORT}")
-    if low > high:
-        raise ValueError(f"bad port range {text!r}: {low} is above {high}")
-    return low, high
+    return parse_port_range(text)
 
 
 def parse_transport_text(text: str) -> Transport | None:
@@ -173,14 +169,6 @@ def _check_text(text: str, path: str) -> None:
         )
 
 
-def _shorten(text: str) -> str:
-    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
-
-
-def _row_text(fields: list[str] | str) -> str:
-    return fields if isinstance(fields, str) else ",".join(fields)
-
-
 def _field(value: str) -> str:
     """Field text as the csv module gives it, with CRLF inside a field made LF."""
     return value.replace("\r\n", "\n")
@@ -236,8 +224,9 @@ def _rows(text: str, path: str) -> Iterator[tuple[int, list[str] | str]]:
                 ) from None
             if "field larger than field limit" in reason:
                 raise RegistryFormatError(
-                    f"a quoted field in the row starting on line {start} never closes"
-                    f" (still open on line {reader.line_num}): a '\"' is missing",
+                    f"a field of the row starting on line {start} is longer than the"
+                    f" {MAX_FIELD_CHARS:,}-character limit (reading reached line"
+                    f" {reader.line_num}; is a closing '\"' missing?)",
                     path=path,
                     line=start,
                 ) from None
@@ -257,20 +246,26 @@ def parse_iana_csv(text: str, path: str) -> ParsedSource:
     ``RegistryFormatError``.
     """
     _check_text(text, path)
-    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     rows = _rows(text.removeprefix(_BOM), path)
     first = next(rows, None)
     if first is None or isinstance(first[1], str) or tuple(first[1]) != HEADER:
-        found = "" if first is None else _row_text(first[1])
+        # The file is not recognised: say what was expected, never quote what
+        # it holds (``--registry /etc/shadow`` must not echo a password hash).
+        found = "no row" if first is None else (
+            "a malformed row" if isinstance(first[1], str)
+            else f"a row of {len(first[1])} field{'s' if len(first[1]) != 1 else ''}"
+        )
         raise RegistryFormatError(
-            f"not the official IANA CSV header: expected {','.join(HEADER)!r},"
-            f" found {_shorten(found)!r}",
+            f"not the official IANA CSV header: expected {','.join(HEADER)!r}"
+            f" ({len(HEADER)} fields), found {found}",
             path=path,
             line=1 if first is None else first[0],
         )
     records: list[ServiceRecord] = []
     problems: list[ParseProblem] = []
     for line, fields in rows:
+        if len(problems) >= MAX_PROBLEMS:
+            raise too_many_problems(path, line, "the IANA registry CSV")
         if isinstance(fields, str):
             problems.append(ParseProblem(path, line, fields))
             continue
@@ -278,7 +273,7 @@ def parse_iana_csv(text: str, path: str) -> ParsedSource:
             problems.append(ParseProblem(
                 path, line,
                 f"expected {len(HEADER)} fields, found {len(fields)}:"
-                f" {_shorten(','.join(fields))!r}",
+                f" {shorten(','.join(fields))!r}",
             ))
             continue
         try:
@@ -292,6 +287,5 @@ def parse_iana_csv(text: str, path: str) -> ParsedSource:
         )
         for r in records
     ]
-    info = SourceInfo(path, SourceFormat.IANA_CSV, last_updated, assigned_only=False,
-                      sha256=sha256)
+    info = SourceInfo(path, SourceFormat.IANA_CSV, last_updated, assigned_only=False)
     return ParsedSource(info=info, records=records, problems=problems)

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from datetime import date
 
 from portwatch.ports import Transport
+from portwatch.registry.formats._fields import (
+    MAX_PROBLEMS,
+    parse_port_range,
+    shorten,
+    too_many_problems,
+)
 from portwatch.registry.model import (
     ParsedSource,
     ParseProblem,
@@ -27,15 +33,16 @@ from portwatch.registry.model import (
 
 __all__ = ["ServicesEntry", "looks_like_services", "parse_services", "parse_services_line"]
 
-_ENTRY_RE = re.compile(r"^\S+\s+\d+(?:-\d+)?/[A-Za-z]+(?:/[A-Za-z]+)*(?:\s|$)")
-_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+_ENTRY_RE = re.compile(r"^\S+\s+[0-9]+(?:-[0-9]+)?/[A-Za-z]+(?:/[A-Za-z]+)*(?:\s|$)")
 #: services(5) protocols that are valid but carry no IANA port assignment:
 #: AppleTalk's Datagram Delivery Protocol (Debian's ``rtmp 1/ddp``).
 _UNTRACKED_PROTOCOLS = frozenset({"ddp"})
 #: A header comment that dates the file: ``# Updated: 2024-06-11``,
 #: ``# Last updated 2024-06``, ``# generated on 2024-06-11``.
 _DATED_RE = re.compile(
-    r"\b(?:last[- ]updated|updated|generated|date|as of)\b\D*?(\d{4}-\d{2}(?:-\d{2})?)\b", re.I
+    r"\b(?:last[- ]updated|updated|generated|date|as of)\b"
+    r"[^0-9]*?([0-9]{4}-[0-9]{2}(?:-[0-9]{2})?)\b",
+    re.I | re.ASCII,
 )
 _SNIFF_LINES = 40
 
@@ -70,11 +77,12 @@ def parse_services_line(line: str) -> ServicesEntry | None:
     port_text, slash, protos = spec.partition("/")
     if not slash:
         raise ValueError(f"expected port/protocol, found {spec!r} (no '/')")
-    m = _PORT_RE.match(port_text)
-    low = int(m[1]) if m else -1
-    high = int(m[2]) if m and m[2] else low
-    if not m or high > 65535 or low > high:
-        raise ValueError(f"expected a port 0-65535 or a range low-high, found {port_text!r}")
+    try:
+        low, high = parse_port_range(port_text)
+    except ValueError:
+        raise ValueError(
+            f"expected a port 0-65535 or a range low-high, found {shorten(port_text)!r}"
+        ) from None
     transports: list[Transport] = []
     for proto in protos.split("/"):
         if proto.lower() in _UNTRACKED_PROTOCOLS:
@@ -128,6 +136,8 @@ def parse_services(text: str, path: str) -> ParsedSource:
     result = ParsedSource(SourceInfo(path, SourceFormat.SERVICES, last_updated, assigned_only=True))
     seen: set[tuple[str, int, int, Transport]] = set()
     for number, line in enumerate(lines, start=1):
+        if len(result.problems) >= MAX_PROBLEMS:
+            raise too_many_problems(path, number, "a services(5) file")
         try:
             entry = parse_services_line(line)
         except ValueError as exc:

@@ -24,6 +24,13 @@ from enum import Enum
 
 from portwatch.errors import RegistryFormatError
 from portwatch.ports import Transport
+from portwatch.registry.formats._fields import (
+    DATE_RE,
+    MAX_PROBLEMS,
+    port_range_or_none,
+    shorten,
+    too_many_problems,
+)
 from portwatch.registry.formats.contacts import repair_contact_uri
 from portwatch.registry.formats.iana_csv import split_bracketed
 from portwatch.registry.model import (
@@ -70,9 +77,7 @@ class TableKind(Enum):
 
 _TITLE = "service name and transport protocol port number registry"
 _SEPARATOR_RE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+*/-]*$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2})?$")
 _BRACKETS_RE = re.compile(r"^(?:\[[^\[\]]+\])+$")
 _REFERENCE_ITEM_RE = re.compile(r"^(?:RFC|draft-|https?://|ISO|TR-|\d)|\s")
 _URI_RE = re.compile(r"^(?:mailto:|https?://)\S+$", re.I)
@@ -97,16 +102,7 @@ _ORGANIZATION_RE = re.compile(
 # --- cell shapes -----------------------------------------------------------
 
 
-def _port_range(cell: str) -> tuple[int, int] | None:
-    """``'8794-8799'`` -> (8794, 8799); ``None`` unless a valid port or range."""
-    m = _PORT_RE.match(cell)
-    if not m:
-        return None
-    low = int(m[1])
-    high = int(m[2]) if m[2] else low
-    if high > 65535 or low > high:
-        return None
-    return low, high
+_port_range = port_range_or_none
 
 
 def _is_name(cell: str) -> bool:
@@ -131,7 +127,7 @@ def _is_reference_like(cell: str) -> bool:
 
 
 def _is_date(cell: str) -> bool:
-    return bool(_DATE_RE.match(cell))
+    return bool(DATE_RE.match(cell))
 
 
 def _is_free_text(cell: str) -> bool:
@@ -180,7 +176,7 @@ _SCORERS: dict[Column, Scorer] = {
     Column.REGISTERED: _when(_is_date, 4.0),
     Column.MODIFIED: _when(_is_date, 4.0),
     Column.REFERENCE: _reference_score,
-    Column.SERVICE_CODE: _when(str.isdigit, 2.0),
+    Column.SERVICE_CODE: _when(lambda c: c.isascii() and c.isdigit(), 2.0),
     Column.UNAUTHORIZED: _unauthorized_score,
     Column.NOTES: _when(_is_free_text, 1.0),
     Column.PERSON_ID: _when(_is_brackets, 6.0),
@@ -356,9 +352,8 @@ def _person(cells: dict[Column, str]) -> Person:
     )
 
 
-def _shorten(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _shorten(text: str) -> str:
+    return shorten(text, 60)
 
 
 # --- the page --------------------------------------------------------------------
@@ -444,6 +439,8 @@ def parse_text_table(text: str, path: str) -> ParsedSource:
     result = ParsedSource(SourceInfo(path, SourceFormat.TEXT_TABLE, last_updated))
     k = headers[0]
     while k < len(lines):
+        if len(problems) + len(result.problems) >= MAX_PROBLEMS:
+            raise too_many_problems(path, k + 1, "a rendering of the IANA registry page")
         if not _is_header_at(lines, k):
             if _pipes(lines[k]) > 0:
                 problems.append(
