@@ -463,3 +463,11 @@ def test_registry_statistics_are_computed_by_the_library_and_printed_as_is(
     assert main(["--registry", str(services), "registry", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert {k: info[k] for k in stats.as_dict()} == json.loads(json.dumps(stats.as_dict()))
+
+
+@pytest.mark.parametrize("query", ["٨٠/tcp", "８０", "٨٠"])
+def test_lookup_takes_only_ascii_digits_for_a_port(
+    query: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["lookup", query]) == 1  # read as a service name, which does not exist
+    assert "no service named" in capsys.readouterr().err

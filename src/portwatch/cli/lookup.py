@@ -19,7 +19,7 @@ from portwatch.registry.serialize import record_dict
 
 __all__ = ["add_parser", "run"]
 
-_PORT_QUERY = re.compile(r"^(\d+)(?:/([A-Za-z]+))?$")
+_PORT_QUERY = re.compile(r"^([0-9]+)(?:/([A-Za-z]+))?$")  # ASCII digits only
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
