@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import lzma
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from portwatch.porttable.cache import load_table
+from portwatch.porttable.table import PortTable
 from portwatch.registry.packaged import packaged_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,3 +69,29 @@ def seed_files() -> list[Path]:
 def _no_registry_age_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test data ages with the calendar; tests of the warning turn it on themselves."""
     monkeypatch.setenv("PORTWATCH_REGISTRY_MAX_AGE_DAYS", "0")
+
+
+@pytest.fixture(scope="session")
+def table(official_csv: Path) -> PortTable:
+    """The official CSV compiled once for the whole run (tests only read it)."""
+    return load_table([str(official_csv)], cache=None).table
+
+
+@pytest.fixture(scope="session")
+def compiled_cache(tmp_path_factory: pytest.TempPathFactory, official_csv: Path) -> Path:
+    """The cache files of the registries most tests load, compiled once per run."""
+    cache = tmp_path_factory.mktemp("compiled-cache")
+    for sources in ([str(packaged_snapshot())], [str(official_csv)]):
+        load_table(sources, cache=cache)
+    return cache
+
+
+@pytest.fixture
+def warm_cache(tmp_path: Path, compiled_cache: Path) -> Path:
+    """A cache directory of this test's own, holding copies of the session's tables.
+
+    Copies, not links: a test may tamper with its cache files.
+    """
+    cache = tmp_path / "cache"
+    shutil.copytree(compiled_cache, cache)
+    return cache

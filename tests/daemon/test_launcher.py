@@ -1,7 +1,7 @@
 """The capture launcher: what it agrees to start, and a round trip with a stand-in dumpcap.
 
 No root needed: the stand-in is a script, and privileges are not dropped here
-(``tests/test_daemon.py`` has the root test that reads the capability sets).
+(``tests/daemon/test_daemon_process.py`` has the root test that reads the capability sets).
 """
 
 from __future__ import annotations

@@ -17,18 +17,12 @@ from portwatch.decode import ENGINES, decoder_for
 from portwatch.decode.native import DecodedBatch, DecodeStatus
 from portwatch.decode.rows import rows_to_batch, timestamp_ns
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 SAMPLES = sorted(p.name for p in PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else []
 
 Batches = Iterator[tuple[DecodedBatch, npt.NDArray[np.int64]]]
-
-
-@pytest.fixture(scope="module")
-def table(official_csv: Path) -> PortTable:
-    return load_table([str(official_csv)], cache=None).table
 
 
 def _native(table: PortTable, path: Path) -> tuple[Analyzer, type[Exception] | None]:

@@ -20,7 +20,7 @@ from portwatch.capture.files._framing import REGION_SLACK
 from portwatch.capture.files.reader import CaptureReader, open_capture, read_capture_path
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 TRUTH = json.loads((PCAPS / "truth.json").read_text())
 GOOD = sorted(name for name in TRUTH if name != "truncated.pcap")
 

@@ -12,7 +12,7 @@ from portwatch.capture.files.pcapng import tsresol_to_ns
 from portwatch.capture.files.reader import open_capture
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 SAMPLE = (PCAPS / "sample.pcapng").read_bytes()
 
 

@@ -21,7 +21,7 @@ from portwatch.daemon.web_config import load_web_settings, parse_web_settings
 from portwatch.errors import ConfigError
 from portwatch.ports import Transport
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "portwatch.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "portwatch.toml"
 
 
 def test_the_shipped_example_config_loads_with_every_key() -> None:

@@ -15,17 +15,11 @@ from portwatch.analysis.report import FlowReport
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import CaptureTruncatedError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 C, S = "192.0.2.10", "198.51.100.20"
-
-
-@pytest.fixture(scope="module")
-def table(official_csv: Path) -> PortTable:
-    return load_table([str(official_csv)], cache=None).table
 
 
 def _flows(table: PortTable, *packets: bytes) -> list[FlowReport]:

@@ -17,15 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from portwatch.cli import main
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 SAMPLE = PCAPS / "sample.pcapng"
 TSHARK = shutil.which("tshark")
 
 
 @pytest.fixture(autouse=True)
-def _registry(official_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _registry(official_csv: Path, warm_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORTWATCH_REGISTRY", str(official_csv))
-    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(warm_cache))
     if not SAMPLE.exists():
         pytest.skip("pcaps/sample.pcapng is missing: run `make pcaps`")
 
@@ -286,7 +286,7 @@ def test_json_document_is_the_same_data_with_one_list_item_per_line() -> None:
 
 # -- spooling, filters and outputs (portwatch.analysis.run / filters) -----------
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -27,18 +27,12 @@ from portwatch.analysis.verdict import (
 from portwatch.annotate import Annotator
 from portwatch.cli import main
 from portwatch.ports import PortFlag, PortStatus, Transport
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
 TSHARK = shutil.which("tshark")
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 C, S = "192.0.2.10", "198.51.100.20"
 REMARK = "Known UNAUTHORIZED USE: Ports 44515 & 44516"
-
-
-@pytest.fixture(scope="module")
-def table(official_csv: Path) -> PortTable:
-    return load_table([str(official_csv)], cache=None).table
 
 
 # -- the vocabulary ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from portwatch.analysis.report import Report, ServiceCount
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.porttable.cache import load_table
 
-SAMPLE = Path(__file__).resolve().parent.parent / "pcaps" / "sample.pcapng"
+SAMPLE = Path(__file__).resolve().parents[2] / "pcaps" / "sample.pcapng"
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -17,10 +17,10 @@ from portwatch.ports import Transport
 
 
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_dirs(tmp_path: Path, warm_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data = tmp_path / "data"
     monkeypatch.setenv("PORTWATCH_DATA_DIR", str(data))
-    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(warm_cache))
     monkeypatch.delenv("PORTWATCH_REGISTRY", raising=False)
     return data
 
@@ -465,7 +465,7 @@ def test_registry_statistics_are_computed_by_the_library_and_printed_as_is(
     assert {k: info[k] for k in stats.as_dict()} == json.loads(json.dumps(stats.as_dict()))
 
 
-@pytest.mark.parametrize("query", ["٨٠/tcp", "８０", "٨٠"])
+@pytest.mark.parametrize("query", ["\u0668\u0660/tcp", "\uff18\uff10", "\u0668\u0660"])  # Arabic-Indic and fullwidth 80
 def test_lookup_takes_only_ascii_digits_for_a_port(
     query: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,16 +11,10 @@ from typing import Any
 import pytest
 
 from portwatch.annotate import Annotation, Annotator
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
 MACS: dict[str, Any] = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
-
-
-@pytest.fixture(scope="module")
-def table(official_csv: Path) -> PortTable:
-    return load_table([str(official_csv)], cache=None).table
 
 
 def web_exchange() -> list[Any]:

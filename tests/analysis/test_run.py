@@ -19,10 +19,9 @@ import pytest
 from portwatch.analysis.run import AnnotateRequest, analyze_paths, check_capture_magic
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import CaptureFormatError, OutputError, UsageError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PCAPS = REPO / "pcaps"
 SAMPLE = PCAPS / "sample.pcapng"
 TRUTH = json.loads((PCAPS / "truth.json").read_text()) if (PCAPS / "truth.json").exists() else {}
@@ -32,11 +31,6 @@ TRUTH = json.loads((PCAPS / "truth.json").read_text()) if (PCAPS / "truth.json")
 def _need_pcaps() -> None:
     if not SAMPLE.exists():
         pytest.skip("pcaps/sample.pcapng is missing: run `make pcaps`")
-
-
-@pytest.fixture(scope="module")
-def table(official_csv: Path) -> PortTable:
-    return load_table([str(official_csv)], cache=None).table
 
 
 @pytest.fixture

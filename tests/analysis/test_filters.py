@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,13 +9,7 @@ from hypothesis import strategies as st
 from portwatch.analysis.filters import FilterField, apply_filters, parse_filter, parse_filters
 from portwatch.analysis.report import FlowReport, Report, ServiceCount
 from portwatch.errors import UsageError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
-
-
-@pytest.fixture(scope="module")
-def table(official_csv: Path) -> PortTable:
-    return load_table([str(official_csv)], cache=None).table
 
 
 def _flow(row: tuple[str, int, str, str, list[str], int]) -> FlowReport:

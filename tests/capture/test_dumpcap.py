@@ -12,7 +12,7 @@ from portwatch.capture.files.reader import open_capture
 from portwatch.capture.live.dumpcap import DumpcapSource, dumpcap_argv, parse_drop_lines
 from portwatch.errors import BackendError
 
-SAMPLE = Path(__file__).resolve().parent.parent / "pcaps" / "sample.pcapng"
+SAMPLE = Path(__file__).resolve().parents[2] / "pcaps" / "sample.pcapng"
 
 
 def test_argv_gives_each_interface_its_buffer_and_writes_pcapng_to_stdout() -> None:

@@ -23,7 +23,7 @@ from portwatch.capture.files.writer import (
     PcapngWriter,
 )
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 
 
 def annotate(source: Path, out: io.BufferedIOBase | io.BytesIO, every: int = 3) -> list[str]:

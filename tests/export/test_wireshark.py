@@ -38,7 +38,7 @@ from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 # tshark says this on stderr whenever it runs as root; it is not the plugin's.

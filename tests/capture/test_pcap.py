@@ -11,7 +11,7 @@ from portwatch.capture.files.pcap import parse_header
 from portwatch.capture.files.reader import open_capture
 from portwatch.errors import CaptureError, CaptureFormatError, CaptureTruncatedError
 
-PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 GOOD = (PCAPS / "eth-le-usec.pcap").read_bytes()
 
 
