@@ -465,7 +465,8 @@ def test_registry_statistics_are_computed_by_the_library_and_printed_as_is(
     assert {k: info[k] for k in stats.as_dict()} == json.loads(json.dumps(stats.as_dict()))
 
 
-@pytest.mark.parametrize("query", ["\u0668\u0660/tcp", "\uff18\uff10", "\u0668\u0660"])  # Arabic-Indic and fullwidth 80
+# 80 in Arabic-Indic and in fullwidth digits
+@pytest.mark.parametrize("query", ["\u0668\u0660/tcp", "\uff18\uff10", "\u0668\u0660"])
 def test_lookup_takes_only_ascii_digits_for_a_port(
     query: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
