@@ -187,7 +187,9 @@ def test_daemon_is_ready_under_its_dynamic_user_and_serves_metrics(
         container: Container, daemon: dict[str, str], listen_port: int) -> None:
     # Type=notify: "active (running)" means the daemon sent READY=1
     assert daemon["SubState"] == "running"
-    assert daemon["StatusText"] == "capturing with replay"
+    # the sample replays in well under a second: either status may be showing by now
+    assert daemon["StatusText"] in {"capturing with replay",
+                                    "replay: input finished; serving counts"}
     assert daemon["User"] == "portwatch"
     assert daemon["DynamicUser"] == "yes"
     status = container.run(f"cat /proc/{daemon['MainPID']}/status").stdout
