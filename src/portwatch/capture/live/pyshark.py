@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from portwatch.capture.batch import LinkType, PacketBatch
-from portwatch.capture.live.source import BatchCollector
+from portwatch.capture.live.source import BatchCollector, InterfaceSource
 from portwatch.errors import BackendError
 
 __all__ = ["PysharkSource", "link_type_of"]
@@ -53,21 +53,16 @@ def link_type_of(first_layer: str) -> int:
     return int(_FIRST_LAYER_LINK.get(first_layer, LinkType.ETHERNET))
 
 
-class PysharkSource:
+class PysharkSource(InterfaceSource):
     backend = "pyshark"
-    finite = False
 
     def __init__(self, interfaces: Sequence[str], bpf_filter: str = "", snaplen: int = 128,
                  *, batch_packets: int = 1024, batch_age_s: float = 0.2,
                  queue_packets: int = 100_000) -> None:
-        self.interfaces = tuple(interfaces)
-        self.bpf_filter = bpf_filter
-        self.snaplen = snaplen
+        super().__init__(interfaces, bpf_filter, snaplen)
         self._batch_packets = batch_packets
         self._batch_age_s = batch_age_s
         self._queue_packets = queue_packets
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
         self._capture: Any = None
 
     def batches(self) -> Iterator[PacketBatch]:
@@ -158,12 +153,6 @@ class PysharkSource:
             with contextlib.suppress(ProcessLookupError, OSError):
                 os.kill(process.pid, signal.SIGTERM)
 
-    def interface_names(self) -> Sequence[str]:
-        return self.interfaces
-
-    def dropped(self) -> dict[str, int]:
-        return {}
-
     def close(self) -> None:
-        self._closed.set()
+        super().close()
         self._kill_children()

@@ -14,13 +14,12 @@ import contextlib
 import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from portwatch.capture.batch import LinkType, PacketBatch
-from portwatch.capture.live.source import BatchCollector
+from portwatch.capture.live.source import BatchCollector, InterfaceSource
 from portwatch.errors import BackendError
 
 __all__ = ["ScapySource"]
@@ -40,23 +39,18 @@ def _set_receive_buffer(sock: Any, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-class ScapySource:
+class ScapySource(InterfaceSource):
     backend = "scapy"
-    finite = False
 
     def __init__(self, interfaces: Sequence[str], bpf_filter: str = "", snaplen: int = 128,
                  *, buffer_mib: int | None = None, batch_packets: int = 4096,
                  batch_age_s: float = 0.2) -> None:
-        self.interfaces = tuple(interfaces)
-        self.bpf_filter = bpf_filter
-        self.snaplen = snaplen
+        super().__init__(interfaces, bpf_filter, snaplen)
         self.buffer_mib = buffer_mib
         self._batch_packets = batch_packets
         self._batch_age_s = batch_age_s
-        self._closed = threading.Event()
         self._sockets: list[Any] = []
         self._drops: dict[str, int] = {}
-        self._lock = threading.Lock()
 
     def _open(self) -> list[Any]:
         try:
@@ -132,12 +126,6 @@ class ScapySource:
             with self._lock:
                 self._drops[name] = self._drops.get(name, 0) + drops
 
-    def interface_names(self) -> Sequence[str]:
-        return self.interfaces
-
     def dropped(self) -> dict[str, int]:
         with self._lock:
             return dict(self._drops)
-
-    def close(self) -> None:
-        self._closed.set()

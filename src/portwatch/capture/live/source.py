@@ -14,6 +14,7 @@ for tests is ``portwatch.testing.FakeSource``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from portwatch.capture.batch import PacketBatch
 
-__all__ = ["BatchCollector", "PacketSource", "sysfs_counter"]
+__all__ = ["BatchCollector", "InterfaceSource", "PacketSource", "sysfs_counter"]
 
 
 class PacketSource(Protocol):
@@ -48,6 +49,36 @@ class PacketSource(Protocol):
     def close(self) -> None:
         """Stop capturing; safe to call from any thread, more than once."""
         ...
+
+
+class InterfaceSource:
+    """What the backends that capture named interfaces share (scapy, pyshark).
+
+    The interfaces, filter and snap length they were asked for, the event that
+    ``close()`` sets and the lock their drop counters live under.
+    Subclasses provide ``batches()`` and override ``dropped()`` when they
+    can see drops.
+    """
+
+    backend = "interfaces"
+    finite = False
+
+    def __init__(self, interfaces: Sequence[str], bpf_filter: str = "",
+                 snaplen: int = 128) -> None:
+        self.interfaces = tuple(interfaces)
+        self.bpf_filter = bpf_filter
+        self.snaplen = snaplen
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    def interface_names(self) -> Sequence[str]:
+        return self.interfaces
+
+    def dropped(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class BatchCollector:
