@@ -30,6 +30,7 @@ from portwatch.analysis.verdict import (
     port_reasons,
     reasons,
 )
+from portwatch.decode.native import DecodeStatus
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:  # the analyzer calls build_report; only its type is needed he
     from portwatch.analysis.flows import FlowTable
 
 __all__ = [
+    "PORTLESS_STATUSES",
+    "UNDECODABLE_STATUSES",
     "FlowReport",
     "Report",
     "ServiceCount",
@@ -47,6 +50,14 @@ __all__ = [
 ]
 
 I64 = npt.NDArray[np.int64]
+
+#: Packets decoded without transport ports of their own (``Report.decode`` keys by label):
+#: the ``portless`` metrics.
+PORTLESS_STATUSES = (DecodeStatus.ICMP, DecodeStatus.NON_IP, DecodeStatus.FRAGMENT,
+                     DecodeStatus.OTHER_IP)
+#: Packets that could not be decoded: the ``decode_errors`` metrics.
+UNDECODABLE_STATUSES = (DecodeStatus.TRUNCATED, DecodeStatus.MALFORMED,
+                        DecodeStatus.UNSUPPORTED_LINK)
 
 
 @dataclass(slots=True)
