@@ -250,15 +250,25 @@ class FlowTable:
     def _note_flags(self, flows: I64, from_a: Bool, ts: I64, *, flags: U8, tcp: Bool,
                     earlier: Bool) -> None:
         """OR each direction's TCP flags; remember the earliest packet's flags and direction."""
+        if flows.shape[0] == 1:  # one packet at a time (the Annotator): plain scalars
+            row, a = int(flows[0]), bool(from_a[0])
+            bits = int(flags[0]) if tcp[0] else 0
+            (self.tcp_flags_ab if a else self.tcp_flags_ba)[row] |= bits
+            if earlier[0]:
+                self.first_flags[row] = bits
+                self.first_from_a[row] = a
+            return
         if tcp.any():
-            np.bitwise_or.at(self.tcp_flags_ab, flows[tcp & from_a], flags[tcp & from_a])
-            np.bitwise_or.at(self.tcp_flags_ba, flows[tcp & ~from_a], flags[tcp & ~from_a])
+            ab, ba = tcp & from_a, tcp & ~from_a
+            np.bitwise_or.at(self.tcp_flags_ab, flows[ab], flags[ab])
+            np.bitwise_or.at(self.tcp_flags_ba, flows[ba], flags[ba])
         # The earliest packet of a flow in this batch, if earlier than any seen before:
         # a packet at its flow's (new) first time, first of those in batch order.
         first = np.flatnonzero(earlier & (ts == self.first_ns[flows]))
-        if first.size:
+        if first.size > 1:
             _, at = np.unique(flows[first], return_index=True)
             first = first[at]
+        if first.size:
             self.first_flags[flows[first]] = np.where(tcp[first], flags[first], 0)
             self.first_from_a[flows[first]] = from_a[first]
 
