@@ -9,7 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -89,6 +92,50 @@ def test_tcp_conn_state_follows_zeek(table: PortTable, want: str, history: list[
                                      one_batch: bool) -> None:
     packets = [tcp(flags, to_server=orig) for flags, orig in history]
     assert state_of(table, packets, one_batch=one_batch) == want
+
+
+# Flags a client or a server may send (a SYN without ACK only from the client, a SYN-ACK
+# only from the server, so the handshake names one server whatever the order).
+_CLIENT_FLAGS = ["S", "A", "PA", "FA", "R", "RA", "F"]
+_SERVER_FLAGS = ["SA", "A", "PA", "FA", "R", "RA", "F"]
+_packet = st.one_of(st.tuples(st.sampled_from(_CLIENT_FLAGS), st.just(True)),
+                    st.tuples(st.sampled_from(_SERVER_FLAGS), st.just(False)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_packet, min_size=1, max_size=12), st.data())
+def test_conn_state_does_not_depend_on_how_packets_are_batched(
+        table: PortTable, history: list[tuple[str, bool]], data: st.DataObject) -> None:
+    packets = [tcp(flags, to_server=orig) for flags, orig in history]
+    stamps = [1_000 * (i + 1) for i in range(len(packets))]
+    whole = Analyzer(table)
+    whole.feed(PacketBatch.from_packets(packets, 1, timestamps_ns=stamps))
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(packets) - 1), max_size=4))
+                  if len(packets) > 1 else set())
+    bounds = list(zip([0, *cuts], [*cuts, len(packets)], strict=True))
+    order = data.draw(st.permutations(bounds))  # batches may arrive out of time order
+    split = Analyzer(table)
+    for lo, hi in order:
+        split.feed(PacketBatch.from_packets(packets[lo:hi], 1, timestamps_ns=stamps[lo:hi]))
+    (want,), (got,) = whole.report().flows, split.report().flows
+    assert (got.conn_state, got.start_time, got.duration) == \
+        (want.conn_state, want.start_time, want.duration)
+    for column in ("tcp_flags_ab", "tcp_flags_ba", "first_flags", "first_from_a"):
+        assert getattr(split.flows, column)[0] == getattr(whole.flows, column)[0], column
+
+
+def test_a_reused_row_starts_with_no_flags(table: PortTable) -> None:
+    analyzer = Analyzer(table)
+    analyzer.feed(PacketBatch.from_packets([tcp("S"), tcp("RA", to_server=False)], 1,
+                                           timestamps_ns=[1, 2]))
+    ft = analyzer.flows
+    ft.evict(np.flatnonzero(ft.alive[: ft.size]).astype(np.int64))
+    other = bytes(Ether(**MAC) / IP(src=C, dst=S) / TCP(sport=40002, dport=80, flags="A"))
+    analyzer.feed(PacketBatch.from_packets([other], 1, timestamps_ns=[3]))
+    (flow,) = analyzer.report().flows
+    assert flow.client_port == 40002
+    assert flow.conn_state == "OTH"  # not REJ: the evicted flow's flags are gone
+    assert (int(ft.tcp_flags_ab[0]) | int(ft.tcp_flags_ba[0])) == 0x10
 
 
 def test_the_first_packet_is_the_earliest_even_when_it_arrives_in_a_later_batch(
