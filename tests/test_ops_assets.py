@@ -43,6 +43,7 @@ SPEC_METRICS = frozenset(
         "portwatch_capture_packets_received_total",
         "portwatch_capture_packets_dropped_total",
         "portwatch_decode_errors_total",
+        "portwatch_portless_packets_total",
         "portwatch_backend_restarts_total",
         "portwatch_active_flows",
         "portwatch_flow_evictions_total",
@@ -217,13 +218,30 @@ def test_alert_unit_tests_fail_when_a_rule_is_broken(tmp_path: Path) -> None:
 def test_the_required_alerts_exist() -> None:
     exprs = alert_rules()
     joined = "\n".join(exprs.values())
-    assert 'portwatch_flagged_packets_total{status=~"unassigned|reserved"}' in joined
+    assert 'portwatch_flagged_packets_total{status=~"unassigned|reserved", ' in joined
     assert 'reason="unauthorized-use"' in joined
     assert "portwatch_capture_packets_dropped_total" in joined
     assert "portwatch_backend_restarts_total" in joined
     assert "time() - portwatch_registry_updated_timestamp_seconds > 90 * 86400" in joined
     assert 'up{job="portwatch"} == 0' in joined
     assert len(exprs) == 6
+
+
+def test_traffic_alerts_fire_once_per_port_with_the_reasons_in_a_label() -> None:
+    exprs = alert_rules()
+    for name in ("PortwatchTrafficOnUnassignedPort", "PortwatchTrafficOnPortWithUnauthorizedUse"):
+        expr = exprs[name]
+        assert "sum by (job, instance, transport, port, status)" in expr, name
+        assert '"reasons"' in expr, name
+    # a port with unauthorized use raises the critical alert only
+    assert re.search(r"unless on \(job, instance, transport, port\)\s*"
+                     r'\(rate\(portwatch_flagged_packets_total\{reason="unauthorized-use"\}',
+                     exprs["PortwatchTrafficOnUnassignedPort"])
+    # and the unit tests prove it on a port counted under two reasons
+    cases = ALERTS_TEST.read_text()
+    assert 'port="44515",status="unassigned",reason="unassigned"' in cases
+    assert 'port="44515",status="unassigned",reason="unauthorized-use"' in cases
+    assert 'reasons: "unassigned, unauthorized-use"' in cases
 
 
 def test_every_alert_is_tested_both_firing_and_silent() -> None:
@@ -336,6 +354,7 @@ def test_dashboard_covers_the_required_views() -> None:
         "portwatch_capture_packets_dropped_total",
         "portwatch_backend_restarts_total",
         "portwatch_decode_errors_total",
+        "portwatch_portless_packets_total",
         "portwatch_active_flows",
         "portwatch_flow_evictions_total",
         "time() - portwatch_registry_updated_timestamp_seconds",
@@ -404,11 +423,15 @@ _SERIES = [
     (f'portwatch_capture_packets_received_total{{{_LABELS}, interface="eth0"}}', "0+700x60"),
     (f'portwatch_capture_packets_dropped_total{{{_LABELS}, interface="eth0"}}', "0+1x60"),
     (f'portwatch_decode_errors_total{{{_LABELS}, reason="truncated"}}', "0+1x60"),
+    (f'portwatch_portless_packets_total{{{_LABELS}, reason="icmp"}}', "0+5x60"),
+    (f'portwatch_portless_packets_total{{{_LABELS}, reason="non-ip"}}', "0+2x60"),
     (f'portwatch_backend_restarts_total{{{_LABELS}, backend="dumpcap"}}', "0x20 1x40"),
     (f"portwatch_active_flows{{{_LABELS}}}", "100+1x60"),
     (f"portwatch_flow_evictions_total{{{_LABELS}}}", "0+2x60"),
-    (f'portwatch_registry_records{{{_LABELS}, kind="assigned"}}', "6000x60"),
-    (f'portwatch_registry_records{{{_LABELS}, kind="unassigned"}}', "400x60"),
+    (f'portwatch_registry_records{{{_LABELS}, kind="assigned", transport="tcp"}}', "6000x60"),
+    (f'portwatch_registry_records{{{_LABELS}, kind="assigned", transport="udp"}}', "5800x60"),
+    (f'portwatch_registry_records{{{_LABELS}, kind="unassigned", transport="tcp"}}', "400x60"),
+    (f'portwatch_registry_records{{{_LABELS}, kind="name-only", transport=""}}', "900x60"),
     (f"portwatch_registry_updated_timestamp_seconds{{{_LABELS}}}", "0x60"),
     (
         f'portwatch_registry_info{{{_LABELS}, source="/var/lib/portwatch/ports.xml", '

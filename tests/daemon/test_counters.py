@@ -141,3 +141,55 @@ def test_a_flood_of_a_million_new_flows_keeps_memory_flat(loaded) -> None:  # ty
     assert snap.evictions >= 1_000_000 - 20_000 - 50  # random sources may repeat
     assert capacities[-1] == capacities[4]  # the table stopped growing early
     assert rss[-1] - rss[4] < 64 * 1024  # KiB: no growth beyond allocator noise
+
+
+def _families(core: TrafficCounters) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    registry = CollectorRegistry()
+    register_collectors(registry, core.snapshot, process=False)
+    text = generate_latest(registry).decode()
+    return {fam.name: {tuple(sorted(s.labels.items())): s.value for s in fam.samples
+                       if not s.name.endswith("_created")}
+            for fam in text_string_to_metric_families(text)}
+
+
+def test_packets_without_ports_are_portless_not_decode_errors(loaded) -> None:  # type: ignore[no-untyped-def]
+    core = core_for(loaded)
+    icmp = ipv4("10.0.0.2", "10.0.0.1", 1, b"\x08\x00\x00\x00\x00\x01\x00\x01")
+    arp = MAC + b"\x08\x06" + bytes(28)
+    gre = ipv4("10.0.0.2", "10.0.0.1", 47, bytes(8))
+    # a later fragment (offset 8 x 8 bytes) whose first fragment was never seen
+    orphan = bytearray(udp("10.0.0.2", 5000, "10.0.0.1", 53))
+    orphan[20:22] = struct.pack("!H", 8)
+    cut = tcp("10.0.0.2", 50000, "10.0.0.1", 80)[:40]  # the snapshot length cut the TCP header
+    pkts = [icmp, icmp, arp, gre, bytes(orphan), cut]
+    core.feed(PacketBatch.from_packets(pkts, ETH, timestamps_ns=list(range(len(pkts))),
+                                       wirelens=[len(p) for p in pkts[:-1]] + [54]))
+    snap = core.snapshot()
+    assert snap.portless == {"icmp": 2, "non-ip": 1, "fragment": 1, "other-ip": 1}
+    assert snap.decode_errors == {"truncated": 1, "unsupported-link": 0, "malformed": 0}
+    fams = _families(core)
+    assert fams["portwatch_portless_packets"] == {
+        (("reason", "fragment"),): 1.0, (("reason", "icmp"),): 2.0,
+        (("reason", "non-ip"),): 1.0, (("reason", "other-ip"),): 1.0}
+    assert fams["portwatch_decode_errors"] == {
+        (("reason", "malformed"),): 0.0, (("reason", "truncated"),): 1.0,
+        (("reason", "unsupported-link"),): 0.0}
+
+
+def test_registry_records_are_exposed_by_kind_and_transport(loaded) -> None:  # type: ignore[no-untyped-def]
+    core = core_for(loaded)
+    facts = core.registry_facts
+    records = _families(core)["portwatch_registry_records"]
+    transports = {dict(k)["transport"] for k in records}
+    assert {"tcp", "udp", "sctp", "dccp"} <= transports
+    for kind, total in facts.records.items():
+        assert sum(v for k, v in records.items() if dict(k)["kind"] == kind) == total
+    assert records[(("kind", "assigned"), ("transport", "tcp"))] > 5000
+    assert records[(("kind", "assigned"), ("transport", "dccp"))] > 0
+
+
+def test_registry_facts_without_transports_fall_back_to_an_empty_transport(loaded) -> None:  # type: ignore[no-untyped-def]
+    core = core_for(loaded)
+    core.registry_facts = RegistryFacts({"assigned": 3}, None, ())
+    assert _families(core)["portwatch_registry_records"] == {
+        (("kind", "assigned"), ("transport", "")): 3.0}

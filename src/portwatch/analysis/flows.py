@@ -15,6 +15,10 @@ flow. Which side is the *service* is decided from the whole flow
 3. ``dynamic-range``: the side whose port is outside 49152-65535 while the
    other's is inside;
 4. ``lower-port``: the lower port.
+
+For a Zeek-style connection state (``portwatch.analysis.conn_state``) each
+flow also keeps the OR of the TCP flags sent in each direction and the flags
+and direction of its first packet.
 """
 
 from __future__ import annotations
@@ -97,6 +101,10 @@ class FlowTable:
         grow("first_ns", np.int64, np.iinfo(np.int64).max)
         grow("last_ns", np.int64, np.iinfo(np.int64).min)
         grow("handshake_side", np.uint8)
+        grow("tcp_flags_ab", np.uint8)
+        grow("tcp_flags_ba", np.uint8)
+        grow("first_flags", np.uint8)
+        grow("first_from_a", np.bool_)
         grow("alive", np.bool_)
         self.capacity = capacity
 
@@ -109,6 +117,10 @@ class FlowTable:
     first_ns: I64
     last_ns: I64
     handshake_side: U8  # _SIDE_* codes
+    tcp_flags_ab: U8  # OR of the TCP flags of every packet from A to B
+    tcp_flags_ba: U8
+    first_flags: U8  # TCP flags of the flow's earliest packet (0: not TCP)
+    first_from_a: Bool  # the earliest packet went from A to B
     alive: Bool
 
     def __len__(self) -> int:
@@ -221,10 +233,12 @@ class FlowTable:
                                             minlength=size).astype(np.uint64)
         self.bytes_ba[:size] += np.bincount(flows[~from_a], weights=wire[~from_a],
                                             minlength=size).astype(np.uint64)
+        earlier = ts < self.first_ns[flows]  # before this batch's own packets count
         np.minimum.at(self.first_ns, flows, ts)
         np.maximum.at(self.last_ns, flows, ts)
         flags = decoded.tcp_flags[idx]
         tcp = decoded.ip_proto[idx] == 6
+        self._note_flags(flows, from_a, ts, flags=flags, tcp=tcp, earlier=earlier)
         syn = tcp & ((flags & _SYN) != 0) & ((flags & _ACK) == 0)  # to the server
         synack = tcp & ((flags & _SYN) != 0) & ((flags & _ACK) != 0)  # from the server
         server_is_a = np.where(syn, ~from_a, from_a)
@@ -232,6 +246,31 @@ class FlowTable:
         if seen.any():
             code = np.where(server_is_a[seen], _SIDE_A, _SIDE_B).astype(np.uint8)
             self.handshake_side[flows[seen]] = code
+
+    def _note_flags(self, flows: I64, from_a: Bool, ts: I64, *, flags: U8, tcp: Bool,
+                    earlier: Bool) -> None:
+        """OR each direction's TCP flags; remember the earliest packet's flags and direction."""
+        if flows.shape[0] == 1:  # one packet at a time (the Annotator): plain scalars
+            row, a = int(flows[0]), bool(from_a[0])
+            bits = int(flags[0]) if tcp[0] else 0
+            (self.tcp_flags_ab if a else self.tcp_flags_ba)[row] |= bits
+            if earlier[0]:
+                self.first_flags[row] = bits
+                self.first_from_a[row] = a
+            return
+        if tcp.any():
+            ab, ba = tcp & from_a, tcp & ~from_a
+            np.bitwise_or.at(self.tcp_flags_ab, flows[ab], flags[ab])
+            np.bitwise_or.at(self.tcp_flags_ba, flows[ba], flags[ba])
+        # The earliest packet of a flow in this batch, if earlier than any seen before:
+        # a packet at its flow's (new) first time, first of those in batch order.
+        first = np.flatnonzero(earlier & (ts == self.first_ns[flows]))
+        if first.size > 1:
+            _, at = np.unique(flows[first], return_index=True)
+            first = first[at]
+        if first.size:
+            self.first_flags[flows[first]] = np.where(tcp[first], flags[first], 0)
+            self.first_from_a[flows[first]] = from_a[first]
 
     def evict(self, rows: I64) -> None:
         """Forget flows (idle, or over the limit); their rows are reused."""
@@ -241,7 +280,8 @@ class FlowTable:
         width = _KEY_DTYPE.itemsize
         for i in range(rows.size):
             self._index.pop(raw[i * width : (i + 1) * width], None)
-        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side"):
+        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side",
+                     "tcp_flags_ab", "tcp_flags_ba", "first_flags", "first_from_a"):
             getattr(self, name)[rows] = 0
         self.first_ns[rows] = np.iinfo(np.int64).max
         self.last_ns[rows] = np.iinfo(np.int64).min

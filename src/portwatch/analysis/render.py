@@ -17,7 +17,13 @@ from prometheus_client.registry import Collector
 
 from portwatch import __version__
 from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table
-from portwatch.analysis.report import FlowReport, Report
+from portwatch.analysis.report import (
+    PORTLESS_STATUSES,
+    UNDECODABLE_STATUSES,
+    FlowReport,
+    Report,
+)
+from portwatch.ports import LabelledEnum
 
 __all__ = ["OutputFormat", "json_document", "render"]
 
@@ -124,6 +130,13 @@ class _ReportCollector(Collector):
         for reason, n in sorted(report.decode.items()):
             undecoded.add_metric([reason], n)
         yield undecoded
+        yield _by_reason("portwatch_capture_portless_packets",
+                         "Packets decoded without transport ports of their own, by reason "
+                         "(fragment: IP fragments not counted with a flow).",
+                         report.decode, PORTLESS_STATUSES)
+        yield _by_reason("portwatch_capture_decode_errors",
+                         "Packets that could not be decoded, by reason.",
+                         report.decode, UNDECODABLE_STATUSES)
         yield GaugeMetricFamily("portwatch_capture_analysed_packets",
                                 "All packets analysed, with or without transport ports.",
                                 value=report.packets)
@@ -133,6 +146,15 @@ class _ReportCollector(Collector):
         build = InfoMetricFamily("portwatch_build", "portwatch version.")
         build.add_metric([], {"version": __version__})
         yield build
+
+
+def _by_reason(name: str, documentation: str, counts: dict[str, int],
+               reasons: Iterable[LabelledEnum]) -> GaugeMetricFamily:
+    """One sample per reason, zeros included, so every series exists in every file."""
+    family = GaugeMetricFamily(name, documentation, labels=["reason"])
+    for label in sorted(r.label for r in reasons):
+        family.add_metric([label], counts.get(label, 0))
+    return family
 
 
 def _prom(report: Report, width: int | None, color: bool) -> str:

@@ -4,6 +4,10 @@
 verdicts are worded by ``portwatch.analysis.verdict`` like every other output.
 ``merge_reports`` joins the reports of captures analysed apart (``--jobs``).
 Rendering a report as text is ``portwatch.analysis.render``'s job.
+
+Flows come sorted by start time, then by their canonical 5-tuple (transport,
+then the smaller address and port, then the other), so two runs over the same
+capture list them alike. ``docs/flow-records.md`` documents every field.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from portwatch.analysis.community_id import flow_community_ids
+from portwatch.analysis.conn_state import CONN_STATE_LABELS, conn_states
 from portwatch.analysis.verdict import (
     FlagReason,
     FlowDecisions,
@@ -24,13 +30,17 @@ from portwatch.analysis.verdict import (
     port_reasons,
     reasons,
 )
+from portwatch.decode.native import DecodeStatus
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
 if TYPE_CHECKING:  # the analyzer calls build_report; only its type is needed here
     from portwatch.analysis.analyzer import Analyzer
+    from portwatch.analysis.flows import FlowTable
 
 __all__ = [
+    "PORTLESS_STATUSES",
+    "UNDECODABLE_STATUSES",
     "FlowReport",
     "Report",
     "ServiceCount",
@@ -40,6 +50,14 @@ __all__ = [
 ]
 
 I64 = npt.NDArray[np.int64]
+
+#: Packets decoded without transport ports of their own (``Report.decode`` keys by label):
+#: the ``portless`` metrics.
+PORTLESS_STATUSES = (DecodeStatus.ICMP, DecodeStatus.NON_IP, DecodeStatus.FRAGMENT,
+                     DecodeStatus.OTHER_IP)
+#: Packets that could not be decoded: the ``decode_errors`` metrics.
+UNDECODABLE_STATUSES = (DecodeStatus.TRUNCATED, DecodeStatus.MALFORMED,
+                        DecodeStatus.UNSUPPORTED_LINK)
 
 
 @dataclass(slots=True)
@@ -84,6 +102,14 @@ class FlowReport:
     first_seen: str
     last_seen: str
     capture: str = ""
+    #: Unix time of the first packet, seconds (``first_seen`` as a number).
+    start_time: float = 0.0
+    #: Seconds from the first packet to the last (0.0 for a single packet).
+    duration: float = 0.0
+    #: Zeek-style connection state (``portwatch.analysis.conn_state.ConnState``).
+    conn_state: str = ""
+    #: Community ID v1 of the flow (seed 0), as Zeek, Suricata and Wireshark give it.
+    community_id: str = ""
 
     @property
     def flagged(self) -> bool:
@@ -143,6 +169,13 @@ def _times(ns: I64) -> list[str]:
     return [t + "+00:00" for t in text.tolist()]
 
 
+def _seconds(ns: I64) -> npt.NDArray[np.float64]:
+    """Unix seconds, the nearest float to the exact value (``ns / 1e9`` rounds twice)."""
+    whole, frac = np.divmod(ns, 1_000_000_000)
+    seconds: npt.NDArray[np.float64] = whole.astype(np.float64) + frac / 1e9
+    return seconds
+
+
 _STATUS_LABELS = [s.label for s in PortStatus]
 _RULE_LABELS = [r.label for r in ServiceSideRule]
 _TRANSPORT_LABELS = [t.label for t in Transport]
@@ -152,7 +185,7 @@ def build_report(analyzer: Analyzer) -> Report:
     """Every live flow of ``analyzer`` decided, counted per service and worded."""
     ft = analyzer.flows
     table = analyzer.table
-    live = np.flatnonzero(ft.alive[: ft.size])
+    live = _by_start(ft, np.flatnonzero(ft.alive[: ft.size]))
     dec = ft.decide(table, live)
     return Report(
         captures=[analyzer.capture] if analyzer.capture else [],
@@ -165,6 +198,15 @@ def build_report(analyzer: Analyzer) -> Report:
         warnings=list(analyzer.warnings),
         partial=analyzer.partial,
     )
+
+
+def _by_start(ft: FlowTable, rows: I64) -> I64:
+    """``rows`` ordered by first packet time, then by the canonical 5-tuple."""
+    k = ft.keys[rows]
+    order = np.lexsort((k["bp"], k["bl"], k["bh"], k["ap"], k["al"], k["ah"], k["t"],
+                        ft.first_ns[rows]))
+    ordered: I64 = rows[order]
+    return ordered
 
 
 def registry_summary(table: PortTable) -> dict[str, Any]:
@@ -209,7 +251,12 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
                                              strict=True)]
     p_ab, p_ba, b_ab, b_ba = (getattr(ft, name)[live].tolist() for name in
                               ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba"))
-    first_seen, last_seen = _times(ft.first_ns[live]), _times(ft.last_ns[live])
+    first_ns, last_ns = ft.first_ns[live], ft.last_ns[live]
+    first_seen, last_seen = _times(first_ns), _times(last_ns)
+    start_time = _seconds(first_ns).tolist()
+    duration = ((last_ns - first_ns) / 1e9).tolist()
+    states = [CONN_STATE_LABELS[c] for c in conn_states(ft, live, dec.service_is_a).tolist()]
+    community = flow_community_ids(ft.keys[live])
     svc_is_a, svc_port = dec.service_is_a.tolist(), dec.service_port.tolist()
     cli_port, statuses = dec.client_port.tolist(), dec.status.tolist()
     flag_bits, rules, sids = dec.flags.tolist(), dec.rule.tolist(), dec.service_id.tolist()
@@ -245,6 +292,10 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
             first_seen=first_seen[j],
             last_seen=last_seen[j],
             capture=analyzer.capture,
+            start_time=start_time[j],
+            duration=duration[j],
+            conn_state=states[j],
+            community_id=community[j],
         ))
     return out
 
@@ -285,7 +336,8 @@ def merge_reports(reports: Sequence[Report]) -> Report:
         packets=sum(r.packets for r in reports),
         bytes=sum(r.bytes for r in reports),
         services=merged,
-        flows=[f for rep in reports for f in rep.flows],
+        # stable: flows starting together keep each report's 5-tuple order
+        flows=sorted((f for rep in reports for f in rep.flows), key=lambda f: f.start_time),
         decode=decode,
         registry=reports[0].registry if reports else {},
         warnings=[w for rep in reports for w in rep.warnings],

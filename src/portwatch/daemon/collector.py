@@ -92,8 +92,14 @@ def _health_families(snap: Snapshot) -> Iterable[Metric]:
         "Packets lost by the kernel or the capture backend before portwatch saw them.",
         labels=["interface"]), snap.dropped)
     errors = _by_label(CounterMetricFamily(
-        "portwatch_decode_errors", "Packets that yielded no transport flow, by reason.",
+        "portwatch_decode_errors",
+        "Packets that could not be decoded, by reason (truncated, malformed, unsupported-link).",
         labels=["reason"]), snap.decode_errors)
+    portless = _by_label(CounterMetricFamily(
+        "portwatch_portless_packets",
+        "Packets decoded without transport ports of their own, by reason (icmp, non-ip, "
+        "fragment: IP fragments not counted with a flow, other-ip).",
+        labels=["reason"]), snap.portless)
     restarts = _by_label(CounterMetricFamily(
         "portwatch_backend_restarts", "Times a capture backend was restarted after it stopped.",
         labels=["backend"]), snap.restarts)
@@ -102,15 +108,17 @@ def _health_families(snap: Snapshot) -> Iterable[Metric]:
     evictions = CounterMetricFamily(
         "portwatch_flow_evictions", "Flows forgotten early because the flow table was full.",
         value=snap.evictions)
-    return [received, dropped, errors, restarts, active, evictions]
+    return [received, dropped, errors, portless, restarts, active, evictions]
 
 
 def _registry_families(facts: RegistryFacts) -> Iterable[Metric]:
     records = GaugeMetricFamily("portwatch_registry_records",
-                                "Records of the loaded registry sources, by kind.",
-                                labels=["kind"])
-    for kind, n in sorted(facts.records.items()):
-        records.add_metric([kind], n)
+                                "Records of the loaded registry sources, by kind and transport "
+                                "(transport \"\" for records without one).",
+                                labels=["kind", "transport"])
+    by_transport = facts.by_transport or {(kind, ""): n for kind, n in facts.records.items()}
+    for (kind, transport), n in sorted(by_transport.items()):
+        records.add_metric([kind, transport], n)
     out: list[Metric] = [records]
     if facts.updated_seconds is not None:
         out.append(GaugeMetricFamily(

@@ -20,6 +20,12 @@ Counting rules:
   ``max_flagged_ports`` distinct values are used; later ones become
   ``"other"``.
 
+Packets that form no flow are counted by decoder status, in two families:
+``PORTLESS_REASONS`` (decoded, but without transport ports of their own:
+ICMP, non-IP such as ARP, IP fragments not attributed to a flow, other IP
+protocols) and ``ERROR_REASONS`` (what could not be decoded: truncated,
+malformed, an unsupported link type).
+
 ``daemon.collector`` reads a snapshot of these counters at scrape time.
 """
 
@@ -28,7 +34,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,9 +43,9 @@ import numpy.typing as npt
 
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowLimits
+from portwatch.analysis.report import PORTLESS_STATUSES, UNDECODABLE_STATUSES
 from portwatch.analysis.verdict import FlagReason
 from portwatch.capture.batch import PacketBatch
-from portwatch.decode.native import DecodeStatus
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 from portwatch.registry.merge import Registry
@@ -47,7 +53,9 @@ from portwatch.registry.model import RecordKind
 from portwatch.registry.packaged import source_label
 
 __all__ = [
+    "ERROR_REASONS",
     "OTHER_PORT",
+    "PORTLESS_REASONS",
     "RegistryFacts",
     "Snapshot",
     "TrafficCounters",
@@ -61,23 +69,36 @@ OTHER_PORT = "other"
 TRANSPORT_LABELS = tuple(t.label for t in Transport)
 STATUS_LABELS = tuple(s.label for s in PortStatus)
 FLAGS = tuple(FlagReason)
-ERROR_REASONS = tuple(s for s in DecodeStatus if s is not DecodeStatus.OK)
+#: Decoded packets without transport ports: ``portwatch_portless_packets_total{reason}``.
+PORTLESS_REASONS = PORTLESS_STATUSES
+#: Packets that could not be decoded: ``portwatch_decode_errors_total{reason}``.
+ERROR_REASONS = UNDECODABLE_STATUSES
 _NS = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class RegistryFacts:
-    """What the registry metrics say about the loaded table."""
+    """What the registry metrics say about the loaded table.
+
+    ``by_transport`` counts records by (kind, transport label); a record the
+    source gave no transport (a name-only record) has transport ``""``.
+    """
 
     records: Mapping[str, int]
     updated_seconds: float | None
     sources: tuple[tuple[str, str, str], ...]  # (path, format, last updated or "")
+    by_transport: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: PortTable, registry: Registry | None) -> RegistryFacts:
         counts: Counter[str] = Counter({k.value: 0 for k in RecordKind})
+        by_transport: Counter[tuple[str, str]] = Counter(
+            {(k.value, t): 0 for k in RecordKind for t in TRANSPORT_LABELS})
         if registry is not None:
-            counts.update(rec.kind.value for rec in registry.records)
+            for rec in registry.records:
+                counts[rec.kind.value] += 1
+                by_transport[(rec.kind.value,
+                              "" if rec.transport is None else rec.transport.label)] += 1
         updated = table.last_updated
         stamp = (datetime(updated.year, updated.month, updated.day, tzinfo=UTC).timestamp()
                  if updated is not None else None)
@@ -86,7 +107,7 @@ class RegistryFacts:
              s.last_updated.isoformat() if s.last_updated else "")
             for s in table.sources
         )
-        return cls(dict(counts), stamp, sources)
+        return cls(dict(counts), stamp, sources, dict(by_transport))
 
 
 @dataclass(slots=True)
@@ -102,6 +123,7 @@ class Snapshot:
     active_flows: int
     evictions: int
     registry_facts: RegistryFacts
+    portless: dict[str, int] = field(default_factory=dict)
 
 
 class TrafficCounters:
@@ -274,6 +296,7 @@ class TrafficCounters:
                 received=dict(self.received),
                 dropped=dict(self.dropped),
                 decode_errors={s.label: int(counts[s]) for s in ERROR_REASONS},
+                portless={s.label: int(counts[s]) for s in PORTLESS_REASONS},
                 restarts=dict(self.restarts),
                 active_flows=len(self.analyzer.flows),
                 evictions=self.evictions,
