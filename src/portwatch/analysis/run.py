@@ -382,22 +382,52 @@ def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
     return _analyze_engine(table, inp, engine)
 
 
-def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest) -> None:
-    """The second pass over the (spooled) capture, written atomically."""
-    from portwatch.analysis.annotated_copy import write_annotated  # only --annotate pays
-    from portwatch.capture.files.writer import PcapngWriter
+def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
+              stdout: BinaryIO | None) -> None:
+    """The second pass over the (spooled) capture, written atomically (or to standard output).
 
+    A pcapng source is copied block by block (nothing it holds is lost); a
+    pcap source becomes a fresh pcapng.
+    """
     reader = _open(inp, None)
     try:
-        with output_file(request.output) as out:
-            writer = PcapngWriter(out)
-            with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
-                write_annotated(analyzer, reader, writer, only_flagged=request.only_flagged,
-                                interfaces_of=reader)
+        if request.output == "-":
+            out = stdout or sys.stdout.buffer
+            warnings = _write_copy(analyzer, inp, reader, request, out)
+            try:
+                out.flush()
+            except OSError as exc:
+                raise OutputError(f"cannot write the annotated copy: {exc.strerror or exc}",
+                                  path="standard output") from exc
+        else:
+            with output_file(request.output) as out:
+                warnings = _write_copy(analyzer, inp, reader, request, out)
         # what the copy had to shorten (an option or a record past what readers accept)
-        analyzer.warnings.extend(f"{request.output}: {w}" for w in writer.warnings)
+        analyzer.warnings.extend(f"{request.output}: {w}" for w in warnings)
     finally:
         reader.close()
+
+
+def _write_copy(analyzer: Analyzer, inp: CaptureInput, reader: CaptureReader,
+                request: AnnotateRequest, out: BinaryIO) -> list[str]:
+    from portwatch.analysis import annotated_copy  # only --annotate pays
+    from portwatch.capture.files import writer as writers
+
+    if reader.format == "pcapng":
+        from portwatch.capture.files.pcapng import iter_raw_blocks
+        from portwatch.capture.files.reader import decompressed_stream
+
+        copier = writers.PcapngCopyWriter(out)
+        with decompressed_stream(inp.path) as read, \
+                contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
+            annotated_copy.copy_annotated(analyzer, reader, iter_raw_blocks(read), copier,
+                                          only_flagged=request.only_flagged)
+        return copier.warnings
+    writer = writers.PcapngWriter(out)
+    with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
+        annotated_copy.write_annotated(analyzer, reader, writer,
+                                       only_flagged=request.only_flagged, interfaces_of=reader)
+    return writer.warnings
 
 
 # -- worker processes ---------------------------------------------------------
@@ -482,6 +512,7 @@ def analyze_paths(
     annotate: AnnotateRequest | None = None,
     spool_dir: str | None = None,
     stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -491,10 +522,11 @@ def analyze_paths(
     partial; one that is no capture at all is a failure, never an exception,
     unless it is the only one (the caller decides: ``RunResult.report`` is
     None). ``annotate`` writes the annotated copy through
-    :func:`~portwatch.analysis.annotated_copy.write_annotated`.
+    :func:`~portwatch.analysis.annotated_copy.write_annotated`; an ``annotate``
+    output of ``-`` goes to ``stdout`` (default standard output) instead.
     """
     _check(names, jobs, engine, annotate)
-    if annotate is not None:
+    if annotate is not None and annotate.output != "-":
         refuse_overwriting_inputs(names, [annotate.output])
         check_output_path(annotate.output)
     parallel = jobs > 1 and len(names) > 1
@@ -513,6 +545,6 @@ def analyze_paths(
                 outcomes.append(exc)
                 continue
             if annotate is not None:
-                _annotate(analyzer, inp, annotate)
+                _annotate(analyzer, inp, annotate, stdout)
             outcomes.append(analyzer.report())
         return _merge(outcomes)

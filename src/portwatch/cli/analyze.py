@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from portwatch._terminal import Progress, should_color, terminal_width
 from portwatch.analysis.filters import apply_filters, parse_filters
@@ -43,7 +43,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--output", "-o", metavar="FILE",
                    help="write the report to FILE (atomically) instead of standard output")
     p.add_argument("--annotate", metavar="OUT.pcapng",
-                   help="write a copy of the capture with a comment on every packet")
+                   help="write a pcapng copy of the capture with a comment on every packet, "
+                   "keeping its own comments and blocks ('-' is standard output; the report "
+                   "then goes to standard error unless --output is given)")
     p.add_argument("--annotate-only-flagged", action="store_true",
                    help="with --annotate, comment only packets of flagged flows")
     p.add_argument("--top", type=int, metavar="N",
@@ -91,14 +93,28 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--annotate-only-flagged needs --annotate OUT.pcapng")
     if args.top is not None and args.top < 1:
         raise UsageError(f"--top takes a positive number, not {args.top}")
-    outputs = [o for o in (args.output, args.annotate) if o]
+    outputs = [o for o in (args.output, args.annotate) if o and o != "-"]
     refuse_overwriting_inputs(args.captures, outputs)
     for out in outputs:
         check_output_path(out)
 
 
+def _binary_stdout(ctx: Context) -> BinaryIO:
+    """Standard output for ``--annotate -``: never a terminal (it would get pcapng bytes)."""
+    if ctx.stdout.isatty():
+        raise UsageError("--annotate -: refusing to write a capture to a terminal; "
+                         "redirect standard output to a file or a pipe")
+    buffer = getattr(ctx.stdout, "buffer", None)
+    if buffer is None:
+        raise UsageError("--annotate -: standard output takes no bytes here")
+    return cast(BinaryIO, buffer)
+
+
 def run(ctx: Context, args: argparse.Namespace) -> int:
     _check_args(args)
+    capture_out = _binary_stdout(ctx) if args.annotate == "-" else None
+    if capture_out is not None and not args.output:
+        ctx.stdout = ctx.stderr  # standard output carries the capture: the report goes here
     fmt = OutputFormat(args.format) if args.format else (
         OutputFormat.TABLE if ctx.stdout.isatty() and not args.output else OutputFormat.JSON)
     table = ctx.table()
@@ -108,7 +124,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     bar = _ProgressBar(ctx.env) if not args.no_progress and sys.stderr.isatty() else None
     try:
         result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
-                               progress=bar, annotate=annotate, spool_dir=args.spool_dir)
+                               progress=bar, annotate=annotate, spool_dir=args.spool_dir,
+                               stdout=capture_out)
     finally:
         if bar is not None:
             bar.close()
