@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
-	systemd-container debootstrap
+	systemd-container debootstrap tmux
 SAMPLE := pcaps/sample.pcapng
 
 .PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall
@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 
 # Debian packages: python3-venv (Debian's python3 cannot make a venv without
 # it), and what the tests drive for real: tshark/dumpcap, Prometheus and
-# promtool, tcpreplay, ip(8), and systemd-nspawn + debootstrap for the
-# real-systemd test (tests/integration/test_nspawn.py). Installed only when
+# promtool, tcpreplay, ip(8), systemd-nspawn + debootstrap for the
+# real-systemd test (tests/integration/test_nspawn.py), and tmux for the
+# full-screen `portwatch top` test (tests/cli/test_top.py). Installed only when
 # missing, and only as root.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \

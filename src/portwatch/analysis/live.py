@@ -23,11 +23,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from portwatch.analysis.flows import FlowLimits, FlowTable
 from portwatch.analysis.verdict import reasons
 from portwatch.capture.batch import PacketBatch
-from portwatch.decode.native import DecodeStatus, decode_batch
+from portwatch.decode.native import DecodedBatch, DecodeStatus, decode_batch
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
@@ -133,13 +134,18 @@ class LiveSummary:
 
     def feed(self, batch: PacketBatch, now: float) -> None:
         """Count ``batch`` as arrived at ``now`` (seconds, monotonic)."""
-        if not len(batch):
+        if len(batch):
+            self.feed_decoded(decode_batch(batch), batch.timestamps_ns, now)
+
+    def feed_decoded(self, decoded: DecodedBatch, timestamps_ns: npt.NDArray[np.int64],
+                     now: float) -> None:
+        """Count a batch already decoded (by an ``Analyzer`` reading the same batches)."""
+        if not len(decoded):
             return
-        decoded = decode_batch(batch)
-        flows = self._flows.update(decoded, batch.timestamps_ns)
+        flows = self._flows.update(decoded, timestamps_ns)
         wire = decoded.wirelen.astype(np.int64)
         bucket = self._bucket(now)
-        n, nbytes = len(batch), int(wire.sum())
+        n, nbytes = len(decoded), int(wire.sum())
         bucket.packets += n
         bucket.bytes += nbytes
         self.packets += n
@@ -149,7 +155,7 @@ class LiveSummary:
             : len(DecodeStatus)]
         if has.any():
             self._count(flows[has], wire[has], bucket, now)
-        self._forget(int(batch.timestamps_ns.max()))
+        self._forget(int(timestamps_ns.max()))
 
     def _count(self, flows: np.ndarray, wire: np.ndarray, bucket: _Bucket, now: float) -> None:
         rows, inverse = np.unique(flows, return_inverse=True)

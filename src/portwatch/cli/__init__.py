@@ -19,6 +19,7 @@ from portwatch.cli import daemon as daemon_cmd
 from portwatch.cli import export as export_cmd
 from portwatch.cli import lookup
 from portwatch.cli import registry as registry_cmds
+from portwatch.cli import top as top_cmd
 from portwatch.cli.common import Context, PortwatchArgumentParser
 from portwatch.errors import PortwatchError, UsageError
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS
@@ -85,6 +86,7 @@ def _commands() -> dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]]
         "daemon": (daemon_cmd.add_parser, daemon_cmd.run),
     }
     commands["analyze"] = (analyze_cmd.add_parser, analyze_cmd.run)
+    commands["top"] = (top_cmd.add_parser, top_cmd.run)
     return commands
 
 

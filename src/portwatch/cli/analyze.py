@@ -6,19 +6,23 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, BinaryIO, cast
 
 from portwatch._terminal import Progress, should_color, terminal_width
 from portwatch.analysis.filters import apply_filters, parse_filters
+from portwatch.analysis.live import LiveSnapshot
 from portwatch.analysis.render import OutputFormat, render
 from portwatch.analysis.run import (
     AnnotateRequest,
+    IntervalRequest,
     analyze_paths,
     check_output_path,
     refuse_overwriting_inputs,
     write_output,
 )
 from portwatch.cli.common import Context
+from portwatch.cli.top import render_summary
 from portwatch.decode import ENGINES
 from portwatch.errors import OutputError, UsageError
 
@@ -63,6 +67,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--engine", choices=ENGINES, default="native",
                    help="packet dissector: portwatch's own (fast), scapy or tshark (pyshark)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--interval", type=float, metavar="SECONDS", default=None,
+                   help="while reading, print a summary every SECONDS (rates over those "
+                   "seconds, busiest services, flagged ports): for a stream such as "
+                   "'tcpdump -w - | portwatch analyze --interval 10 -'. It goes to standard "
+                   "error, or to standard output when --output takes the report")
 
 
 class _ProgressBar:
@@ -110,6 +119,20 @@ def _binary_stdout(ctx: Context) -> BinaryIO:
     return cast(BinaryIO, buffer)
 
 
+def _interval(ctx: Context, args: argparse.Namespace) -> IntervalRequest:
+    """Summaries on standard error, or standard output when the report goes to a file."""
+    stream = ctx.stdout if args.output else ctx.stderr
+    width = terminal_width(stream, ctx.env)
+    color = should_color(stream, ctx.env)
+
+    def emit(snap: LiveSnapshot) -> None:
+        stream.write(render_summary(snap, width=width, color=color,
+                                    clock_text=datetime.now().strftime("%H:%M:%S")))
+        stream.flush()
+
+    return IntervalRequest(args.interval, emit)
+
+
 def run(ctx: Context, args: argparse.Namespace) -> int:
     _check_args(args)
     capture_out = _binary_stdout(ctx) if args.annotate == "-" else None
@@ -122,10 +145,13 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     annotate = AnnotateRequest(args.annotate, args.annotate_only_flagged) \
         if args.annotate else None
     bar = _ProgressBar(ctx.env) if not args.no_progress and sys.stderr.isatty() else None
+    interval = _interval(ctx, args) if args.interval is not None else None
+    if interval is not None:
+        bar = None  # the summaries and a redrawn bar would overwrite each other
     try:
         result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
                                progress=bar, annotate=annotate, spool_dir=args.spool_dir,
-                               stdout=capture_out)
+                               stdout=capture_out, interval=interval)
     finally:
         if bar is not None:
             bar.close()
