@@ -41,7 +41,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "flow's service port, count packets/bytes/flows per service and flag traffic on "
         "reserved, unassigned or unlisted ports.",
     )
-    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="pcap or pcapng files, gzipped or not; '-' reads standard input")
     p.add_argument("--format", "-f", choices=[f.value for f in OutputFormat], default=None,
                    help="output format (default: table on a terminal, json otherwise)")
     p.add_argument("--output", "-o", metavar="FILE",
