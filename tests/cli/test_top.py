@@ -232,14 +232,18 @@ def top_env(official_csv: Path, warm_cache: Path) -> dict[str, str]:
             "PYTHONPATH": str(REPO / "src"), "TERM": "xterm-256color"}
 
 
-def _start(tmux: _Tmux, tmp_path: Path, env: dict[str, str], width: int, height: int) -> Path:
+def _start(tmux: _Tmux, tmp_path: Path, env: dict[str, str], width: int, height: int,
+           *, stdin: bool = False) -> Path:
     status = tmp_path / "status"
-    command = " ".join([
+    source = ["-"] if stdin else ["--replay", shlex.quote(str(SAMPLE)), "--speed", "0"]
+    top = " ".join([
         "env", *(f"{k}={shlex.quote(v)}" for k, v in env.items()),
-        shlex.quote(sys.executable), "-m", "portwatch", "top", "--replay", shlex.quote(str(SAMPLE)),
-        "--speed", "0", "--refresh", "0.2",
-        ";", "echo", "$?", ">", shlex.quote(str(status)), ";", "sleep", "600",
+        shlex.quote(sys.executable), "-m", "portwatch", "top", *source, "--refresh", "0.2",
+        ";", "echo", "$?", ">", shlex.quote(str(status)),
     ])
+    # a stream that stays open after the sample: top must show it before it ends
+    command = (f"(cat {shlex.quote(str(SAMPLE))}; sleep 600) | ({top})" if stdin
+               else f"{top}; sleep 600")
     tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), command)
     return status
 
@@ -285,5 +289,15 @@ def test_top_refits_when_the_terminal_is_resized(
         assert time.monotonic() < give_up, "\n".join(lines)
         time.sleep(0.2)
     assert not any("FLOWS" in line for line in lines)  # dropped to fit, not wrapped
+    tmux("send-keys", "-t", "top", "q")
+    assert _exit_status(status) == "0"
+
+
+def test_top_reads_a_capture_stream_on_standard_input_and_q_exits_0(
+    tmux: _Tmux, tmp_path: Path, top_env: dict[str, str],
+) -> None:
+    status = _start(tmux, tmp_path, top_env, 100, 30, stdin=True)
+    lines = tmux.wait_for("standard input", "FLAGGED PORTS (5)", "tcp/44515")
+    assert "capture finished" not in "\n".join(lines)  # the stream is still open
     tmux("send-keys", "-t", "top", "q")
     assert _exit_status(status) == "0"

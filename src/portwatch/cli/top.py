@@ -44,6 +44,8 @@ __all__ = ["add_parser", "format_bytes", "format_rate", "render_screen", "render
            "run"]
 
 _LIVE_BACKENDS = ("dumpcap", "scapy", "pyshark")
+#: How long quitting waits for the capture thread to end after its source was closed.
+_JOIN_S = 5.0
 _SERVICE_COLUMNS = (
     Column("PORT", priority=10),
     Column("SERVICE", priority=7, shrink=True, min_width=6),
@@ -221,10 +223,13 @@ class _StreamSource:
 
 def _make_source(args: argparse.Namespace, stdin: BinaryIO) -> tuple[PacketSource, str]:
     if args.capture is not None:
+        # Unbuffered: a buffered stream's lock, held by the reading thread blocked in
+        # read(), aborts the interpreter at exit ("could not acquire lock ... at shutdown").
         if args.capture == "-":
-            return _StreamSource(stdin, "-"), "standard input"
+            return _StreamSource(open(os.dup(stdin.fileno()), "rb", buffering=0), "-"), \
+                "standard input"
         try:
-            stream = open(args.capture, "rb")  # noqa: SIM115 - read until the process ends
+            stream = open(args.capture, "rb", buffering=0)  # noqa: SIM115 - read until exit
         except OSError as exc:
             raise UsageError(f"top: cannot read {args.capture!r}: {exc.strerror or exc}") \
                 from None
@@ -375,6 +380,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         pass
     finally:
         source.close()
+        # A live backend's thread ends once its capture process is stopped; a stream's may
+        # stay blocked in read() (it reads unbuffered, so exiting under it is safe).
+        thread.join(_JOIN_S)
     return 0
 
 
