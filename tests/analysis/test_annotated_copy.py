@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portwatch.analysis.run import AnnotateRequest, analyze_paths
 from portwatch.capture.files.pcapng import (
@@ -260,3 +262,74 @@ def test_annotate_dash_reads_standard_input_too(
     assert proc.returncode == 0, proc.stderr
     assert [b.btype for b in _blocks(proc.stdout)].count(BLOCK_EPB) == 3
     assert report.exists()
+
+
+# -- the raw block walk, as a parser -------------------------------------------------------------
+
+_block_bodies = st.lists(
+    st.tuples(st.sampled_from([BLOCK_IDB, BLOCK_NRB, BLOCK_DSB, BLOCK_ISB, BLOCK_CUSTOM,
+                               0x0BADCAFE]), st.binary(max_size=64)),
+    max_size=8,
+)
+
+
+@given(order=st.sampled_from(["<", ">"]), bodies=_block_bodies, cut=st.integers(min_value=0))
+@settings(max_examples=200, deadline=None)
+def test_raw_walk_returns_every_sound_block_as_stored_and_stops_at_a_cut(
+    order: str, bodies: list[tuple[int, bytes]], cut: int,
+) -> None:
+    shb = _block(order, BLOCK_SHB, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    blocks = [shb, *(_block(order, btype, body) for btype, body in bodies)]
+    data = b"".join(blocks)
+    walked = list(iter_raw_blocks(io.BytesIO(data).read, chunk=7))
+    assert [b.data for b in walked] == blocks
+    assert all(b.order == order for b in walked)
+    assert [b.offset for b in walked] == [sum(map(len, blocks[:i])) for i in range(len(blocks))]
+    cut %= len(data) + 1
+    prefix = [b.data for b in iter_raw_blocks(io.BytesIO(data[:cut]).read)]
+    whole = [b for i, b in enumerate(blocks) if sum(map(len, blocks[: i + 1])) <= cut]
+    assert prefix == whole
+
+
+@given(junk=st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_raw_walk_never_raises_on_junk(junk: bytes) -> None:
+    shb = _block("<", BLOCK_SHB, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for block in iter_raw_blocks(io.BytesIO(shb + junk).read):
+        assert len(block.data) >= 12
+        assert len(block.data) % 4 == 0
+
+
+@given(comments=st.lists(st.text(max_size=40), max_size=4), endofopt=st.booleans(),
+       caplen=st.integers(min_value=0, max_value=9))
+def test_split_epb_finds_where_a_new_option_goes(
+    comments: list[str], endofopt: bool, caplen: int,
+) -> None:
+    options = b"".join(_opt("<", 1, c.encode()) for c in comments)
+    block = RawBlock(0, BLOCK_EPB, "<", _epb("<", 0, bytes(caplen),
+                                            options + (_opt("<", 0, b"") if endofopt else b"")))
+    parts = split_epb(block)
+    assert parts is not None
+    got_caplen, data_end, opts_end = parts
+    assert got_caplen == caplen
+    assert data_end == 28 + caplen + (-caplen % 4)
+    assert opts_end == data_end + len(options)
+
+
+def test_annotate_dash_refuses_a_terminal(
+    tmp_path: Path, official_csv: Path, warm_cache: Path,
+) -> None:
+    src = tmp_path / "src.pcapng"
+    src.write_bytes(b"".join(source_capture()))
+    env = {**os.environ, "PORTWATCH_REGISTRY": str(official_csv),
+           "PORTWATCH_CACHE_DIR": str(warm_cache), "PYTHONPATH": str(REPO / "src")}
+    leader, follower = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "portwatch", "analyze", "--annotate", "-", str(src)],
+            stdout=follower, stderr=subprocess.PIPE, env=env, timeout=120, check=False)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2
+    assert b"refusing to write a capture to a terminal" in proc.stderr
