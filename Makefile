@@ -90,7 +90,7 @@ MAN1DIR     := /usr/share/man/man1
 UNITS       := portwatch.service portwatch-registry-update.service portwatch-registry-update.timer
 DROPIN      := portwatch.service.d/10-install.conf
 DOCS        := README.md docs/install.md docs/operations.md docs/daemon.md docs/wireshark.md \
-               docs/plugins.md
+               docs/plugins.md docs/top.md
 EXAMPLES    := systemd/portwatch.toml pcaps/sample.pcapng prometheus/alerts.yml \
                prometheus/prometheus.yml grafana/dashboards/portwatch.json
 # Whether systemd manages this machine (sd_booted(3)); never for a DESTDIR stage.

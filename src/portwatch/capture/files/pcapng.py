@@ -482,8 +482,6 @@ class PcapngFramer:
 
 # -- raw blocks, for copies that keep what the framer skips ---------------------
 
-#: Simple Packet Block type (the framer reads it as a packet; it cannot carry options).
-BLOCK_SPB_TYPE = BLOCK_SPB
 #: Custom blocks that a rewriter must not copy into a new file (pcapng spec, 4.8).
 BLOCK_CUSTOM_NOCOPY = 0x40000BAD
 
