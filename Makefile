@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
-	systemd-container debootstrap
+	systemd-container debootstrap tmux
 SAMPLE := pcaps/sample.pcapng
 
 .PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall
@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 
 # Debian packages: python3-venv (Debian's python3 cannot make a venv without
 # it), and what the tests drive for real: tshark/dumpcap, Prometheus and
-# promtool, tcpreplay, ip(8), and systemd-nspawn + debootstrap for the
-# real-systemd test (tests/integration/test_nspawn.py). Installed only when
+# promtool, tcpreplay, ip(8), systemd-nspawn + debootstrap for the
+# real-systemd test (tests/integration/test_nspawn.py), and tmux for the
+# full-screen `portwatch top` test (tests/cli/test_top.py). Installed only when
 # missing, and only as root.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -82,10 +83,14 @@ BINDIR      := /usr/bin
 UNITDIR     := /etc/systemd/system
 CONFDIR     := /etc/portwatch
 DOCDIR      := /usr/share/doc/portwatch
+# Where bash-completion, zsh (Debian's vendor directory) and man look.
+BASHCOMPDIR := /usr/share/bash-completion/completions
+ZSHCOMPDIR  := /usr/share/zsh/vendor-completions
+MAN1DIR     := /usr/share/man/man1
 UNITS       := portwatch.service portwatch-registry-update.service portwatch-registry-update.timer
 DROPIN      := portwatch.service.d/10-install.conf
 DOCS        := README.md docs/install.md docs/operations.md docs/daemon.md docs/wireshark.md \
-               docs/plugins.md
+               docs/plugins.md docs/top.md
 EXAMPLES    := systemd/portwatch.toml pcaps/sample.pcapng prometheus/alerts.yml \
                prometheus/prometheus.yml grafana/dashboards/portwatch.json
 # Whether systemd manages this machine (sd_booted(3)); never for a DESTDIR stage.
@@ -98,7 +103,16 @@ install:
 	if [ -e "$$link" ] && [ "$$(readlink "$$link")" != "$(OPT)/bin/portwatch" ]; then \
 		echo "make install: $$link exists and is not ours; remove it first" >&2; exit 1; fi
 	$(PYTHON) -m venv $(DESTDIR)$(OPT)
-	$(DESTDIR)$(OPT)/bin/pip install --quiet --disable-pip-version-check --no-warn-script-location .
+	$(DESTDIR)$(OPT)/bin/pip install --quiet --disable-pip-version-check --no-warn-script-location \
+		'.[completion]'
+	@# generated from the installed parser (before a DESTDIR venv is relocated and cannot run)
+	install -d -m 0755 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(MAN1DIR)
+	$(DESTDIR)$(OPT)/bin/python -m portwatch completion bash > $(DESTDIR)$(BASHCOMPDIR)/portwatch
+	$(DESTDIR)$(OPT)/bin/python -m portwatch completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_portwatch
+	$(DESTDIR)$(OPT)/bin/python -m portwatch manpage > $(DESTDIR)$(MAN1DIR)/portwatch.1
+	gzip -9nf $(DESTDIR)$(MAN1DIR)/portwatch.1
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/portwatch $(DESTDIR)$(ZSHCOMPDIR)/_portwatch \
+		$(DESTDIR)$(MAN1DIR)/portwatch.1.gz
 	@if [ -n "$(DESTDIR)" ]; then \
 		echo "relocating $(DESTDIR)$(OPT) to $(OPT)"; \
 		grep -rlIF "$(DESTDIR)$(OPT)" $(DESTDIR)$(OPT)/bin $(DESTDIR)$(OPT)/pyvenv.cfg \

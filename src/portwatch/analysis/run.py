@@ -30,13 +30,18 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import BinaryIO
 
+import numpy as np
+import numpy.typing as npt
+
 from portwatch._atomic import atomic_output
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.live import LiveSnapshot, LiveSummary
 from portwatch.analysis.report import Report, merge_reports
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
@@ -48,6 +53,7 @@ from portwatch.capture.files.reader import (
     read_capture_path,
 )
 from portwatch.decode import ENGINES, decoder_for
+from portwatch.decode.native import DecodedBatch
 from portwatch.errors import (
     CaptureError,
     CaptureFormatError,
@@ -60,6 +66,7 @@ from portwatch.porttable.table import PortTable
 __all__ = [
     "AnnotateRequest",
     "CaptureInput",
+    "IntervalRequest",
     "ProgressCallback",
     "RunResult",
     "analyze_paths",
@@ -85,6 +92,56 @@ class AnnotateRequest:
 
     output: str
     only_flagged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRequest:
+    """Call ``emit`` with a live summary every ``seconds`` while captures are read.
+
+    Rates are over the last ``window_s`` seconds (default: the interval). The
+    summary comes from a timer thread, so a stream that stalls still gets its
+    summaries; ``emit`` runs on that thread. An ``OSError`` from ``emit`` (a
+    closed standard error) stops the summaries, not the analysis.
+    """
+
+    seconds: float
+    emit: Callable[[LiveSnapshot], None]
+    window_s: float | None = None
+    clock: Callable[[], float] = time.monotonic
+
+
+class _Ticker:
+    """Feeds a ``LiveSummary`` from the reading thread; emits it from its own thread."""
+
+    def __init__(self, table: PortTable, request: IntervalRequest) -> None:
+        self._request = request
+        self._live = LiveSummary(table, window_s=request.window_s or request.seconds,
+                                 start=request.clock())
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="portwatch-interval",
+                                        daemon=True)
+
+    def feed(self, decoded: DecodedBatch, timestamps_ns: npt.NDArray[np.int64]) -> None:
+        with self._lock:
+            self._live.feed_decoded(decoded, timestamps_ns, self._request.clock())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._request.seconds):
+            with self._lock:
+                snap = self._live.snapshot(self._request.clock())
+            try:
+                self._request.emit(snap)
+            except OSError:
+                return
+
+    def __enter__(self) -> _Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,12 +406,14 @@ def _batches(reader: CaptureReader, inp: CaptureInput,
 
 
 def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
-                    stdin: BinaryIO | None) -> Analyzer:
+                    stdin: BinaryIO | None, ticker: _Ticker | None = None) -> Analyzer:
     analyzer = Analyzer(table, capture=inp.name)
     reader = _open(inp, stdin)
     try:
         for batch in _batches(reader, inp, progress):
-            analyzer.feed(batch)
+            decoded, _ = analyzer.feed(batch)
+            if ticker is not None:
+                ticker.feed(decoded, batch.timestamps_ns)
     except CaptureTruncatedError as exc:
         analyzer.note_damage(str(_named(exc, inp)))
     finally:
@@ -362,12 +421,15 @@ def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallb
     return analyzer
 
 
-def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str) -> Analyzer:
+def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str,
+                    ticker: _Ticker | None = None) -> Analyzer:
     analyzer = Analyzer(table, capture=inp.name)
     iter_decoded = decoder_for(engine)
     try:
         for decoded, ts in iter_decoded(inp.path, 4096):
             analyzer.feed_decoded(decoded, ts)
+            if ticker is not None:
+                ticker.feed(decoded, ts)
     except CaptureTruncatedError as exc:
         analyzer.note_damage(str(_named(exc, inp)))
     except CaptureError as exc:
@@ -376,28 +438,59 @@ def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str) -> Analyze
 
 
 def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
-                 progress: ProgressCallback | None, stdin: BinaryIO | None) -> Analyzer:
+                 progress: ProgressCallback | None, stdin: BinaryIO | None, *,
+                 ticker: _Ticker | None = None) -> Analyzer:
     if engine == "native":
-        return _analyze_native(table, inp, progress, stdin)
-    return _analyze_engine(table, inp, engine)
+        return _analyze_native(table, inp, progress, stdin, ticker)
+    return _analyze_engine(table, inp, engine, ticker)
 
 
-def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest) -> None:
-    """The second pass over the (spooled) capture, written atomically."""
-    from portwatch.analysis.annotated_copy import write_annotated  # only --annotate pays
-    from portwatch.capture.files.writer import PcapngWriter
+def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
+              stdout: BinaryIO | None) -> None:
+    """The second pass over the (spooled) capture, written atomically (or to standard output).
 
+    A pcapng source is copied block by block (nothing it holds is lost); a
+    pcap source becomes a fresh pcapng.
+    """
     reader = _open(inp, None)
     try:
-        with output_file(request.output) as out:
-            writer = PcapngWriter(out)
-            with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
-                write_annotated(analyzer, reader, writer, only_flagged=request.only_flagged,
-                                interfaces_of=reader)
+        if request.output == "-":
+            out = stdout or sys.stdout.buffer
+            warnings = _write_copy(analyzer, inp, reader, request, out)
+            try:
+                out.flush()
+            except OSError as exc:
+                raise OutputError(f"cannot write the annotated copy: {exc.strerror or exc}",
+                                  path="standard output") from exc
+        else:
+            with output_file(request.output) as out:
+                warnings = _write_copy(analyzer, inp, reader, request, out)
         # what the copy had to shorten (an option or a record past what readers accept)
-        analyzer.warnings.extend(f"{request.output}: {w}" for w in writer.warnings)
+        analyzer.warnings.extend(f"{request.output}: {w}" for w in warnings)
     finally:
         reader.close()
+
+
+def _write_copy(analyzer: Analyzer, inp: CaptureInput, reader: CaptureReader,
+                request: AnnotateRequest, out: BinaryIO) -> list[str]:
+    from portwatch.analysis import annotated_copy  # only --annotate pays
+    from portwatch.capture.files import writer as writers
+
+    if reader.format == "pcapng":
+        from portwatch.capture.files.pcapng import iter_raw_blocks
+        from portwatch.capture.files.reader import decompressed_stream
+
+        copier = writers.PcapngCopyWriter(out)
+        with decompressed_stream(inp.path) as read, \
+                contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
+            annotated_copy.copy_annotated(analyzer, reader, iter_raw_blocks(read), copier,
+                                          only_flagged=request.only_flagged)
+        return copier.warnings
+    writer = writers.PcapngWriter(out)
+    with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
+        annotated_copy.write_annotated(analyzer, reader, writer,
+                                       only_flagged=request.only_flagged, interfaces_of=reader)
+    return writer.warnings
 
 
 # -- worker processes ---------------------------------------------------------
@@ -444,7 +537,7 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
 
 
 def _check(names: Sequence[str], jobs: int, engine: str,
-           annotate: AnnotateRequest | None) -> None:
+           annotate: AnnotateRequest | None, interval: IntervalRequest | None = None) -> None:
     if not names:
         raise UsageError("no capture to analyse")
     if jobs < 1:
@@ -453,6 +546,12 @@ def _check(names: Sequence[str], jobs: int, engine: str,
         raise UsageError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if list(names).count("-") > 1:
         raise UsageError("standard input ('-') can be read only once")
+    if interval is not None:
+        if not interval.seconds > 0:
+            raise UsageError(f"--interval takes a positive number of seconds, "
+                             f"not {interval.seconds:g}")
+        if jobs > 1 and len(names) > 1:
+            raise UsageError("--interval summarises one process's reading: not with --jobs")
     if annotate is not None:
         if len(names) != 1:
             raise UsageError("--annotate takes exactly one capture")
@@ -482,6 +581,8 @@ def analyze_paths(
     annotate: AnnotateRequest | None = None,
     spool_dir: str | None = None,
     stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+    interval: IntervalRequest | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -491,10 +592,13 @@ def analyze_paths(
     partial; one that is no capture at all is a failure, never an exception,
     unless it is the only one (the caller decides: ``RunResult.report`` is
     None). ``annotate`` writes the annotated copy through
-    :func:`~portwatch.analysis.annotated_copy.write_annotated`.
+    :func:`~portwatch.analysis.annotated_copy.write_annotated`; an ``annotate``
+    output of ``-`` goes to ``stdout`` (default standard output) instead.
+    ``interval`` emits a live summary periodically while the captures are
+    read (a stream read for hours reports as it goes).
     """
-    _check(names, jobs, engine, annotate)
-    if annotate is not None:
+    _check(names, jobs, engine, annotate, interval)
+    if annotate is not None and annotate.output != "-":
         refuse_overwriting_inputs(names, [annotate.output])
         check_output_path(annotate.output)
     parallel = jobs > 1 and len(names) > 1
@@ -502,17 +606,24 @@ def analyze_paths(
     with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
         if parallel:
             return _merge(_in_pool(table, inputs, jobs, engine))
-        outcomes: list[Report | CaptureError] = []
-        for inp in inputs:
-            if inp.failure is not None:
-                outcomes.append(inp.failure)
-                continue
-            try:
-                analyzer = _analyze_one(table, inp, engine, progress, stdin)
-            except CaptureError as exc:
-                outcomes.append(exc)
-                continue
-            if annotate is not None:
-                _annotate(analyzer, inp, annotate)
-            outcomes.append(analyzer.report())
+        ticker = _Ticker(table, interval) if interval is not None else None
+        with ticker if ticker is not None else contextlib.nullcontext():
+            outcomes = [_one_outcome(table, inp, engine, progress=progress, stdin=stdin,
+                                     ticker=ticker, annotate=annotate, stdout=stdout)
+                        for inp in inputs]
         return _merge(outcomes)
+
+
+def _one_outcome(table: PortTable, inp: CaptureInput, engine: str, *,
+                 progress: ProgressCallback | None, stdin: BinaryIO | None,
+                 ticker: _Ticker | None, annotate: AnnotateRequest | None,
+                 stdout: BinaryIO | None) -> Report | CaptureError:
+    if inp.failure is not None:
+        return inp.failure
+    try:
+        analyzer = _analyze_one(table, inp, engine, progress, stdin, ticker=ticker)
+    except CaptureError as exc:
+        return exc
+    if annotate is not None:
+        _annotate(analyzer, inp, annotate, stdout)
+    return analyzer.report()

@@ -15,10 +15,11 @@ from typing import Any
 
 from portwatch import __version__
 from portwatch.cli import analyze as analyze_cmd
+from portwatch.cli import completion, lookup
 from portwatch.cli import daemon as daemon_cmd
 from portwatch.cli import export as export_cmd
-from portwatch.cli import lookup
 from portwatch.cli import registry as registry_cmds
+from portwatch.cli import top as top_cmd
 from portwatch.cli.common import Context, PortwatchArgumentParser
 from portwatch.errors import PortwatchError, UsageError
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS
@@ -85,6 +86,7 @@ def _commands() -> dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]]
         "daemon": (daemon_cmd.add_parser, daemon_cmd.run),
     }
     commands["analyze"] = (analyze_cmd.add_parser, analyze_cmd.run)
+    commands["top"] = (top_cmd.add_parser, top_cmd.run)
     return commands
 
 
@@ -103,7 +105,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
     for name, (add, runner) in _commands().items():
         add(sub, after)
         runners[name] = runner
+    completion.add_parsers(sub, after)
+    runners["completion"] = _print_completion
+    runners["manpage"] = _print_manpage
     return parser, runners
+
+
+def _print_completion(ctx: Context, args: argparse.Namespace) -> int:
+    """Generated from a fresh parser: the script must not depend on this run's options."""
+    ctx.stdout.write(completion.completion_script(build_parser()[0], args.shell))
+    return 0
+
+
+def _print_manpage(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.stdout.write(completion.manpage(build_parser()[0], __version__))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,19 +6,23 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime
+from typing import Any, BinaryIO, cast
 
 from portwatch._terminal import Progress, should_color, terminal_width
 from portwatch.analysis.filters import apply_filters, parse_filters
+from portwatch.analysis.live import LiveSnapshot
 from portwatch.analysis.render import OutputFormat, render
 from portwatch.analysis.run import (
     AnnotateRequest,
+    IntervalRequest,
     analyze_paths,
     check_output_path,
     refuse_overwriting_inputs,
     write_output,
 )
 from portwatch.cli.common import Context
+from portwatch.cli.top import render_summary
 from portwatch.decode import ENGINES
 from portwatch.errors import OutputError, UsageError
 
@@ -37,13 +41,16 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "flow's service port, count packets/bytes/flows per service and flag traffic on "
         "reserved, unassigned or unlisted ports.",
     )
-    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="pcap or pcapng files, gzipped or not; '-' reads standard input")
     p.add_argument("--format", "-f", choices=[f.value for f in OutputFormat], default=None,
                    help="output format (default: table on a terminal, json otherwise)")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="write the report to FILE (atomically) instead of standard output")
     p.add_argument("--annotate", metavar="OUT.pcapng",
-                   help="write a copy of the capture with a comment on every packet")
+                   help="write a pcapng copy of the capture with a comment on every packet, "
+                   "keeping its own comments and blocks ('-' is standard output; the report "
+                   "then goes to standard error unless --output is given)")
     p.add_argument("--annotate-only-flagged", action="store_true",
                    help="with --annotate, comment only packets of flagged flows")
     p.add_argument("--top", type=int, metavar="N",
@@ -61,6 +68,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--engine", choices=ENGINES, default="native",
                    help="packet dissector: portwatch's own (fast), scapy or tshark (pyshark)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--interval", type=float, metavar="SECONDS", default=None,
+                   help="while reading, print a summary every SECONDS (rates over those "
+                   "seconds, busiest services, flagged ports): for a stream such as "
+                   "'tcpdump -w - | portwatch analyze --interval 10 -'. It goes to standard "
+                   "error, or to standard output when --output takes the report")
 
 
 class _ProgressBar:
@@ -91,14 +103,42 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--annotate-only-flagged needs --annotate OUT.pcapng")
     if args.top is not None and args.top < 1:
         raise UsageError(f"--top takes a positive number, not {args.top}")
-    outputs = [o for o in (args.output, args.annotate) if o]
+    outputs = [o for o in (args.output, args.annotate) if o and o != "-"]
     refuse_overwriting_inputs(args.captures, outputs)
     for out in outputs:
         check_output_path(out)
 
 
+def _binary_stdout(ctx: Context) -> BinaryIO:
+    """Standard output for ``--annotate -``: never a terminal (it would get pcapng bytes)."""
+    if ctx.stdout.isatty():
+        raise UsageError("--annotate -: refusing to write a capture to a terminal; "
+                         "redirect standard output to a file or a pipe")
+    buffer = getattr(ctx.stdout, "buffer", None)
+    if buffer is None:
+        raise UsageError("--annotate -: standard output takes no bytes here")
+    return cast(BinaryIO, buffer)
+
+
+def _interval(ctx: Context, args: argparse.Namespace) -> IntervalRequest:
+    """Summaries on standard error, or standard output when the report goes to a file."""
+    stream = ctx.stdout if args.output else ctx.stderr
+    width = terminal_width(stream, ctx.env)
+    color = should_color(stream, ctx.env)
+
+    def emit(snap: LiveSnapshot) -> None:
+        stream.write(render_summary(snap, width=width, color=color,
+                                    clock_text=datetime.now().strftime("%H:%M:%S")))
+        stream.flush()
+
+    return IntervalRequest(args.interval, emit)
+
+
 def run(ctx: Context, args: argparse.Namespace) -> int:
     _check_args(args)
+    capture_out = _binary_stdout(ctx) if args.annotate == "-" else None
+    if capture_out is not None and not args.output:
+        ctx.stdout = ctx.stderr  # standard output carries the capture: the report goes here
     fmt = OutputFormat(args.format) if args.format else (
         OutputFormat.TABLE if ctx.stdout.isatty() and not args.output else OutputFormat.JSON)
     table = ctx.table()
@@ -106,9 +146,13 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     annotate = AnnotateRequest(args.annotate, args.annotate_only_flagged) \
         if args.annotate else None
     bar = _ProgressBar(ctx.env) if not args.no_progress and sys.stderr.isatty() else None
+    interval = _interval(ctx, args) if args.interval is not None else None
+    if interval is not None:
+        bar = None  # the summaries and a redrawn bar would overwrite each other
     try:
         result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
-                               progress=bar, annotate=annotate, spool_dir=args.spool_dir)
+                               progress=bar, annotate=annotate, spool_dir=args.spool_dir,
+                               stdout=capture_out, interval=interval)
     finally:
         if bar is not None:
             bar.close()

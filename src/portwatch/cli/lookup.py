@@ -30,7 +30,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Each QUERY is PORT/TRANSPORT, PORT (every transport) or a service name. "
         "'-' reads queries from standard input, one a line.",
     )
-    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("queries", nargs="+", metavar="QUERY",
+                   help="PORT/TRANSPORT (80/tcp), PORT (every transport) or a service name "
+                   "or alias; '-' reads them from standard input")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
 
 

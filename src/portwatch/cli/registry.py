@@ -33,10 +33,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     reg = sub.add_parser("registry", help="inspect and manage registry sources")
     rsub = reg.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
     info = rsub.add_parser("info", parents=parents, help="sources, dates, counts and coverage")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="one JSON object instead of text")
     imp = rsub.add_parser("import", parents=parents, help="validate files and add them to "
                           "the data directory")
-    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("files", nargs="+", metavar="FILE",
+                     help="registry files to import: IANA's CSV or XML, its text table, or a "
+                     "services(5) file such as /etc/services")
     upd = rsub.add_parser(
         "update", parents=parents, help="download the official registry",
         description="Download IANA's registry, check it, and make it the one every later run "
@@ -56,8 +58,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                      help="install a registry older than the current or the packaged one "
                      "(e.g. to go back to an earlier download); the other checks still apply")
     dif = rsub.add_parser("diff", parents=parents, help="changes between two snapshots")
-    dif.add_argument("old", metavar="OLD")
-    dif.add_argument("new", metavar="NEW")
+    dif.add_argument("old", metavar="OLD",
+                     help="the earlier registry snapshot (any format import reads)")
+    dif.add_argument("new", metavar="NEW", help="the later registry snapshot")
     dif.add_argument("--json", action="store_true", help="one JSON object a change")
 
 

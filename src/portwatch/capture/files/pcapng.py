@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -41,9 +43,12 @@ __all__ = [
     "MAGIC",
     "NS_MAX",
     "PcapngFramer",
+    "RawBlock",
     "exact_ns",
+    "iter_raw_blocks",
     "max_ticks",
     "parse_options",
+    "split_epb",
     "tsresol_to_ns",
 ]
 
@@ -473,3 +478,103 @@ class PcapngFramer:
             "(64-bit nanoseconds end in April 2262)"
         )
         return batch.slice(0, bad)
+
+
+# -- raw blocks, for copies that keep what the framer skips ---------------------
+
+#: Custom blocks that a rewriter must not copy into a new file (pcapng spec, 4.8).
+BLOCK_CUSTOM_NOCOPY = 0x40000BAD
+
+
+@dataclass(frozen=True, slots=True)
+class RawBlock:
+    """One block exactly as stored: ``data`` runs from its type to its trailing length.
+
+    ``order`` is its section's byte order (``"<"`` or ``">"``); ``offset`` is
+    where it starts in the (decompressed) file.
+    """
+
+    offset: int
+    btype: int
+    order: str
+    data: bytes
+
+    @property
+    def is_packet(self) -> bool:
+        return self.btype in (BLOCK_EPB, BLOCK_SPB)
+
+
+def iter_raw_blocks(read: Callable[[int], bytes], chunk: int = 1 << 20) -> Iterator[RawBlock]:
+    """Every block of a pcapng stream in file order, bytes untouched.
+
+    A separate walk from :class:`PcapngFramer` (which skips the blocks it does
+    not interpret): a copy that must lose nothing needs name resolution,
+    decryption secrets, statistics and custom blocks as they were. A block
+    is yielded only after the checks the framer makes on every block (length
+    at least 12, a multiple of 4, at most 16 MiB, trailing copy equal); the
+    walk ends quietly at the first one that fails them or is cut short: the
+    reader reports that damage.
+    """
+    buf = bytearray()
+    pos = base = 0
+    order = "<"
+    eof = False
+
+    def need(count: int) -> bool:
+        nonlocal buf, pos, base, eof
+        while len(buf) - pos < count and not eof:
+            data = read(chunk)
+            if not data:
+                eof = True
+                break
+            if pos:
+                del buf[:pos]
+                base += pos
+                pos = 0
+            buf += data
+        return len(buf) - pos >= count
+
+    while need(12):
+        (btype,) = struct.unpack_from("<I", buf, pos)
+        if btype == BLOCK_SHB:
+            (bom,) = struct.unpack_from("<I", buf, pos + 8)
+            if bom == BYTE_ORDER_MAGIC:
+                order = "<"
+            elif bom == 0x4D3C2B1A:
+                order = ">"
+            else:
+                return
+        else:
+            (btype,) = struct.unpack_from(order + "I", buf, pos)
+        (length,) = struct.unpack_from(order + "I", buf, pos + 4)
+        if length < 12 or length % 4 or length > MAX_BLOCK_LEN or not need(length):
+            return
+        if struct.unpack_from(order + "I", buf, pos + length - 4)[0] != length:
+            return
+        yield RawBlock(base + pos, btype, order, bytes(buf[pos : pos + length]))
+        pos += length
+
+
+def split_epb(block: RawBlock) -> tuple[int, int, int | None] | None:
+    """``(captured length, data end, options end)`` of an Enhanced Packet Block.
+
+    ``data end`` is where its options start (after the padded packet data);
+    ``options end`` is where a new option goes: before ``opt_endofopt`` when
+    the options end with one, else before the trailing length; None when the
+    options do not parse. The whole result is None when the packet data
+    overruns the block (the framer refuses such blocks).
+    """
+    raw = block.data
+    (caplen,) = struct.unpack_from(block.order + "I", raw, 20)
+    data_end = 28 + caplen + (-caplen % 4)
+    end = len(raw) - 4
+    if data_end > end:
+        return None
+    head = struct.Struct(block.order + "HH")
+    at = data_end
+    while end - at >= 4:
+        code, length = head.unpack_from(raw, at)
+        if code == OPT_ENDOFOPT:
+            return caplen, data_end, at
+        at += 4 + length + (-length % 4)
+    return caplen, data_end, at if at == end else None

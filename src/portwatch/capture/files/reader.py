@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
     "CaptureReader",
+    "decompressed_stream",
     "open_capture",
     "read_capture_path",
 ]
@@ -410,3 +411,20 @@ def read_capture_path(
         raise
     reader._on_close = release
     return reader
+
+
+@contextlib.contextmanager
+def decompressed_stream(path: str) -> Iterator[Callable[[int], bytes]]:
+    """``read(n)`` over the bytes of a capture file, gunzipped when it is gzip.
+
+    For walks that need the stored blocks themselves (``pcapng.iter_raw_blocks``),
+    beside a :class:`CaptureReader` over the same file. Damage in the gzip
+    stream ends it early; the reader reports it.
+    """
+    with open(path, "rb") as fileobj:
+        read = getattr(fileobj, "read1", fileobj.read)
+        head = read(2)
+        if head != GZIP_MAGIC:
+            yield _Prefixed(head, read).read
+            return
+        yield _Gunzip(_Prefixed(head, read).read).read

@@ -33,6 +33,7 @@ from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files._framing import Interface
 from portwatch.capture.files.pcap import DEFAULT_MAX_CAPLEN
 from portwatch.capture.files.pcapng import (
+    BLOCK_CUSTOM_NOCOPY,
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_SHB,
@@ -43,6 +44,8 @@ from portwatch.capture.files.pcapng import (
     IF_TSOFFSET,
     IF_TSRESOL,
     OPT_COMMENT,
+    RawBlock,
+    split_epb,
 )
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "MAX_WRITE_CAPLEN",
     "WRITE_BYTES",
     "WRITE_PACKETS",
+    "PcapngCopyWriter",
     "PcapngWriter",
     "ns_to_ticks",
 ]
@@ -296,3 +300,109 @@ class PcapngWriter:
             iface = self._interfaces[idx]
             ticks[sel] = ns_to_ticks(iface.tsresol, ns[sel] - iface.tsoffset * 1_000_000_000)
         return ticks
+
+
+class PcapngCopyWriter:
+    """A pcapng copy that keeps every block, adding a comment beside a packet's own.
+
+    The source's blocks are written as they were, in their section's byte
+    order: section headers (and their comments), interfaces, name resolution,
+    decryption secrets, interface statistics, custom blocks, and each Enhanced
+    Packet Block's options (its comments, flags, hashes ...). Three changes,
+    each one the format asks for or a reader needs:
+
+    - a section header's section length becomes -1 (unknown): comments make
+      the section longer than it said;
+    - custom blocks of type 0x40000BAD ("must not be copied") are left out;
+    - packet data past :data:`MAX_WRITE_CAPLEN` is cut, as :class:`PcapngWriter` cuts it.
+
+    A Simple Packet Block cannot carry options: it is copied without a comment.
+    What was changed or left out is counted in :attr:`warnings`.
+    """
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._out = fileobj
+        self._long_comments = 0
+        self._nocopy = 0
+        self._spb_uncommented = 0
+        self._cut_packets = 0
+        self._first_cut: tuple[int, int] | None = None
+        self.packets = 0
+
+    @property
+    def warnings(self) -> list[str]:
+        out: list[str] = []
+        if self._long_comments:
+            out.append(f"{self._long_comments:,} packet comment(s) longer than a pcapng "
+                       f"option holds ({MAX_OPTION_LEN:,} bytes of UTF-8): cut")
+        if self._nocopy:
+            out.append(f"{self._nocopy:,} custom block(s) marked 'do not copy' (0x40000BAD) "
+                       "left out of the copy")
+        if self._spb_uncommented:
+            out.append(f"{self._spb_uncommented:,} simple packet block(s) cannot carry a "
+                       "comment: copied without one")
+        if self._first_cut is not None:
+            at, caplen = self._first_cut
+            more = f" ({self._cut_packets - 1:,} more after it)" if self._cut_packets > 1 else ""
+            out.append(
+                f"packet data longer than {MAX_WRITE_CAPLEN:,} bytes is cut to that in the "
+                f"copy, original length kept: the record at byte {at} of the source holds "
+                f"{caplen:,}{more}"
+            )
+        return out
+
+    def copy(self, block: RawBlock) -> None:
+        """Write a block that carries no packet as it was (see the class for the exceptions)."""
+        if block.btype == BLOCK_SHB:
+            data = bytearray(block.data)
+            struct.pack_into(block.order + "q", data, 16, -1)
+            self._out.write(data)
+        elif block.btype == BLOCK_CUSTOM_NOCOPY:
+            self._nocopy += 1
+        else:
+            self._out.write(block.data)
+
+    def packet(self, block: RawBlock, comment: str | None) -> None:
+        """Write a packet block, with ``comment`` (if any) after its existing options."""
+        self.packets += 1
+        if block.btype != BLOCK_EPB:
+            self._spb_uncommented += bool(comment)
+            self._out.write(block.data)
+            return
+        parts = split_epb(block)
+        if parts is None:  # the framer refuses such a block; never reached from a reader
+            raise ValueError(f"enhanced packet block at byte {block.offset} overruns itself")
+        caplen, data_end, opts_end = parts
+        raw = block.data
+        if not comment and caplen <= MAX_WRITE_CAPLEN:
+            self._out.write(raw)
+            return
+        order = block.order
+        if opts_end is None:  # options that do not parse: ours first, theirs kept after
+            opts_end = data_end
+        keep = caplen
+        if caplen > MAX_WRITE_CAPLEN:
+            keep = MAX_WRITE_CAPLEN
+            if self._first_cut is None:
+                self._first_cut = (block.offset, caplen)
+            self._cut_packets += 1
+        text, full = _utf8(comment) if comment else (b"", 0)
+        self._long_comments += full > len(text)
+        new_opt = (
+            struct.pack(order + "HH", OPT_COMMENT, len(text)) + text + b"\0" * _pad(len(text))
+            if text
+            else b""
+        )
+        body = b"".join((
+            raw[8:20],
+            struct.pack(order + "I", keep),
+            raw[24:28],
+            raw[28 : 28 + keep],
+            b"\0" * _pad(keep),
+            raw[data_end:opts_end],
+            new_opt,
+            raw[opts_end:-4],
+        ))
+        length = 12 + len(body)
+        head = struct.pack(order + "II", BLOCK_EPB, length)
+        self._out.write(head + body + struct.pack(order + "I", length))
