@@ -149,5 +149,6 @@ uninstall:
 	@link="$(DESTDIR)$(BINDIR)/portwatch"; \
 	if [ "$$(readlink "$$link")" = "$(OPT)/bin/portwatch" ]; then rm -f "$$link"; fi
 	rm -rf $(DESTDIR)$(OPT) $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/portwatch $(DESTDIR)$(ZSHCOMPDIR)/_portwatch $(DESTDIR)$(MAN1DIR)/portwatch.1.gz
 	@if $(SYSTEMD_UP); then echo "systemctl daemon-reload"; systemctl daemon-reload; fi
 	@echo "uninstalled; kept $(CONFDIR) and /var/lib/portwatch (remove them by hand if unwanted)"

@@ -113,7 +113,7 @@ def test_annotating_an_interface_named_with_invalid_utf8_does_not_crash(
     reader = read_capture_path(str(copy))
     with reader:
         assert sum(len(b) for b in reader) == 1
-        assert reader.interfaces[0].name == "\ufffd" * 21_845
+        assert reader.interfaces[0].name == "\ufffd" * 21_846
     capsys.readouterr()
 
 

@@ -166,6 +166,10 @@ def test_make_install_lays_out_venv_link_units_dropin_config_and_docs(
     for doc in ("install.md", "operations.md", "systemd.md", "examples/sample.pcapng",
                 "examples/portwatch.toml"):
         assert (root / "usr/share/doc/portwatch" / doc).is_file(), doc
+    for generated in ("usr/share/bash-completion/completions/portwatch",
+                      "usr/share/zsh/vendor-completions/_portwatch",
+                      "usr/share/man/man1/portwatch.1.gz"):
+        assert (root / generated).stat().st_size > 0, generated
     # the administrator's config is kept, not overwritten by the example
     assert "keeping /etc/portwatch/portwatch.toml" in installed
     assert 'backend = "replay"' in (root / "etc/portwatch/portwatch.toml").read_text()
@@ -341,7 +345,10 @@ def test_uninstall_removes_the_install_and_keeps_config_and_state(
     for gone in ("usr/bin/portwatch", "opt/portwatch", "usr/share/doc/portwatch",
                  "etc/systemd/system/portwatch.service",
                  "etc/systemd/system/portwatch-registry-update.timer",
-                 "etc/systemd/system/portwatch.service.d/10-install.conf"):
+                 "etc/systemd/system/portwatch.service.d/10-install.conf",
+                 "usr/share/bash-completion/completions/portwatch",
+                 "usr/share/zsh/vendor-completions/_portwatch",
+                 "usr/share/man/man1/portwatch.1.gz"):
         assert not os.path.lexists(root / gone), gone
     assert (root / "etc/portwatch/portwatch.toml").is_file()
     assert (root / "var/lib/private/portwatch/registry/manifest.json").is_file()
