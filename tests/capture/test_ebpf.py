@@ -1,0 +1,308 @@
+"""The eBPF backend: the program loads, and the kernel counts what user space would.
+
+Root only (loading BPF needs CAP_BPF); skipped with the reason elsewhere, and
+when the program does not load here (the reason is the loader's one line).
+Frames are sent inside a network namespace the test creates, over a veth pair
+whose two ends both live in it, with IPv6 off so the kernel itself sends
+nothing. The differential check feeds the same frames to the user-space path
+(``TrafficCounters.feed``) and compares every traffic, flagged and
+decode-error series.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from portwatch.analysis.flows import FlowLimits
+from portwatch.capture.batch import PacketBatch
+from portwatch.capture.live import ebpf
+from portwatch.capture.live._libbpf import LibbpfError
+from portwatch.daemon.counters import RegistryFacts, TrafficCounters
+from portwatch.errors import BackendError
+from portwatch.ports import PortStatus, Transport
+from portwatch.porttable.table import PortTable
+
+T = TypeVar("T")
+NS = f"pwebpf{os.getpid()}"
+TX, RX = "pwe0", "pwe1"
+_CLONE_NEWNET = 0x40000000
+
+
+def _loadable() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("loading a BPF program needs root (CAP_BPF)")
+    try:
+        ebpf.KernelCounter(FlowLimits(max_flows=16)).close()
+    except BackendError as exc:
+        pytest.skip(f"the program does not load here: {exc}")
+
+
+def in_netns(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that joined the test's namespace (sockets made there stay there)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        fd = os.open(f"/run/netns/{NS}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            box.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=run)  # the thread ends, and its namespace with it
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    _loadable()
+    subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", NS], check=True, capture_output=True)
+    try:
+        for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+                    ["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]):
+            subprocess.run(["ip", "netns", "exec", NS, *cmd], check=True, capture_output=True)
+        for cmd in (["link", "add", TX, "type", "veth", "peer", "name", RX],
+                    ["link", "set", TX, "up"], ["link", "set", RX, "up"],
+                    ["link", "set", "lo", "up"]):
+            subprocess.run(["ip", "-n", NS, *cmd], check=True, capture_output=True)
+        yield NS
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+
+
+def _send(frames: list[bytes]) -> None:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        s.bind((TX, 0))
+        for frame in frames:
+            s.send(frame)
+    finally:
+        s.close()
+
+
+def _wait_received(counter: ebpf.KernelCounter, counts: list[ebpf.KernelCounts],
+                   expected: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counts.append(counter.read())
+        if sum(c.packets_total for c in counts) >= expected:
+            return
+        time.sleep(0.05)
+
+
+def _frames() -> list[bytes]:
+    """Every layer the program parses, both directions of a few flows."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
+    from scapy.layers.inet6 import (
+        IPv6,
+        IPv6ExtHdrDestOpt,
+        IPv6ExtHdrFragment,
+        IPv6ExtHdrHopByHop,
+    )
+    from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+    from scapy.layers.sctp import SCTP
+
+    cli, srv = "00:00:5e:00:53:01", "00:00:5e:00:53:02"
+    up = Ether(src=cli, dst=srv)
+    down = Ether(src=srv, dst=cli)
+    a, b = "192.0.2.1", "192.0.2.2"
+    a6, b6 = "2001:db8::1", "2001:db8::2"
+    out = [
+        # TCP handshake to a port in the dynamic range: the SYN decides the service
+        up / IP(src=a, dst=b) / TCP(sport=40000, dport=50505, flags="S"),
+        down / IP(src=b, dst=a) / TCP(sport=50505, dport=40000, flags="SA"),
+        up / IP(src=a, dst=b) / TCP(sport=40000, dport=50505, flags="A") / (b"x" * 100),
+        # UDP DNS, both ways, the client port dynamic
+        up / IP(src=a, dst=b) / UDP(sport=50000, dport=53) / (b"q" * 30),
+        down / IP(src=b, dst=a) / UDP(sport=53, dport=50000) / (b"r" * 90),
+        # tagged and double-tagged frames; an IPv4 header with options
+        up / Dot1Q(vlan=10) / IP(src=a, dst=b) / UDP(sport=40001, dport=123) / b"t",
+        up / Dot1AD(vlan=20) / Dot1Q(vlan=30) / IP(src=a, dst=b) / UDP(sport=40002, dport=8807),
+        up / IP(src=a, dst=b, options=[IPOption_NOP()] * 4) / TCP(sport=40003, dport=4),
+        # IPv6 with extension headers, and a fragmented datagram
+        up / IPv6(src=a6, dst=b6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+        / UDP(sport=40004, dport=1023) / b"six",
+        up / IPv6(src=a6, dst=b6) / IPv6ExtHdrFragment(id=7, m=1, offset=0)
+        / UDP(sport=40005, dport=514, len=40) / (b"f" * 16),
+        up / IPv6(src=a6, dst=b6) / IPv6ExtHdrFragment(id=7, nh=17, m=0, offset=3)
+        / (b"g" * 16),
+        # IPv4 fragments: the first carries ports, the next is attributed to it
+        up / IP(src=a, dst=b, id=99, flags="MF", frag=0, proto=17) / (
+            bytes(UDP(sport=40006, dport=69, len=48)) + b"h" * 16),
+        up / IP(src=a, dst=b, id=99, flags=0, frag=3, proto=17) / (b"i" * 24),
+        # a later fragment of a datagram never seen: a portless fragment
+        up / IP(src=a, dst=b, id=100, frag=5, proto=17) / (b"j" * 8),
+        up / IP(src=a, dst=b) / SCTP(sport=40007, dport=9899),
+        up / IP(src=a, dst=b, proto=33) / bytes.fromhex("9c4a0d02" + "00" * 12),  # DCCP
+        up / IP(src=a, dst=b) / ICMP(),
+        Ether(src=cli, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=a, pdst=b),
+        up / IP(src=a, dst=b, proto=47) / b"gre",
+    ]
+    # a few hundred short UDP flows to unassigned and reserved ports (the flagged series)
+    out += [up / IP(src=a, dst=b) / UDP(sport=41000 + i, dport=port)
+            for i, port in enumerate([4, 8, 1023, 44515, 60000, 60001] * 5)]
+    return [bytes(f) for f in out]
+
+
+def _user_space(table: PortTable, frames: list[bytes]) -> TrafficCounters:
+    counters = TrafficCounters(table, FlowLimits(), RegistryFacts.of(table, None))
+    now = time.time_ns()
+    batch = PacketBatch.from_packets(frames, 1, timestamps_ns=[now + i for i in range(len(frames))],
+                                     wirelens=[len(f) for f in frames])
+    counters.feed(batch, [RX])
+    return counters
+
+
+# -- tests that need no privilege ----------------------------------------------------
+def test_missing_object_is_a_one_line_backend_error(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match=r"portwatch\.bpf\.o is missing .*make bpf"):
+        ebpf.KernelCounter(FlowLimits(), object_path=tmp_path / "portwatch.bpf.o")
+
+
+def test_load_error_names_the_verifier_line_and_the_capabilities() -> None:
+    log = ("libbpf: prog 'portwatch_count': BPF program load failed: Permission denied\n"
+           "0: (bf) r6 = r1\n"
+           "R1 invalid mem access 'scalar'\n"
+           "processed 12 insns (limit 1000000)\n")
+    line = ebpf.load_error(LibbpfError(13, "loading portwatch.bpf.o", log))
+    assert "\n" not in line
+    assert line.startswith("eBPF backend unavailable: loading portwatch.bpf.o")
+    assert "CAP_BPF" in line
+    assert "R1 invalid mem access 'scalar'" in line
+
+
+def test_registry_array_holds_each_transports_status(table: PortTable) -> None:
+    arr = ebpf.registry_array(table)
+    assert arr.shape == (4 * 65536,)
+    for t, port in ((0, 80), (1, 53), (0, 8807), (1, 44515), (0, 60000)):
+        assert arr[t * 65536 + port] == table.lookup(Transport(t), port).status
+
+
+def test_the_object_is_shipped_beside_its_source() -> None:
+    src = ebpf.OBJECT_PATH.with_name("portwatch.bpf.c")
+    assert ebpf.OBJECT_PATH.is_file(), "run `make bpf`"
+    assert ebpf.OBJECT_PATH.read_bytes()[:4] == b"\x7fELF"
+    assert b"portwatch_count" in ebpf.OBJECT_PATH.read_bytes()
+    assert b"portwatch_count" in src.read_bytes()
+
+
+# -- root ------------------------------------------------------------------------------
+@pytest.mark.root
+def test_program_passes_the_verifier_and_sizes_the_flow_map() -> None:
+    _loadable()
+    counter = ebpf.KernelCounter(FlowLimits(max_flows=1234))
+    try:
+        assert counter.maps["flows"].max_entries == 1234
+        assert counter.maps["traffic"].max_entries == 4 * 65536
+        assert counter.program_fd > 0
+    finally:
+        counter.close()
+
+
+@pytest.mark.root
+def test_kernel_counts_equal_user_space_counts(netns: str, table: PortTable) -> None:
+    pytest.importorskip("scapy")
+    frames = _frames()
+    counter = ebpf.KernelCounter(FlowLimits())
+    counts: list[ebpf.KernelCounts] = []
+    try:
+        counter.set_registry(table)
+        in_netns(lambda: counter.attach([RX]))
+        in_netns(lambda: _send(frames))
+        _wait_received(counter, counts, len(frames))
+        assert counter.attached() == [RX]
+    finally:
+        counter.close()
+    kernel = TrafficCounters(table, FlowLimits(), RegistryFacts.of(table, None))
+    for c in counts:
+        kernel.add_kernel_counts(c)
+    got, want = kernel.snapshot(), _user_space(table, frames).snapshot()
+    assert len(want.traffic) >= 8
+    assert len(want.flagged) >= 5
+    assert got.received == {RX: len(frames)}
+    assert got.traffic == want.traffic
+    assert got.flagged == want.flagged
+    assert got.decode_errors == want.decode_errors
+    assert got.active_flows == want.active_flows
+    # and the cases that prove the parser went where it should
+    assert got.traffic[("tcp", "", "dynamic")] == (3, sum(len(f) for f in frames[:3]), 1)
+    assert got.decode_errors["fragment"] == 1  # only the datagram whose first was never seen
+
+
+@pytest.mark.root
+def test_flood_keeps_the_lru_at_its_size_and_counts_evictions(netns: str,
+                                                              table: PortTable) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    template = bytes(Ether(src="00:00:5e:00:53:01", dst="00:00:5e:00:53:02")
+                     / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=9))
+    frames = [template[:34] + i.to_bytes(2, "big") + template[36:] for i in range(1024, 3024)]
+    counter = ebpf.KernelCounter(FlowLimits(max_flows=256))
+    counts: list[ebpf.KernelCounts] = []
+    try:
+        counter.set_registry(table)
+        in_netns(lambda: counter.attach([RX]))
+        in_netns(lambda: _send(frames))
+        _wait_received(counter, counts, len(frames))
+    finally:
+        counter.close()
+    new = sum(c.new_flows for c in counts)
+    active = counts[-1].active_flows
+    assert new == 2000
+    assert active <= 256
+    assert sum(c.evictions for c in counts) == new - active
+    assert sum(int(c.flows.sum()) for c in counts) == 2000  # every flow counted once
+
+
+@pytest.mark.root
+def test_registry_refresh_changes_decisions_not_counts(netns: str, table: PortTable) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    # Two client ports the registry does not assign, above the reserved 1023: no
+    # registry rule, so the lower port (1023) is the service; mark the second
+    # assigned in the kernel's array and the registry rule picks it instead.
+    c1, c2 = [p for p in range(30000, 49152)
+              if table.lookup(Transport.UDP, p).status != PortStatus.ASSIGNED][:2]
+    up = Ether(src="00:00:5e:00:53:01", dst="00:00:5e:00:53:02") / IP(
+        src="192.0.2.1", dst="192.0.2.2")
+    first = bytes(up / UDP(sport=c1, dport=1023))
+    second = bytes(up / UDP(sport=c2, dport=1023))
+    counter = ebpf.KernelCounter(FlowLimits())
+    counts: list[ebpf.KernelCounts] = []
+    try:
+        counter.set_registry(table)
+        in_netns(lambda: counter.attach([RX]))
+        in_netns(lambda: _send([first]))
+        _wait_received(counter, counts, 1)
+        arr = ebpf.registry_array(table)
+        arr[1 * 65536 + c2] = PortStatus.ASSIGNED
+        counter.maps["registry"].update(b"\0\0\0\0", arr)
+        in_netns(lambda: _send([second]))
+        _wait_received(counter, counts, 2)
+    finally:
+        counter.close()
+    slots = sorted(int(s) for c in counts for s in c.slots)
+    assert slots == [65536 + 1023, 65536 + c2]
+    assert sum(c.packets_total for c in counts) == 2  # counters carried on
