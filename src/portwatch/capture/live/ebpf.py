@@ -118,7 +118,7 @@ def load_error(exc: LibbpfError) -> str:
     if exc.errno in (1, 13):  # EPERM, EACCES
         hint = " (needs CAP_BPF and CAP_NET_RAW, see docs/ebpf.md)"
     return f"eBPF backend unavailable: {exc.strerror or exc}{hint}" + (
-        f"; libbpf: {line}" if line and line not in str(exc) else "")
+        f"; libbpf: {line.removeprefix('libbpf: ')}" if line and line not in str(exc) else "")
 
 
 class KernelCounter:
@@ -274,11 +274,16 @@ class EbpfSource:
 
     def __init__(self, interfaces: Sequence[str], limits: FlowLimits, *, poll_s: float = 1.0,
                  open_socket: SocketFactory = _own_packet_socket,
-                 object_path: Path = OBJECT_PATH) -> None:
+                 object_path: Path = OBJECT_PATH,
+                 counter: KernelCounter | None = None) -> None:
+        """``counter``: a program loaded earlier (while this process could), kept loaded
+        across runs: a run ends by closing its sockets only, so flows carry on."""
         self.interfaces = tuple(interfaces)
         self.poll_s = poll_s
         self._open_socket = open_socket
-        self.counter = KernelCounter(limits, object_path=object_path)
+        self._owns_counter = counter is None
+        self.counter = counter if counter is not None else KernelCounter(
+            limits, object_path=object_path)
         self._closed = threading.Event()
         self._sink: KernelSink | None = None
         self._table_of: Callable[[], PortTable] | None = None
@@ -297,7 +302,10 @@ class EbpfSource:
                 self.poll()
             self.poll()  # what arrived since the last tick
         finally:
-            self.counter.close()
+            if self._owns_counter:
+                self.counter.close()
+            else:
+                self.counter.detach()
         return
         yield  # a generator that yields no batch
 
