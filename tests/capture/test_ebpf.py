@@ -11,18 +11,15 @@ decode-error series.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from helpers.netns import Netns
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.live import ebpf
@@ -32,10 +29,8 @@ from portwatch.errors import BackendError
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
-T = TypeVar("T")
 NS = f"pwebpf{os.getpid()}"
 TX, RX = "pwe0", "pwe1"
-_CLONE_NEWNET = 0x40000000
 
 
 def _loadable() -> None:
@@ -47,47 +42,14 @@ def _loadable() -> None:
         pytest.skip(f"the program does not load here: {exc}")
 
 
-def in_netns(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that joined the test's namespace (sockets made there stay there)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{NS}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=run)  # the thread ends, and its namespace with it
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
-
-
 @pytest.fixture
-def netns() -> Iterator[str]:
+def netns() -> Iterator[Netns]:
     _loadable()
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "add", NS], check=True, capture_output=True)
+    ns = Netns(NS, TX, RX).create()
     try:
-        for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
-                    ["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]):
-            subprocess.run(["ip", "netns", "exec", NS, *cmd], check=True, capture_output=True)
-        for cmd in (["link", "add", TX, "type", "veth", "peer", "name", RX],
-                    ["link", "set", TX, "up"], ["link", "set", RX, "up"],
-                    ["link", "set", "lo", "up"]):
-            subprocess.run(["ip", "-n", NS, *cmd], check=True, capture_output=True)
-        yield NS
+        yield ns
     finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+        ns.delete()
 
 
 def _send(frames: list[bytes]) -> None:
@@ -220,15 +182,15 @@ def test_program_passes_the_verifier_and_sizes_the_flow_map() -> None:
 
 
 @pytest.mark.root
-def test_kernel_counts_equal_user_space_counts(netns: str, table: PortTable) -> None:
+def test_kernel_counts_equal_user_space_counts(netns: Netns, table: PortTable) -> None:
     pytest.importorskip("scapy")
     frames = _frames()
     counter = ebpf.KernelCounter(FlowLimits())
     counts: list[ebpf.KernelCounts] = []
     try:
         counter.set_registry(table)
-        in_netns(lambda: counter.attach([RX]))
-        in_netns(lambda: _send(frames))
+        netns.call(lambda: counter.attach([RX]))
+        netns.call(lambda: _send(frames))
         _wait_received(counter, counts, len(frames))
         assert counter.attached() == [RX]
     finally:
@@ -250,7 +212,7 @@ def test_kernel_counts_equal_user_space_counts(netns: str, table: PortTable) -> 
 
 
 @pytest.mark.root
-def test_flood_keeps_the_lru_at_its_size_and_counts_evictions(netns: str,
+def test_flood_keeps_the_lru_at_its_size_and_counts_evictions(netns: Netns,
                                                               table: PortTable) -> None:
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
@@ -262,8 +224,8 @@ def test_flood_keeps_the_lru_at_its_size_and_counts_evictions(netns: str,
     counts: list[ebpf.KernelCounts] = []
     try:
         counter.set_registry(table)
-        in_netns(lambda: counter.attach([RX]))
-        in_netns(lambda: _send(frames))
+        netns.call(lambda: counter.attach([RX]))
+        netns.call(lambda: _send(frames))
         _wait_received(counter, counts, len(frames))
     finally:
         counter.close()
@@ -276,7 +238,7 @@ def test_flood_keeps_the_lru_at_its_size_and_counts_evictions(netns: str,
 
 
 @pytest.mark.root
-def test_registry_refresh_changes_decisions_not_counts(netns: str, table: PortTable) -> None:
+def test_registry_refresh_changes_decisions_not_counts(netns: Netns, table: PortTable) -> None:
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
@@ -293,13 +255,13 @@ def test_registry_refresh_changes_decisions_not_counts(netns: str, table: PortTa
     counts: list[ebpf.KernelCounts] = []
     try:
         counter.set_registry(table)
-        in_netns(lambda: counter.attach([RX]))
-        in_netns(lambda: _send([first]))
+        netns.call(lambda: counter.attach([RX]))
+        netns.call(lambda: _send([first]))
         _wait_received(counter, counts, 1)
         arr = ebpf.registry_array(table)
         arr[1 * 65536 + c2] = PortStatus.ASSIGNED
         counter.maps["registry"].update(b"\0\0\0\0", arr)
-        in_netns(lambda: _send([second]))
+        netns.call(lambda: _send([second]))
         _wait_received(counter, counts, 2)
     finally:
         counter.close()
