@@ -12,7 +12,10 @@ decode-error series.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +169,29 @@ def test_the_object_is_shipped_beside_its_source() -> None:
     assert ebpf.OBJECT_PATH.read_bytes()[:4] == b"\x7fELF"
     assert b"portwatch_count" in ebpf.OBJECT_PATH.read_bytes()
     assert b"portwatch_count" in src.read_bytes()
+
+
+def test_unit_with_the_ebpf_drop_in_keeps_exposure_at_most_3(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    systemd = Path(__file__).resolve().parents[2] / "systemd"
+    drop_in = (systemd / "portwatch-ebpf.conf").read_text()
+    granted = [ln for ln in drop_in.splitlines()
+               if ln.startswith(("CapabilityBoundingSet=", "AmbientCapabilities="))]
+    assert granted[-1] == "AmbientCapabilities=CAP_BPF CAP_NET_RAW"
+    assert granted[-3] == "CapabilityBoundingSet=CAP_BPF CAP_NET_RAW"
+    # a drop-in applies as if appended to the unit: repeated sections are allowed
+    merged = tmp_path / "portwatch.service"
+    merged.write_text((systemd / "portwatch.service").read_text() + "\n" + drop_in)
+    result = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(merged)],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env=dict(os.environ, SYSTEMD_COLORS="0"))
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    if m is None:
+        pytest.skip(f"systemd-analyze security --offline does not work here: {result.stderr}")
+    assert float(m.group(1)) <= 3.0, result.stdout
+    assert re.search(r"✓ CapabilityBoundingSet=~CAP_NET_ADMIN", result.stdout)
 
 
 # -- root ------------------------------------------------------------------------------
