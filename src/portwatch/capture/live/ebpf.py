@@ -66,7 +66,8 @@ BLOCK = 1024  # traffic slots read per batched lookup
 _SO_ATTACH_BPF = 50
 _ETH_P_ALL = 0x0003
 # Slots of the `stats` array (portwatch.bpf.c ST_*).
-_ST_RECEIVED, _ST_NEW_FLOWS, _ST_FRAG_ATTRIBUTED = 0, 1, 2
+_ST_NEW_FLOWS, _ST_FRAG_ATTRIBUTED = 1, 2
+IFSLOTS = 4096  # `received` is indexed by ifindex modulo this
 
 #: Opens an unbound AF_PACKET socket with protocol 0 (it receives nothing until bound).
 SocketFactory = Callable[[str], socket.socket]
@@ -175,13 +176,17 @@ class KernelCounter:
                                 struct.pack("i", self.program_fd))
                 sock.bind((name, _ETH_P_ALL))
                 ifindex = socket.if_nametoindex(name)
+                clash = self._ifnames.get(ifindex % IFSLOTS)
+                if clash is not None and clash != name:
+                    raise OSError(0, f"{name} and {clash} share a counter slot (ifindex "
+                                     f"{ifindex} modulo {IFSLOTS}); watch one of them")
             except OSError as exc:
                 sock.close()
                 self.detach()
                 raise BackendError(f"eBPF backend: cannot attach to {name}: "
                                    f"{exc.strerror or exc}") from None
             self.sockets[name] = sock
-            self._ifnames[ifindex] = name
+            self._ifnames[ifindex % IFSLOTS] = name
 
     def detach(self) -> None:
         """Close every socket: the kernel detaches the program with the last one."""
@@ -230,13 +235,12 @@ class KernelCounter:
             d_stats = stats - self._stats
             self._stats = stats
             received: dict[str, int] = {}
-            rk, rv = self.maps["received"].lookup_batch()
-            per_if = self._sum_cpus(self.maps["received"], rv, 1)[:, 0]
-            for ifindex, n in zip(rk.view("<u4").reshape(-1).tolist(), per_if.tolist(),
-                                  strict=True):
-                name = self._ifnames.get(ifindex, str(ifindex))
-                received[name] = received.get(name, 0) + n - self._received.get(ifindex, 0)
-                self._received[ifindex] = n
+            rmap = self.maps["received"]
+            for slot, name in self._ifnames.items():
+                _, rv = rmap.lookup_range(slot, 1)
+                n = int(self._sum_cpus(rmap, rv, 1)[0, 0])
+                received[name] = n - self._received.get(slot, 0)
+                self._received[slot] = n
             active = self.maps["flows"].count()
             evicted_total = int(stats[_ST_NEW_FLOWS]) - active
             evictions = max(0, evicted_total - self._evicted)
