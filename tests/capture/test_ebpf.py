@@ -27,7 +27,9 @@ from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.live import ebpf
 from portwatch.capture.live._libbpf import LibbpfError
+from portwatch.daemon.config import Backend, CaptureConfig, DaemonConfig, parse_config
 from portwatch.daemon.counters import RegistryFacts, TrafficCounters
+from portwatch.daemon.supervisor import make_source
 from portwatch.errors import BackendError
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
@@ -294,3 +296,45 @@ def test_registry_refresh_changes_decisions_not_counts(netns: Netns, table: Port
     slots = sorted(int(s) for c in counts for s in c.slots)
     assert slots == [65536 + 1023, 65536 + c2]
     assert sum(c.packets_total for c in counts) == 2  # counters carried on
+
+
+# -- choosing the backend --------------------------------------------------------------
+def _config(backend: str, bpf_filter: str = "") -> DaemonConfig:
+    return DaemonConfig(capture=CaptureConfig(backend=Backend(backend), interfaces=("lo",),
+                                              bpf_filter=bpf_filter))
+
+
+def _unloadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise BackendError("eBPF backend unavailable: loading portwatch.bpf.o: "
+                           "Operation not permitted")
+    monkeypatch.setattr(ebpf.KernelCounter, "__init__", refuse)
+
+
+def test_auto_falls_back_to_dumpcap_when_the_program_does_not_load(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _unloadable(monkeypatch)
+    assert make_source(_config("auto")).backend == "dumpcap"
+
+
+def test_ebpf_that_does_not_load_is_the_loaders_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _unloadable(monkeypatch)
+    with pytest.raises(BackendError, match="Operation not permitted"):
+        make_source(_config("ebpf"))
+
+
+def test_a_capture_filter_is_refused_by_ebpf_and_sends_auto_to_dumpcap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendError, match=r"counts every frame.*bpf_filter 'port 53'"):
+        make_source(_config("ebpf", "port 53"))
+    loaded: list[object] = []
+    monkeypatch.setattr(ebpf.KernelCounter, "__init__",
+                        lambda self, *a, **k: loaded.append(self))
+    assert make_source(_config("auto", "port 53")).backend == "dumpcap"
+    assert loaded == []  # not even tried
+
+
+def test_config_accepts_ebpf_and_auto() -> None:
+    for name in ("ebpf", "auto"):
+        text = f'[capture]\nbackend = "{name}"\n'.encode()
+        assert parse_config(text, "pw.toml").capture.backend is Backend(name)

@@ -252,6 +252,12 @@ def _preload_ebpf(config: DaemonConfig) -> tuple[KernelCounter | None, str]:
     backend = config.capture.backend
     if backend not in (Backend.EBPF, Backend.AUTO):
         return None, ""
+    if config.capture.bpf_filter:
+        if backend is Backend.EBPF:
+            raise BackendError("the ebpf backend counts every frame: [capture] bpf_filter "
+                               f"{config.capture.bpf_filter!r} cannot be applied (remove it, "
+                               "or use dumpcap)")
+        return None, "; backend auto: dumpcap (a capture filter is set)"
     try:
         counter = KernelCounter(config.flows)
     except BackendError as exc:

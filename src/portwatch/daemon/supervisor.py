@@ -65,10 +65,14 @@ class KernelCountSink(Protocol):
 def make_source(config: DaemonConfig) -> PacketSource:
     """The configured backend; each is imported only when chosen.
 
-    ``auto``: the eBPF backend when its program loads here, else dumpcap.
+    ``auto``: the eBPF backend when its program loads here and no capture filter
+    is set (the kernel counts every frame), else dumpcap.
     """
     cap = config.capture
-    if cap.backend in (Backend.EBPF, Backend.AUTO):
+    if cap.backend is Backend.EBPF and cap.bpf_filter:
+        raise BackendError("the ebpf backend counts every frame: [capture] bpf_filter "
+                           f"{cap.bpf_filter!r} cannot be applied (remove it, or use dumpcap)")
+    if cap.backend is Backend.EBPF or (cap.backend is Backend.AUTO and not cap.bpf_filter):
         from portwatch.capture.live.ebpf import EbpfSource
         try:
             ebpf_source: PacketSource = EbpfSource(cap.interfaces, config.flows)
@@ -76,6 +80,7 @@ def make_source(config: DaemonConfig) -> PacketSource:
         except BackendError:
             if cap.backend is Backend.EBPF:
                 raise
+    if cap.backend is Backend.AUTO:
         return make_source(replace(config, capture=replace(cap, backend=Backend.DUMPCAP)))
     if cap.backend is Backend.DUMPCAP:
         from portwatch.capture.live.dumpcap import DumpcapSource
