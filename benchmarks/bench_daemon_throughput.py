@@ -156,7 +156,8 @@ def run_backend(ns: Netns, backend: str, rates: list[str], *, duration: int, pca
         results.append(row)
         print(f"{backend}: target {rate}: sent {sent} ({sent / duration:,.0f} pps), "
               f"received {rx}, dropped {dropped} (live {live_dropped}, at stop "
-              f"{final_dropped}), daemon CPU {row['cpu_pct']:.1f} % of a core"
+              f"{final_dropped}), daemon CPU {row['cpu_pct']:.1f} % of a core, load "
+              f"{os.getloadavg()[0]:.1f}"
               + (f", program {per_packet:.0f} ns/packet" if backend == "ebpf" else ""),
               flush=True)
     return results

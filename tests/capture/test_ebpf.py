@@ -148,14 +148,19 @@ def test_missing_object_is_a_one_line_backend_error(tmp_path: Path) -> None:
 
 def test_load_error_names_the_verifier_line_and_the_capabilities() -> None:
     log = ("libbpf: prog 'portwatch_count': BPF program load failed: Permission denied\n"
+           "libbpf: prog 'portwatch_count': -- BEGIN PROG LOAD LOG --\n"
            "0: (bf) r6 = r1\n"
-           "R1 invalid mem access 'scalar'\n"
-           "processed 12 insns (limit 1000000)\n")
+           "1: (61) r2 = *(u32 *)(r7 +0)\n"
+           "R7 invalid mem access 'scalar'\n"
+           "processed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0\n"
+           "-- END PROG LOAD LOG --\n"
+           "libbpf: prog 'portwatch_count': failed to load: -13\n"
+           "libbpf: failed to load object 'portwatch.bpf.o'\n")
     line = ebpf.load_error(LibbpfError(13, "loading portwatch.bpf.o", log))
     assert "\n" not in line
     assert line.startswith("eBPF backend unavailable: loading portwatch.bpf.o")
     assert "CAP_BPF" in line
-    assert "R1 invalid mem access 'scalar'" in line
+    assert line.endswith("; libbpf: R7 invalid mem access 'scalar'")
 
 
 def test_registry_array_holds_each_transports_status(table: PortTable) -> None:

@@ -36,13 +36,25 @@ class LibbpfError(OSError):
         self.log = log
 
     def verifier_line(self) -> str:
-        """The most telling line of libbpf's output, for a one-line error."""
+        """The most telling line of libbpf's output, for a one-line error.
+
+        A refused program: the verifier's last line before its statistics (its
+        reason). Anything else: libbpf's first line that names an error.
+        """
         lines = [ln.strip() for ln in self.log.splitlines() if ln.strip()]
-        for ln in reversed(lines):
-            if not ln.startswith(("-- END", "libbpf: prog", "processed ")) and (
-                    "invalid" in ln or "R" in ln[:3] or "unknown" in ln or "not" in ln):
-                return ln
-        return lines[-1] if lines else ""
+        begin = next((i for i, ln in enumerate(lines) if "-- BEGIN PROG LOAD LOG --" in ln),
+                     None)
+        if begin is not None:
+            verifier = []
+            for ln in lines[begin + 1:]:
+                if "-- END PROG LOAD LOG --" in ln:
+                    break
+                if not ln.startswith(("processed ", "verification time", "stack depth")):
+                    verifier.append(ln)
+            if verifier:
+                return verifier[-1]
+        errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
+        return (errors or lines or [""])[0]
 
 
 class _BatchOpts(ctypes.Structure):

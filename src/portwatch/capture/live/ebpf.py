@@ -253,10 +253,12 @@ class KernelCounter:
                 active_flows=active, fragments_attributed=int(d_stats[_ST_FRAG_ATTRIBUTED]))
 
     def close(self) -> None:
+        """Detach, unmap and unload; safe to call more than once."""
         self.detach()
-        with contextlib.suppress(BufferError, ValueError):
-            del self._touched
-            self._touched_mm.close()
+        if not self._touched_mm.closed:
+            self._touched = np.zeros(0, dtype="<u8")  # drop the view before unmapping
+            with contextlib.suppress(BufferError):
+                self._touched_mm.close()
         self._obj.close()
 
 
