@@ -194,6 +194,7 @@ class KernelCounter:
             with contextlib.suppress(OSError):
                 sock.close()
         self.sockets.clear()
+        self._ifnames.clear()  # the per-slot baselines stay: a re-attach counts on from them
 
     def attached(self) -> list[str]:
         return [name for name, s in self.sockets.items() if s.fileno() >= 0]
