@@ -104,9 +104,10 @@ DOCDIR      := /usr/share/doc/portwatch
 UNITS       := portwatch.service portwatch-registry-update.service portwatch-registry-update.timer
 DROPIN      := portwatch.service.d/10-install.conf
 DOCS        := README.md docs/install.md docs/operations.md docs/daemon.md docs/wireshark.md \
-               docs/plugins.md
+               docs/plugins.md docs/ebpf.md
 EXAMPLES    := systemd/portwatch.toml pcaps/sample.pcapng prometheus/alerts.yml \
-               prometheus/prometheus.yml grafana/dashboards/portwatch.json
+               prometheus/prometheus.yml grafana/dashboards/portwatch.json \
+               systemd/portwatch-ebpf.conf
 # Whether systemd manages this machine (sd_booted(3)); never for a DESTDIR stage.
 SYSTEMD_UP   = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]
 
