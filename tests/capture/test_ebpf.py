@@ -343,3 +343,41 @@ def test_config_accepts_ebpf_and_auto() -> None:
     for name in ("ebpf", "auto"):
         text = f'[capture]\nbackend = "{name}"\n'.encode()
         assert parse_config(text, "pw.toml").capture.backend is Backend(name)
+
+
+# -- kernel counts into the exporter's counters (no privilege) ----------------------------
+def _counts(rows: list[tuple[Transport, int, int, int, int]]) -> ebpf.KernelCounts:
+    import numpy as np
+    return ebpf.KernelCounts(
+        slots=np.asarray([t.value * 65536 + port for t, port, *_ in rows], dtype=np.int64),
+        packets=np.asarray([r[2] for r in rows], dtype=np.uint64),
+        bytes=np.asarray([r[3] for r in rows], dtype=np.uint64),
+        flows=np.asarray([r[4] for r in rows], dtype=np.uint64),
+        portless=np.asarray([0, 3, 1, 0, 2, 0, 0, 0], dtype=np.int64),
+        received={"eth0": 20}, new_flows=4, evictions=1, active_flows=3)
+
+
+def test_kernel_counts_become_the_same_labels_and_flags(table: PortTable) -> None:
+    counters = TrafficCounters(table, FlowLimits(max_flagged_ports=2),
+                               RegistryFacts.of(table, None))
+    counters.add_kernel_counts(_counts([
+        (Transport.TCP, 80, 5, 500, 1),      # assigned: not flagged
+        (Transport.TCP, 44515, 4, 400, 1),   # unassigned, unauthorized use reported
+        (Transport.UDP, 8806, 3, 300, 1),    # unassigned: beyond the cap of 2 ports
+        (Transport.TCP, 8807, 2, 200, 1),    # reserved
+    ]))
+    counters.add_kernel_counts(_counts([(Transport.TCP, 80, 1, 100, 0)]))
+    snap = counters.snapshot()
+    http = table.lookup(Transport.TCP, 80)
+    assert snap.traffic[("tcp", http.service, "assigned")] == (6, 600, 1)
+    assert snap.traffic[("udp", "", "unassigned")] == (3, 300, 1)
+    assert snap.flagged[("tcp", "44515", "unassigned", "unassigned")] == (4, 1)
+    assert snap.flagged[("tcp", "44515", "unassigned", "unauthorized-use")] == (4, 1)
+    assert snap.flagged[("tcp", "8807", "reserved", "reserved")] == (2, 1)
+    # ports take the cap's places in (transport, status, port) order, as per batch
+    assert snap.flagged[("udp", "other", "unassigned", "unassigned")] == (3, 1)
+    assert snap.received == {"eth0": 40}
+    assert snap.decode_errors["icmp"] == 6
+    assert snap.decode_errors["non-ip"] == 4
+    assert snap.evictions == 2
+    assert snap.active_flows == 3  # a level, not a sum
