@@ -206,6 +206,11 @@ class CaptureSupervisor:
         with self._lock:
             return self._finished
 
+    def current_source(self) -> PacketSource | None:
+        """The source running now (health asks the eBPF one where it is attached)."""
+        with self._lock:
+            return self._source
+
     def poll_drops(self) -> None:
         """Add the running source's new drops to the sink."""
         with self._lock:
