@@ -4,16 +4,35 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
-	systemd-container debootstrap tmux
+	systemd-container debootstrap tmux clang llvm libbpf1 libbpf-dev bpftool netsniff-ng
 SAMPLE := pcaps/sample.pcapng
 
-.PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall
+.PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall bpf
 
 run: system-deps venv
 	$(BIN)/portwatch registry info
 	$(BIN)/portwatch analyze --format table $(SAMPLE)
 
 test: system-deps venv lint typecheck pytest
+
+# The eBPF backend's program (docs/ebpf.md). The object is committed (it is
+# small, and the same bytes load on any kernel with BTF maps), so an install
+# needs no compiler; `make bpf` rebuilds it after the C changes. Debian's clang
+# is used when present, else the clang inside the `ziglang` wheel
+# (pip install ziglang: the `ebpf-build` extra).
+BPF_SRC := src/portwatch/capture/live/bpf/portwatch.bpf.c
+BPF_OBJ := src/portwatch/capture/live/bpf/portwatch.bpf.o
+BPF_CFLAGS := -O2 -g -Wall -Werror -fno-asynchronous-unwind-tables -c
+bpf: $(BPF_OBJ)
+
+$(BPF_OBJ): $(BPF_SRC)
+	@if command -v clang >/dev/null; then \
+		echo "clang -target bpf $(BPF_SRC)"; clang -target bpf $(BPF_CFLAGS) $(BPF_SRC) -o $@; \
+	elif $(BIN)/python -c 'import ziglang' 2>/dev/null; then \
+		echo "zig cc -target bpfel-freestanding $(BPF_SRC)"; \
+		$(BIN)/python -m ziglang cc -target bpfel-freestanding $(BPF_CFLAGS) $(BPF_SRC) -o $@; \
+	else echo "make bpf: no clang (apt-get install clang, or pip install ziglang); keeping" \
+		"the committed $(BPF_OBJ)" >&2; fi
 
 venv: $(STAMP)
 
@@ -90,9 +109,10 @@ MAN1DIR     := /usr/share/man/man1
 UNITS       := portwatch.service portwatch-registry-update.service portwatch-registry-update.timer
 DROPIN      := portwatch.service.d/10-install.conf
 DOCS        := README.md docs/install.md docs/operations.md docs/daemon.md docs/wireshark.md \
-               docs/plugins.md docs/top.md
+               docs/plugins.md docs/top.md docs/ebpf.md
 EXAMPLES    := systemd/portwatch.toml pcaps/sample.pcapng prometheus/alerts.yml \
-               prometheus/prometheus.yml grafana/dashboards/portwatch.json
+               prometheus/prometheus.yml grafana/dashboards/portwatch.json \
+               systemd/portwatch-ebpf.conf
 # Whether systemd manages this machine (sd_booted(3)); never for a DESTDIR stage.
 SYSTEMD_UP   = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]
 

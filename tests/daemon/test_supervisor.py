@@ -236,3 +236,20 @@ def test_a_source_made_while_a_restart_was_asked_for_never_runs(
     sup.run()
     assert [s.runs for s in made] == [0, 0]
     assert [o.kind for o in recorder.outcomes] == [OutcomeKind.STOPPED] * 2
+
+
+def test_current_source_is_the_running_one_and_none_after(
+        counters: TrafficCounters, clock: FakeClock, recorder: Recorder) -> None:
+    seen: list[PacketSource | None] = []
+    made: list[PacketSource] = []
+
+    def factory(config: DaemonConfig) -> PacketSource:
+        made.append(FakeSource([udp_batch(53, 1)], fail_with="gone"))
+        return made[-1]
+
+    sup = CaptureSupervisor(factory, lambda: CONFIG, counters, clock=clock.monotonic,
+                            sleep=lambda s: sup.stop(), on_outcome=recorder,
+                            on_start=lambda source, config: seen.append(sup.current_source()))
+    sup.run()
+    assert seen == made[:1]
+    assert sup.current_source() is None

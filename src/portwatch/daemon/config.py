@@ -63,6 +63,8 @@ class Backend(Enum):
     SCAPY = "scapy"
     PYSHARK = "pyshark"
     REPLAY = "replay"
+    EBPF = "ebpf"  # the kernel counts (docs/ebpf.md)
+    AUTO = "auto"  # ebpf when its program loads here, else dumpcap
 
 
 @dataclass(frozen=True, slots=True)

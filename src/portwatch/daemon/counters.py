@@ -44,9 +44,10 @@ import numpy.typing as npt
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.report import PORTLESS_STATUSES, UNDECODABLE_STATUSES
-from portwatch.analysis.verdict import FlagReason
+from portwatch.analysis.verdict import STATUS_REASONS, FlagReason
 from portwatch.capture.batch import PacketBatch
-from portwatch.ports import PortStatus, Transport
+from portwatch.capture.live.ebpf import KernelCounts
+from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
 from portwatch.registry.merge import Registry
 from portwatch.registry.model import RecordKind
@@ -146,6 +147,7 @@ class TrafficCounters:
         self.evictions = 0  # flows pushed out because the table was full
         self.latest_ns = 0  # newest packet timestamp seen
         self._counted = np.zeros(0, dtype=np.bool_)  # flow row already in flows_total
+        self.kernel_flows = 0  # flows the eBPF backend's kernel map holds (a level)
 
     # -- configuration ----------------------------------------------------------
     @property
@@ -206,7 +208,7 @@ class TrafficCounters:
             self._add_flagged(fkey, per_flow_packets[flagged], new[flagged])
 
     def _add_traffic(self, key: I64, packets: npt.NDArray[Any], nbytes: npt.NDArray[Any],
-                     new: npt.NDArray[np.bool_], names: list[str]) -> None:
+                     new: npt.NDArray[Any], names: list[str]) -> None:
         uniq, inv = np.unique(key, return_inverse=True)
         inv = inv.reshape(-1)
         pk = np.bincount(inv, weights=packets, minlength=uniq.size)
@@ -222,7 +224,7 @@ class TrafficCounters:
             acc[1] += int(by[j])
             acc[2] += int(fl[j])
 
-    def _add_flagged(self, key: I64, packets: npt.NDArray[Any], new: npt.NDArray[np.bool_]) -> None:
+    def _add_flagged(self, key: I64, packets: npt.NDArray[Any], new: npt.NDArray[Any]) -> None:
         uniq, inv = np.unique(key, return_inverse=True)
         inv = inv.reshape(-1)
         pk = np.bincount(inv, weights=packets, minlength=uniq.size)
@@ -247,6 +249,41 @@ class TrafficCounters:
             self.flagged_ports.add(port)
             return str(port)
         return OTHER_PORT
+
+    # -- kernel counts (the eBPF backend) -------------------------------------------
+    def add_kernel_counts(self, counts: KernelCounts) -> None:
+        """Add what the kernel counted by (transport, service port) since its last read.
+
+        The kernel decided each packet's service port; here the port becomes the
+        labels of the per-batch path: the registry's name and status, and the
+        flag reasons of that status, under the table loaded now (the kernel's
+        registry array is refreshed from the same table). Flagged ports go
+        through the same cap.
+        """
+        with self.lock:
+            table = self.analyzer.table
+            self.analyzer.decode_counts[: counts.portless.shape[0]] += counts.portless
+            for name, n in counts.received.items():
+                self.received[name] = self.received.get(name, 0) + n
+            self.evictions += counts.evictions
+            self.kernel_flows = counts.active_flows
+            self.analyzer.fragments_attributed += counts.fragments_attributed
+            if counts.slots.size == 0:
+                return
+            transport = (counts.slots >> 16).astype(np.uint8)
+            port = (counts.slots & 0xFFFF).astype(np.uint16)
+            status, service_id, port_flags = table.lookup_many(transport, port)
+            key = ((transport.astype(np.int64) * len(PortStatus) + status) * len(table.names)
+                   + service_id)
+            self._add_traffic(key, counts.packets, counts.bytes, counts.flows, table.names)
+            flags = STATUS_REASONS[status] | np.where(
+                (port_flags & PortFlag.UNAUTHORIZED_USE) != 0, FlagReason.UNAUTHORIZED_USE,
+                0).astype(np.uint8)
+            flagged = np.flatnonzero(flags)
+            if flagged.size:
+                fkey = ((transport[flagged].astype(np.int64) * len(PortStatus)
+                         + status[flagged]) * 65536 + port[flagged]) * 256 + flags[flagged]
+                self._add_flagged(fkey, counts.packets[flagged], counts.flows[flagged])
 
     # -- bounds -----------------------------------------------------------------
     def _forget(self, rows: I64) -> None:
@@ -298,7 +335,7 @@ class TrafficCounters:
                 decode_errors={s.label: int(counts[s]) for s in ERROR_REASONS},
                 portless={s.label: int(counts[s]) for s in PORTLESS_REASONS},
                 restarts=dict(self.restarts),
-                active_flows=len(self.analyzer.flows),
+                active_flows=len(self.analyzer.flows) + self.kernel_flows,
                 evictions=self.evictions,
                 registry_facts=self.registry_facts,
             )

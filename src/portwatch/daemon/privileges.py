@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from portwatch.capture.live.dumpcap import DumpcapSource, Popen
+from portwatch.capture.live.ebpf import EbpfSource, KernelCounter
 from portwatch.capture.live.scapy import ScapySource
 from portwatch.capture.live.source import PacketSource
 from portwatch.daemon.config import Backend, DaemonConfig
@@ -198,9 +199,12 @@ def separate_capture_privileges(config: DaemonConfig, make_source: SourceFactory
     them, nothing captures. pyshark runs tshark (and tshark dumpcap) from
     this process: it keeps them.
     """
+    counter, note = _preload_ebpf(config)
     held = read_capabilities()
     if not (held.permitted | held.ambient) & CAPTURE_CAPABILITIES:
-        return make_source, ""
+        if counter is not None:
+            counter.close()  # no capability to drop: make_source loads its own
+        return make_source, note.lstrip("; ")
     backend = config.capture.backend
     if backend is Backend.PYSHARK:
         return make_source, ("the pyshark backend runs tshark from this process, which keeps "
@@ -222,10 +226,42 @@ def separate_capture_privileges(config: DaemonConfig, make_source: SourceFactory
         if cap.backend is Backend.SCAPY:
             return LaunchedScapySource(launcher, cap.interfaces, cap.bpf_filter, cap.snaplen,
                                        buffer_mib=cap.buffer_mib)
+        if cap.backend in (Backend.EBPF, Backend.AUTO) and counter is not None:
+            # Loaded above with CAP_BPF; the launcher opens the packet sockets
+            # (CAP_NET_RAW); attaching, binding and reading the maps need none.
+            return EbpfSource(cap.interfaces, config.flows, counter=counter,
+                              open_socket=lambda _name: launcher.packet_socket())
+        if cap.backend is Backend.AUTO:
+            return DumpcapSource(cap.interfaces, cap.bpf_filter, cap.snaplen,
+                                 buffer_mib=cap.buffer_mib, popen=cast(Popen, launcher.popen))
         if cap.backend is Backend.REPLAY:
             return make_source(config)
         raise BackendError(f"the {cap.backend.value} backend needs capabilities this process "
                            "dropped at start: restart the daemon to use it")
 
     return through_launcher, (f"capture privileges are held only by the capture launcher "
-                              f"(pid {launcher.pid}); this process has none")
+                              f"(pid {launcher.pid}); this process has none{note}")
+
+
+def _preload_ebpf(config: DaemonConfig) -> tuple[KernelCounter | None, str]:
+    """Load the eBPF program while this process holds CAP_BPF (before dropping it).
+
+    ``ebpf``: a program that does not load is the daemon's one-line error (exit 2).
+    ``auto``: it is a note, and capture falls back to dumpcap.
+    """
+    backend = config.capture.backend
+    if backend not in (Backend.EBPF, Backend.AUTO):
+        return None, ""
+    if config.capture.bpf_filter:
+        if backend is Backend.EBPF:
+            raise BackendError("the ebpf backend counts every frame: [capture] bpf_filter "
+                               f"{config.capture.bpf_filter!r} cannot be applied (remove it, "
+                               "or use dumpcap)")
+        return None, "; backend auto: dumpcap (a capture filter is set)"
+    try:
+        counter = KernelCounter(config.flows)
+    except BackendError as exc:
+        if backend is Backend.EBPF:
+            raise
+        return None, f"; backend auto: dumpcap ({exc.message})"
+    return counter, "; the eBPF program was loaded before dropping them"

@@ -173,8 +173,16 @@ class Daemon:
         print(f"{stamp} portwatch: {message}", file=self.deps.log, flush=True)
 
     def health(self) -> tuple[bool, str]:
+        """/healthz: capturing or not, and why; the eBPF backend says where it is attached."""
         with self._health_lock:
-            return self._capturing, self._health_reason
+            capturing, reason = self._capturing, self._health_reason
+        source = self.supervisor.current_source()
+        attached = getattr(source, "attached", None)
+        if capturing and callable(attached):
+            names = list(attached())
+            reason = f"{reason}: program attached on {', '.join(names) or 'no interface'}"
+            capturing = set(names) == set(self.config.capture.interfaces)
+        return capturing, reason
 
     def _set_health(self, capturing: bool, reason: str) -> None:
         with self._health_lock:

@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from portwatch.capture.batch import PacketBatch
+from portwatch.capture.live.ebpf import KernelCounts
 from portwatch.capture.live.source import PacketSource
 from portwatch.daemon.config import Backend, DaemonConfig
 from portwatch.errors import BackendError, PortwatchError
+from portwatch.porttable.table import PortTable
 
 __all__ = [
     "Backoff",
@@ -42,9 +44,44 @@ __all__ = [
 SourceFactory = Callable[[DaemonConfig], PacketSource]
 
 
+@runtime_checkable
+class KernelCountingSource(Protocol):
+    """A source that counts in the kernel and reports increments, not packets (ebpf)."""
+
+    def connect(self, sink: Callable[[KernelCounts], None],
+                table_of: Callable[[], PortTable]) -> None: ...
+
+
+@runtime_checkable
+class KernelCountSink(Protocol):
+    """A sink that takes kernel counts (``TrafficCounters``)."""
+
+    @property
+    def table(self) -> PortTable: ...
+
+    def add_kernel_counts(self, counts: KernelCounts) -> None: ...
+
+
 def make_source(config: DaemonConfig) -> PacketSource:
-    """The configured backend; each is imported only when chosen."""
+    """The configured backend; each is imported only when chosen.
+
+    ``auto``: the eBPF backend when its program loads here and no capture filter
+    is set (the kernel counts every frame), else dumpcap.
+    """
     cap = config.capture
+    if cap.backend is Backend.EBPF and cap.bpf_filter:
+        raise BackendError("the ebpf backend counts every frame: [capture] bpf_filter "
+                           f"{cap.bpf_filter!r} cannot be applied (remove it, or use dumpcap)")
+    if cap.backend is Backend.EBPF or (cap.backend is Backend.AUTO and not cap.bpf_filter):
+        from portwatch.capture.live.ebpf import EbpfSource
+        try:
+            ebpf_source: PacketSource = EbpfSource(cap.interfaces, config.flows)
+            return ebpf_source
+        except BackendError:
+            if cap.backend is Backend.EBPF:
+                raise
+    if cap.backend is Backend.AUTO:
+        return make_source(replace(config, capture=replace(cap, backend=Backend.DUMPCAP)))
     if cap.backend is Backend.DUMPCAP:
         from portwatch.capture.live.dumpcap import DumpcapSource
         return DumpcapSource(cap.interfaces, cap.bpf_filter, cap.snaplen,
@@ -169,6 +206,11 @@ class CaptureSupervisor:
         with self._lock:
             return self._finished
 
+    def current_source(self) -> PacketSource | None:
+        """The source running now (health asks the eBPF one where it is attached)."""
+        with self._lock:
+            return self._source
+
     def poll_drops(self) -> None:
         """Add the running source's new drops to the sink."""
         with self._lock:
@@ -226,6 +268,11 @@ class CaptureSupervisor:
                 self._source = None
             return None  # asked to end before the run began: do not begin it
         self._on_start(source, config)
+        if isinstance(source, KernelCountingSource) and isinstance(self._sink, KernelCountSink):
+            # A source that counts in the kernel (ebpf) reports to the counters
+            # directly, and reads the table they hold now (refreshed on SIGHUP).
+            sink = self._sink
+            source.connect(sink.add_kernel_counts, lambda: sink.table)
         batches = source.batches()
         try:
             for batch in batches:
