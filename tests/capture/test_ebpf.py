@@ -238,10 +238,11 @@ def test_kernel_counts_equal_user_space_counts(netns: Netns, table: PortTable) -
     assert got.traffic == want.traffic
     assert got.flagged == want.flagged
     assert got.decode_errors == want.decode_errors
+    assert got.portless == want.portless
     assert got.active_flows == want.active_flows
     # and the cases that prove the parser went where it should
     assert got.traffic[("tcp", "", "dynamic")] == (3, sum(len(f) for f in frames[:3]), 1)
-    assert got.decode_errors["fragment"] == 1  # only the datagram whose first was never seen
+    assert got.portless["fragment"] == 1  # only the datagram whose first was never seen
 
 
 @pytest.mark.root
@@ -377,7 +378,7 @@ def test_kernel_counts_become_the_same_labels_and_flags(table: PortTable) -> Non
     # ports take the cap's places in (transport, status, port) order, as per batch
     assert snap.flagged[("udp", "other", "unassigned", "unassigned")] == (3, 1)
     assert snap.received == {"eth0": 40}
-    assert snap.decode_errors["icmp"] == 6
-    assert snap.decode_errors["non-ip"] == 4
+    assert snap.portless["icmp"] == 6
+    assert snap.portless["non-ip"] == 4
     assert snap.evictions == 2
     assert snap.active_flows == 3  # a level, not a sum
