@@ -18,6 +18,14 @@ SIGTERM and SIGHUP (turned into ``SystemExit`` while a spool exists, when
 their handler is the default). A run that reads its input once streams it
 and writes nothing to disk: ``tcpdump -w - | portwatch analyze -`` may run
 for days.
+
+Bounds: with ``limits``, each capture's flow table holds at most
+``limits.max_flows`` flows live (``portwatch.analysis.retire``); with
+``records``, every flow's record goes to that sink as its flow finishes
+instead of being held for the report. ``--annotate`` needs every flow row
+until its second pass, so that capture is analysed unbounded; worker
+processes (``--jobs``) cannot stream, so the parent hands their flows to the
+sink when their reports arrive.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ from typing import BinaryIO
 
 from portwatch._atomic import atomic_output
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.report import Report, merge_reports
+from portwatch.analysis.retire import MAX_FLAGGED, RecordSink
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
@@ -348,9 +358,20 @@ def _batches(reader: CaptureReader, inp: CaptureInput,
     progress(inp.name, total, total)
 
 
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """How each capture's analyzer is bounded, and where records go."""
+
+    limits: FlowLimits | None = None
+    records: RecordSink | None = None
+
+    def analyzer(self, table: PortTable, name: str) -> Analyzer:
+        return Analyzer(table, capture=name, limits=self.limits, records=self.records)
+
+
 def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
-                    stdin: BinaryIO | None) -> Analyzer:
-    analyzer = Analyzer(table, capture=inp.name)
+                    stdin: BinaryIO | None, bounds: _Bounds) -> Analyzer:
+    analyzer = bounds.analyzer(table, inp.name)
     reader = _open(inp, stdin)
     try:
         for batch in _batches(reader, inp, progress):
@@ -362,8 +383,9 @@ def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallb
     return analyzer
 
 
-def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str) -> Analyzer:
-    analyzer = Analyzer(table, capture=inp.name)
+def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str,
+                    bounds: _Bounds) -> Analyzer:
+    analyzer = bounds.analyzer(table, inp.name)
     iter_decoded = decoder_for(engine)
     try:
         for decoded, ts in iter_decoded(inp.path, 4096):
@@ -376,10 +398,11 @@ def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str) -> Analyze
 
 
 def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
-                 progress: ProgressCallback | None, stdin: BinaryIO | None) -> Analyzer:
+                 progress: ProgressCallback | None, stdin: BinaryIO | None, *,
+                 bounds: _Bounds = _Bounds()) -> Analyzer:
     if engine == "native":
-        return _analyze_native(table, inp, progress, stdin)
-    return _analyze_engine(table, inp, engine)
+        return _analyze_native(table, inp, progress, stdin, bounds)
+    return _analyze_engine(table, inp, engine, bounds)
 
 
 def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest) -> None:
@@ -417,18 +440,18 @@ def _init_worker(table_bytes: bytes) -> None:
     _worker.table = PortTable.from_bytes(table_bytes)
 
 
-def _work(inp: CaptureInput, engine: str) -> Report | CaptureError:
+def _work(inp: CaptureInput, engine: str, limits: FlowLimits | None) -> Report | CaptureError:
     """A capture's report, or the typed error that made it unreadable (picklable)."""
     table = _worker.table
     assert table is not None, "worker started without _init_worker"
     try:
-        return _analyze_one(table, inp, engine, None, None).report()
+        return _analyze_one(table, inp, engine, None, None, bounds=_Bounds(limits)).report()
     except CaptureError as exc:
         return exc
 
 
 def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
-             engine: str) -> list[Report | CaptureError]:
+             engine: str, limits: FlowLimits | None) -> list[Report | CaptureError]:
     from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
 
     todo = [inp for inp in inputs if inp.failure is None]
@@ -436,7 +459,7 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
         return [inp.failure for inp in inputs if inp.failure is not None]
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
                              initargs=(table.to_bytes(),)) as pool:
-        done = iter(pool.map(_work, todo, [engine] * len(todo)))
+        done = iter(pool.map(_work, todo, [engine] * len(todo), [limits] * len(todo)))
         return [inp.failure if inp.failure is not None else next(done) for inp in inputs]
 
 
@@ -458,6 +481,16 @@ def _check(names: Sequence[str], jobs: int, engine: str,
             raise UsageError("--annotate takes exactly one capture")
         if engine != "native":
             raise UsageError("--annotate works with the native engine only")
+
+
+def _stream_held(outcomes: Sequence[Report | CaptureError], records: RecordSink) -> None:
+    """Hand the flows of reports made elsewhere (workers) to ``records``, keeping the
+    first flagged ones as a streamed run's report does."""
+    for rep in outcomes:
+        if isinstance(rep, Report):
+            records(rep.flows)
+            rep.flow_total = rep.flow_count
+            rep.flows = [f for f in rep.flows if f.flagged][:MAX_FLAGGED]
 
 
 def _merge(outcomes: Sequence[Report | CaptureError]) -> RunResult:
@@ -482,6 +515,8 @@ def analyze_paths(
     annotate: AnnotateRequest | None = None,
     spool_dir: str | None = None,
     stdin: BinaryIO | None = None,
+    limits: FlowLimits | None = None,
+    records: RecordSink | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -491,7 +526,10 @@ def analyze_paths(
     partial; one that is no capture at all is a failure, never an exception,
     unless it is the only one (the caller decides: ``RunResult.report`` is
     None). ``annotate`` writes the annotated copy through
-    :func:`~portwatch.analysis.annotated_copy.write_annotated`.
+    :func:`~portwatch.analysis.annotated_copy.write_annotated`. ``limits``
+    bounds each capture's flow table; ``records`` receives every flow's record
+    and the report then lists only the first flagged flows (see the module
+    docstring for both).
     """
     _check(names, jobs, engine, annotate)
     if annotate is not None:
@@ -501,18 +539,25 @@ def analyze_paths(
     needed = annotate is not None or parallel or engine != "native"
     with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
         if parallel:
-            return _merge(_in_pool(table, inputs, jobs, engine))
+            # a worker cannot stream to the sink: it holds every flow for it
+            pooled = _in_pool(table, inputs, jobs, engine, limits if records is None else None)
+            if records is not None:
+                _stream_held(pooled, records)
+            return _merge(pooled)
+        bounds = _Bounds(None if annotate is not None else limits, records)
         outcomes: list[Report | CaptureError] = []
         for inp in inputs:
             if inp.failure is not None:
                 outcomes.append(inp.failure)
                 continue
             try:
-                analyzer = _analyze_one(table, inp, engine, progress, stdin)
+                analyzer = _analyze_one(table, inp, engine, progress, stdin, bounds=bounds)
             except CaptureError as exc:
                 outcomes.append(exc)
                 continue
             if annotate is not None:
                 _annotate(analyzer, inp, annotate)
+            if records is not None:
+                analyzer.finish()
             outcomes.append(analyzer.report())
         return _merge(outcomes)
