@@ -124,6 +124,18 @@ def test_a_scan_keeps_the_live_rows_bounded_and_counts_every_flow(table: PortTab
     assert any(w.startswith(f"{flagged_total} flagged flows: the report lists the first 100")
                for w in report.warnings)
     assert report.as_dict()["flow_count"] == 60000
+    counts = report.flagged_flow_counts()
+    assert sum(counts[(s.transport, s.port, s.status, s.flags[0])]
+               for s in report.services if s.flags) == flagged_total
+
+
+def test_flagged_flow_counts_agree_bounded_or_not(table: PortTable) -> None:
+    bounded = _feed(Analyzer(table, limits=FlowLimits(max_flows=1500), max_flagged=10),
+                    _two_phase_capture()).report()
+    whole = _feed(Analyzer(table), _two_phase_capture()).report()
+    assert len(bounded.flagged) == 10
+    assert bounded.flagged_flow_counts() == whole.flagged_flow_counts()
+    assert sum(whole.flagged_flow_counts().values()) > 10
 
 
 def test_records_stream_every_flow_once_with_exact_counters(table: PortTable) -> None:

@@ -121,6 +121,25 @@ class Report:
         """Flows in the captures, whether or not ``flows`` lists them all."""
         return len(self.flows) if self.flow_total is None else self.flow_total
 
+    def flagged_flow_counts(self) -> dict[tuple[str, int, str, str], int]:
+        """Flagged flows by (transport, service port, status, reason), listed or not.
+
+        A flow's flags are its service port's, so when ``flows`` lists only
+        some (``flow_total`` set) the counts come from ``services``, exactly.
+        """
+        counts: dict[tuple[str, int, str, str], int] = {}
+        if self.flow_total is None:
+            for f in self.flagged:
+                for reason in f.flags:
+                    key = (f.transport, f.service_port, f.status, reason)
+                    counts[key] = counts.get(key, 0) + 1
+            return counts
+        for s in self.services:
+            for reason in s.flags:
+                key = (s.transport, s.port, s.status, reason)
+                counts[key] = counts.get(key, 0) + s.flows
+        return counts
+
     def as_dict(self, *, include_flows: bool = False) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "captures": self.captures,
