@@ -13,11 +13,13 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.filters import parse_filters
 from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.report import FlowReport, Report
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.cli import main
+from portwatch.cli.analyze import _shown
 from portwatch.errors import CaptureTruncatedError
 from portwatch.porttable.table import PortTable
 
@@ -245,3 +247,16 @@ def test_cli_streamed_records_obey_filter_top_and_output_file(
     code, _ = _cli(capsys, "analyze", "-f", "csv", "-o", str(out), "--filter",
                    "port:1-2", sample)
     assert out.read_text().count("\n") == 1  # the header of no flow
+
+
+def test_a_filtered_bounded_report_counts_the_flows_of_the_services_it_keeps(
+    table: PortTable,
+) -> None:
+    report = _feed(Analyzer(table, limits=FlowLimits(max_flows=1500), max_flagged=10),
+                   _two_phase_capture()).report()
+    whole = _feed(Analyzer(table), _two_phase_capture()).report()
+    for exprs in ([], ["transport:udp"], ["flagged"], ["port:1-1000"]):
+        filters = parse_filters(exprs, table)
+        want = _shown(whole, filters, None)
+        got = _shown(report, filters, 2)
+        assert got.as_dict()["flow_count"] == len(want.flows), exprs
