@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
-	systemd-container debootstrap tmux clang llvm libbpf1 libbpf-dev bpftool netsniff-ng
+	systemd-container debootstrap tmux zsh clang llvm libbpf1 libbpf-dev bpftool netsniff-ng
 SAMPLE := pcaps/sample.pcapng
 
 .PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall bpf

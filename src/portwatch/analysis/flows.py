@@ -294,24 +294,32 @@ class FlowTable:
 
         ``idle_ns`` holds one timeout per transport value (tcp, udp, sctp, dccp).
         """
+        rows = self.expired(now_ns, idle_ns, active_ns)
+        self.evict(rows)
+        return rows
+
+    def expired(self, now_ns: int, idle_ns: npt.NDArray[np.int64], active_ns: int) -> I64:
+        """The rows ``expire`` would evict, left in place (to be read before eviction)."""
         size = self.size
         alive = self.alive[:size]
         idle = (now_ns - self.last_ns[:size]) > idle_ns[self.keys["t"][:size]]
         active = (now_ns - self.first_ns[:size]) > active_ns
-        rows = np.flatnonzero(alive & (idle | active)).astype(np.int64)
-        self.evict(rows)
-        return rows
+        return np.flatnonzero(alive & (idle | active)).astype(np.int64)
 
     def enforce_limit(self, max_flows: int) -> I64:
         """Evict the least recently seen flows beyond ``max_flows``."""
-        excess = len(self) - max_flows
-        if excess <= 0:
-            return np.empty(0, dtype=np.int64)
-        live = np.flatnonzero(self.alive[: self.size])
-        oldest = live[np.argpartition(self.last_ns[live], excess - 1)[:excess]]
-        rows = oldest.astype(np.int64)
+        rows = self.least_recent(len(self) - max_flows)
         self.evict(rows)
         return rows
+
+    def least_recent(self, count: int) -> I64:
+        """The ``count`` live rows seen least recently (none if ``count`` <= 0), left in place."""
+        if count <= 0:
+            return np.empty(0, dtype=np.int64)
+        live = np.flatnonzero(self.alive[: self.size])
+        if count >= live.size:
+            return live.astype(np.int64)
+        return live[np.argpartition(self.last_ns[live], count - 1)[:count]].astype(np.int64)
 
     def add_fragments(self, flows: I64, from_a: Bool, wirelen: npt.NDArray[Any],
                       ts: I64) -> None:

@@ -114,11 +114,7 @@ class _ReportCollector(Collector):
             "portwatch_capture_flagged_flows",
             "Flagged flows by service port and reason in the analysed captures.",
             labels=["transport", "port", "status", "reason"])
-        counts: dict[tuple[str, int, str, str], int] = {}
-        for f in report.flagged:
-            for reason in f.flags:
-                key = (f.transport, f.service_port, f.status, reason)
-                counts[key] = counts.get(key, 0) + 1
+        counts = report.flagged_flow_counts()  # exact, even when only some are listed
         for (transport, port, status, reason), n in sorted(counts.items()):
             flagged.add_metric([transport, str(port), status, reason], n)
         yield flagged
@@ -205,7 +201,7 @@ def _table(report: Report, width: int | None, color: bool) -> str:
     not already say (``unauthorized-use``).
     """
     title = (f"{', '.join(report.captures) or 'capture'}: {report.packets} packets, "
-             f"{_human(report.bytes)}B, {len(report.flows)} flows")
+             f"{_human(report.bytes)}B, {report.flow_count} flows")
     services = [
         [f"{s.transport}/{s.port}", s.service or "-", s.status, str(s.packets),
          _human(s.bytes), str(s.flows), ", ".join(f for f in s.flags if f != s.status)]

@@ -45,8 +45,11 @@ __all__ = [
     "Report",
     "ServiceCount",
     "build_report",
+    "by_start",
+    "flow_reports",
     "merge_reports",
     "registry_summary",
+    "service_counts",
 ]
 
 I64 = npt.NDArray[np.int64]
@@ -132,17 +135,44 @@ class Report:
     registry: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     partial: bool = False
+    #: Flows in the captures when ``flows`` holds only some of them (a bounded
+    #: run: the first flagged ones, see ``portwatch.analysis.retire``); None: all.
+    flow_total: int | None = None
 
     @property
     def flagged(self) -> list[FlowReport]:
         return [f for f in self.flows if f.flagged]
+
+    @property
+    def flow_count(self) -> int:
+        """Flows in the captures, whether or not ``flows`` lists them all."""
+        return len(self.flows) if self.flow_total is None else self.flow_total
+
+    def flagged_flow_counts(self) -> dict[tuple[str, int, str, str], int]:
+        """Flagged flows by (transport, service port, status, reason), listed or not.
+
+        A flow's flags are its service port's, so when ``flows`` lists only
+        some (``flow_total`` set) the counts come from ``services``, exactly.
+        """
+        counts: dict[tuple[str, int, str, str], int] = {}
+        if self.flow_total is None:
+            for f in self.flagged:
+                for reason in f.flags:
+                    key = (f.transport, f.service_port, f.status, reason)
+                    counts[key] = counts.get(key, 0) + 1
+            return counts
+        for s in self.services:
+            for reason in s.flags:
+                key = (s.transport, s.port, s.status, reason)
+                counts[key] = counts.get(key, 0) + s.flows
+        return counts
 
     def as_dict(self, *, include_flows: bool = False) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "captures": self.captures,
             "packets": self.packets,
             "bytes": self.bytes,
-            "flow_count": len(self.flows),
+            "flow_count": self.flow_count,
             "services": [s.as_dict() for s in self.services],
             "flagged": [f.as_dict() for f in self.flagged],
             "decode": self.decode,
@@ -185,7 +215,7 @@ def build_report(analyzer: Analyzer) -> Report:
     """Every live flow of ``analyzer`` decided, counted per service and worded."""
     ft = analyzer.flows
     table = analyzer.table
-    live = _by_start(ft, np.flatnonzero(ft.alive[: ft.size]))
+    live = by_start(ft, np.flatnonzero(ft.alive[: ft.size]))
     dec = ft.decide(table, live)
     return Report(
         captures=[analyzer.capture] if analyzer.capture else [],
@@ -200,7 +230,7 @@ def build_report(analyzer: Analyzer) -> Report:
     )
 
 
-def _by_start(ft: FlowTable, rows: I64) -> I64:
+def by_start(ft: FlowTable, rows: I64) -> I64:
     """``rows`` ordered by first packet time, then by the canonical 5-tuple."""
     k = ft.keys[rows]
     order = np.lexsort((k["bp"], k["bl"], k["bh"], k["ap"], k["al"], k["ah"], k["t"],
@@ -229,15 +259,26 @@ def _service_counts(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[S
     svc_packets = np.bincount(inverse, weights=packets, minlength=uniq.size)
     svc_bytes = np.bincount(inverse, weights=nbytes, minlength=uniq.size)
     svc_flows = np.bincount(inverse, minlength=uniq.size)
+    return service_counts(analyzer.table, uniq, svc_packets, svc_bytes, svc_flows)
+
+
+def service_counts(table: PortTable, keys: npt.NDArray[Any], packets: npt.NDArray[Any],
+                   nbytes: npt.NDArray[Any], flows: npt.NDArray[Any]) -> list[ServiceCount]:
+    """One ``ServiceCount`` per ``keys`` entry (transport * 65536 + port), busiest first."""
     services = []
-    for j, key in enumerate(uniq.tolist()):
+    for j, key in enumerate(keys.tolist()):
         t, port = Transport(key // 65536), key % 65536
-        info = analyzer.table.lookup(t, port)
+        info = table.lookup(t, port)
         services.append(ServiceCount(t.label, port, info.service, info.status.label,
-                                     int(svc_packets[j]), int(svc_bytes[j]), int(svc_flows[j]),
+                                     int(packets[j]), int(nbytes[j]), int(flows[j]),
                                      flag_labels(port_reasons(info.status, info.flags))))
     services.sort(key=lambda s: (-s.packets, s.transport, s.port))
     return services
+
+
+def flow_reports(analyzer: Analyzer, rows: I64, dec: FlowDecisions) -> list[FlowReport]:
+    """A ``FlowReport`` for each live row in ``rows``, as ``dec`` decided them."""
+    return _flow_reports(analyzer, rows, dec)
 
 
 def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[FlowReport]:
@@ -342,4 +383,6 @@ def merge_reports(reports: Sequence[Report]) -> Report:
         registry=reports[0].registry if reports else {},
         warnings=[w for rep in reports for w in rep.warnings],
         partial=any(r.partial for r in reports),
+        flow_total=sum(r.flow_count for r in reports)
+        if any(r.flow_total is not None for r in reports) else None,
     )

@@ -18,6 +18,14 @@ SIGTERM and SIGHUP (turned into ``SystemExit`` while a spool exists, when
 their handler is the default). A run that reads its input once streams it
 and writes nothing to disk: ``tcpdump -w - | portwatch analyze -`` may run
 for days.
+
+Bounds: with ``limits``, each capture's flow table holds at most
+``limits.max_flows`` flows live (``portwatch.analysis.retire``); with
+``records``, every flow's record goes to that sink as its flow finishes
+instead of being held for the report. ``--annotate`` needs every flow row
+until its second pass, so that capture is analysed unbounded; worker
+processes (``--jobs``) cannot stream, so the parent hands their flows to the
+sink when their reports arrive.
 """
 
 from __future__ import annotations
@@ -41,8 +49,10 @@ import numpy.typing as npt
 
 from portwatch._atomic import atomic_output
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.live import LiveSnapshot, LiveSummary
 from portwatch.analysis.report import Report, merge_reports
+from portwatch.analysis.retire import MAX_FLAGGED, RecordSink
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
@@ -405,9 +415,21 @@ def _batches(reader: CaptureReader, inp: CaptureInput,
     progress(inp.name, total, total)
 
 
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """How each capture's analyzer is bounded, and where records go."""
+
+    limits: FlowLimits | None = None
+    records: RecordSink | None = None
+
+    def analyzer(self, table: PortTable, name: str) -> Analyzer:
+        return Analyzer(table, capture=name, limits=self.limits, records=self.records)
+
+
 def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
-                    stdin: BinaryIO | None, ticker: _Ticker | None = None) -> Analyzer:
-    analyzer = Analyzer(table, capture=inp.name)
+                    stdin: BinaryIO | None, bounds: _Bounds, *,
+                    ticker: _Ticker | None = None) -> Analyzer:
+    analyzer = bounds.analyzer(table, inp.name)
     reader = _open(inp, stdin)
     try:
         for batch in _batches(reader, inp, progress):
@@ -422,8 +444,8 @@ def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallb
 
 
 def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str,
-                    ticker: _Ticker | None = None) -> Analyzer:
-    analyzer = Analyzer(table, capture=inp.name)
+                    bounds: _Bounds, *, ticker: _Ticker | None = None) -> Analyzer:
+    analyzer = bounds.analyzer(table, inp.name)
     iter_decoded = decoder_for(engine)
     try:
         for decoded, ts in iter_decoded(inp.path, 4096):
@@ -439,10 +461,10 @@ def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str,
 
 def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
                  progress: ProgressCallback | None, stdin: BinaryIO | None, *,
-                 ticker: _Ticker | None = None) -> Analyzer:
+                 bounds: _Bounds = _Bounds(), ticker: _Ticker | None = None) -> Analyzer:
     if engine == "native":
-        return _analyze_native(table, inp, progress, stdin, ticker)
-    return _analyze_engine(table, inp, engine, ticker)
+        return _analyze_native(table, inp, progress, stdin, bounds, ticker=ticker)
+    return _analyze_engine(table, inp, engine, bounds, ticker=ticker)
 
 
 def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
@@ -510,18 +532,18 @@ def _init_worker(table_bytes: bytes) -> None:
     _worker.table = PortTable.from_bytes(table_bytes)
 
 
-def _work(inp: CaptureInput, engine: str) -> Report | CaptureError:
+def _work(inp: CaptureInput, engine: str, limits: FlowLimits | None) -> Report | CaptureError:
     """A capture's report, or the typed error that made it unreadable (picklable)."""
     table = _worker.table
     assert table is not None, "worker started without _init_worker"
     try:
-        return _analyze_one(table, inp, engine, None, None).report()
+        return _analyze_one(table, inp, engine, None, None, bounds=_Bounds(limits)).report()
     except CaptureError as exc:
         return exc
 
 
 def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
-             engine: str) -> list[Report | CaptureError]:
+             engine: str, limits: FlowLimits | None) -> list[Report | CaptureError]:
     from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
 
     todo = [inp for inp in inputs if inp.failure is None]
@@ -529,7 +551,7 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
         return [inp.failure for inp in inputs if inp.failure is not None]
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
                              initargs=(table.to_bytes(),)) as pool:
-        done = iter(pool.map(_work, todo, [engine] * len(todo)))
+        done = iter(pool.map(_work, todo, [engine] * len(todo), [limits] * len(todo)))
         return [inp.failure if inp.failure is not None else next(done) for inp in inputs]
 
 
@@ -559,6 +581,16 @@ def _check(names: Sequence[str], jobs: int, engine: str,
             raise UsageError("--annotate works with the native engine only")
 
 
+def _stream_held(outcomes: Sequence[Report | CaptureError], records: RecordSink) -> None:
+    """Hand the flows of reports made elsewhere (workers) to ``records``, keeping the
+    first flagged ones as a streamed run's report does."""
+    for rep in outcomes:
+        if isinstance(rep, Report):
+            records(rep.flows)
+            rep.flow_total = rep.flow_count
+            rep.flows = [f for f in rep.flows if f.flagged][:MAX_FLAGGED]
+
+
 def _merge(outcomes: Sequence[Report | CaptureError]) -> RunResult:
     reports = [o for o in outcomes if isinstance(o, Report)]
     failures = [o for o in outcomes if isinstance(o, CaptureError)]
@@ -583,6 +615,8 @@ def analyze_paths(
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
     interval: IntervalRequest | None = None,
+    limits: FlowLimits | None = None,
+    records: RecordSink | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -595,7 +629,9 @@ def analyze_paths(
     :func:`~portwatch.analysis.annotated_copy.write_annotated`; an ``annotate``
     output of ``-`` goes to ``stdout`` (default standard output) instead.
     ``interval`` emits a live summary periodically while the captures are
-    read (a stream read for hours reports as it goes).
+    read (a stream read for hours reports as it goes). ``limits`` bounds each
+    capture's flow table; ``records`` receives every flow's record and the
+    report then lists only the first flagged flows (see the module docstring).
     """
     _check(names, jobs, engine, annotate, interval)
     if annotate is not None and annotate.output != "-":
@@ -605,11 +641,17 @@ def analyze_paths(
     needed = annotate is not None or parallel or engine != "native"
     with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
         if parallel:
-            return _merge(_in_pool(table, inputs, jobs, engine))
+            # a worker cannot stream to the sink: it holds every flow for it
+            pooled = _in_pool(table, inputs, jobs, engine, limits if records is None else None)
+            if records is not None:
+                _stream_held(pooled, records)
+            return _merge(pooled)
+        bounds = _Bounds(None if annotate is not None else limits, records)
         ticker = _Ticker(table, interval) if interval is not None else None
         with ticker if ticker is not None else contextlib.nullcontext():
             outcomes = [_one_outcome(table, inp, engine, progress=progress, stdin=stdin,
-                                     ticker=ticker, annotate=annotate, stdout=stdout)
+                                     ticker=ticker, annotate=annotate, stdout=stdout,
+                                     bounds=bounds)
                         for inp in inputs]
         return _merge(outcomes)
 
@@ -617,13 +659,16 @@ def analyze_paths(
 def _one_outcome(table: PortTable, inp: CaptureInput, engine: str, *,
                  progress: ProgressCallback | None, stdin: BinaryIO | None,
                  ticker: _Ticker | None, annotate: AnnotateRequest | None,
-                 stdout: BinaryIO | None) -> Report | CaptureError:
+                 stdout: BinaryIO | None, bounds: _Bounds) -> Report | CaptureError:
     if inp.failure is not None:
         return inp.failure
     try:
-        analyzer = _analyze_one(table, inp, engine, progress, stdin, ticker=ticker)
+        analyzer = _analyze_one(table, inp, engine, progress, stdin, bounds=bounds,
+                                ticker=ticker)
     except CaptureError as exc:
         return exc
     if annotate is not None:
         _annotate(analyzer, inp, annotate, stdout)
+    if bounds.records is not None:
+        analyzer.finish()
     return analyzer.report()

@@ -1,23 +1,33 @@
-"""``portwatch analyze``: read captures, name every flow's service, flag the rest."""
+"""``portwatch analyze``: read captures, name every flow's service, flag the rest.
+
+Memory stays bounded on captures of millions of flows: each capture's flow
+table is bounded by ``FlowLimits`` (the daemon's defaults), and the record
+formats (``-f jsonl``, ``-f csv``) write each flow as it finishes instead of
+holding them all for the report.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, cast
 
 from portwatch._terminal import Progress, should_color, terminal_width
-from portwatch.analysis.filters import apply_filters, parse_filters
+from portwatch.analysis.filters import ReportFilter, apply_filters, parse_filters
+from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.live import LiveSnapshot
 from portwatch.analysis.render import OutputFormat, render
+from portwatch.analysis.report import FlowReport, Report
 from portwatch.analysis.run import (
     AnnotateRequest,
     IntervalRequest,
     analyze_paths,
     check_output_path,
+    output_file,
     refuse_overwriting_inputs,
     write_output,
 )
@@ -30,6 +40,8 @@ __all__ = ["add_parser", "run"]
 
 #: Files smaller than this are read too fast for a progress bar to help.
 _BAR_MIN_BYTES = 32 * 1024 * 1024
+#: Formats that are one record per flow: written as flows finish, never held.
+_RECORD_FORMATS = (OutputFormat.JSONL, OutputFormat.CSV)
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -134,6 +146,49 @@ def _interval(ctx: Context, args: argparse.Namespace) -> IntervalRequest:
     return IntervalRequest(args.interval, emit)
 
 
+class _RecordWriter:
+    """The record sink of ``-f jsonl``/``-f csv``: filtered, rendered and written per chunk.
+
+    Output is what rendering the whole report would give: the same filter, the
+    same ``--top`` (every unflagged flow and the first N flagged ones), one CSV
+    header. ``out`` is the ``-o`` file, else standard output.
+    """
+
+    def __init__(self, ctx: Context, out: BinaryIO | None, fmt: OutputFormat,
+                 filters: Sequence[ReportFilter], top: int | None) -> None:
+        self._ctx, self._out, self._fmt = ctx, out, fmt
+        self._filters = filters
+        self._flagged_left = top
+        self._started = False  # a CSV header is written with the first chunk only
+
+    def __call__(self, flows: list[FlowReport]) -> None:
+        kept = apply_filters(Report([], 0, 0, [], flows, {}, {}), self._filters).flows
+        if self._flagged_left is not None:
+            kept = [f for f in kept if not f.flagged or self._take_flagged()]
+        if kept:
+            self._write(kept)
+
+    def _take_flagged(self) -> bool:
+        assert self._flagged_left is not None
+        self._flagged_left -= 1
+        return self._flagged_left >= 0
+
+    def _write(self, flows: list[FlowReport]) -> None:
+        text = render(Report([], 0, 0, [], flows, {}, {}), self._fmt)
+        if self._started and self._fmt is OutputFormat.CSV:
+            text = text.partition("\n")[2]
+        self._started = True
+        if self._out is not None:
+            self._out.write(text.encode())
+        else:
+            _print(self._ctx, text)
+
+    def close(self) -> None:
+        """A CSV of no flow is still its header."""
+        if not self._started and self._fmt is OutputFormat.CSV:
+            self._write([])
+
+
 def run(ctx: Context, args: argparse.Namespace) -> int:
     _check_args(args)
     capture_out = _binary_stdout(ctx) if args.annotate == "-" else None
@@ -149,22 +204,31 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     interval = _interval(ctx, args) if args.interval is not None else None
     if interval is not None:
         bar = None  # the summaries and a redrawn bar would overwrite each other
-    try:
-        result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
-                               progress=bar, annotate=annotate, spool_dir=args.spool_dir,
-                               stdout=capture_out, interval=interval)
-    finally:
-        if bar is not None:
-            bar.close()
-    if result.report is None:
-        for failure in result.failures[1:]:
-            ctx.warn(f"skipped: {failure}")
-        raise result.failures[0]
-    report = result.report
-    for warning in report.warnings:
-        ctx.warn(warning)
+    with contextlib.ExitStack() as stack:
+        records = None
+        if fmt in _RECORD_FORMATS:  # written while the captures are read
+            out = stack.enter_context(output_file(args.output)) if args.output else None
+            records = _RecordWriter(ctx, out, fmt, filters, args.top)
+        try:
+            result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
+                                   progress=bar, annotate=annotate, spool_dir=args.spool_dir,
+                                   stdout=capture_out, interval=interval,
+                                   limits=FlowLimits(), records=records)
+        finally:
+            if bar is not None:
+                bar.close()
+        if result.report is None:
+            for failure in result.failures[1:]:
+                ctx.warn(f"skipped: {failure}")
+            raise result.failures[0]
+        report = result.report
+        for warning in report.warnings:
+            ctx.warn(warning)
+        if records is not None:
+            records.close()
+            return 1 if report.partial else 0
     to_terminal = not args.output
-    text = render(apply_filters(report, filters, top=args.top), fmt,
+    text = render(_shown(report, filters, args.top), fmt,
                   width=terminal_width(ctx.stdout, ctx.env) if to_terminal else None,
                   color=should_color(ctx.stdout, ctx.env) if to_terminal else False)
     if args.output:
@@ -172,6 +236,20 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     else:
         _print(ctx, text)
     return 1 if report.partial else 0
+
+
+def _shown(report: Report, filters: Sequence[ReportFilter], top: int | None) -> Report:
+    """``apply_filters``, keeping a bounded report's exact flow count.
+
+    A bounded report lists only some flows; the flows a filter keeps are
+    counted from the services it keeps (a flow's service fields are its
+    service's).
+    """
+    shown = apply_filters(report, filters, top=top)
+    if report.flow_total is not None:
+        shown.flow_total = sum(s.flows for s in report.services
+                               if all(f.keeps_service(s) for f in filters))
+    return shown
 
 
 def _print(ctx: Context, text: str) -> None:
