@@ -538,7 +538,7 @@ def test_dccp_ports_are_read() -> None:
     ("upper", "status", "proto"),
     [
         (ICMP(type=8), S.ICMP, 1),
-        (GRE() / IP() / UDP(), S.OTHER_IP, 47),
+        (GRE(proto=0x88B5) / Raw(b"local experimental payload"), S.OTHER_IP, 47),
         (ESP(spi=7), S.OTHER_IP, 50),
     ],
     ids=["icmp", "gre", "esp"],
