@@ -15,6 +15,13 @@ flow. Which side is the *service* is decided from the whole flow
 3. ``dynamic-range``: the side whose port is outside 49152-65535 while the
    other's is inside;
 4. ``lower-port``: the lower port.
+
+Tunnels: a decoded row is the innermost packet (``DecodedBatch``), and the
+outer layers the decoder opened are in ``DecodedBatch.tunnels``. ``update``
+counts both: a VXLAN packet adds one packet and its whole wire length to its
+inner flow *and* to its udp/4789 flow, as ``tshark -z conv`` counts a frame in
+every conversation it belongs to. (Capture totals, in ``Analyzer``, count it
+once.) ``encap`` is the encapsulation stack of a flow's first packet.
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ class FlowTable:
         grow("last_ns", np.int64, np.iinfo(np.int64).min)
         grow("handshake_side", np.uint8)
         grow("alive", np.bool_)
+        grow("encap", np.uint16)
         self.capacity = capacity
 
     # typed views of the columns
@@ -110,6 +118,7 @@ class FlowTable:
     last_ns: I64
     handshake_side: U8  # _SIDE_* codes
     alive: Bool
+    encap: npt.NDArray[np.uint16]  # DecodedBatch.encap of the flow's first packet
 
     def __len__(self) -> int:
         """Flows currently held (evicted ones excluded)."""
@@ -134,7 +143,17 @@ class FlowTable:
         return self.bytes_ab[: self.size] + self.bytes_ba[: self.size]
 
     def update(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:
-        """Add a batch; return each packet's flow index (-1: not in any flow)."""
+        """Add a batch; return each packet's flow index (-1: not in any flow).
+
+        Outer tunnel layers are counted first, in flows of their own; the
+        index returned is the flow of each packet's row (its inner packet).
+        """
+        if decoded.tunnels.shape[1]:
+            packet, outer = decoded.tunnel_batch()
+            self._update_rows(outer, timestamps_ns[packet])
+        return self._update_rows(decoded, timestamps_ns)
+
+    def _update_rows(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:
         n = len(decoded)
         flow_of_packet = np.full(n, -1, dtype=np.int64)
         transport = TRANSPORT_OF_PROTO[decoded.ip_proto]
@@ -156,6 +175,8 @@ class FlowTable:
         keys["bp"] = np.where(swap, sp, dp)
         inverse, first = self._group(keys)
         flows = self._flow_ids(keys[first])
+        fresh = (self.packets_ab[flows] == 0) & (self.packets_ba[flows] == 0)
+        self.encap[flows[fresh]] = decoded.encap[idx[first[fresh]]]
         per_packet = flows[inverse]
         flow_of_packet[idx] = per_packet
         self._count(decoded, idx, per_packet, ~swap, timestamps_ns[idx])
@@ -241,7 +262,8 @@ class FlowTable:
         width = _KEY_DTYPE.itemsize
         for i in range(rows.size):
             self._index.pop(raw[i * width : (i + 1) * width], None)
-        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side"):
+        for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side",
+                     "encap"):
             getattr(self, name)[rows] = 0
         self.first_ns[rows] = np.iinfo(np.int64).max
         self.last_ns[rows] = np.iinfo(np.int64).min

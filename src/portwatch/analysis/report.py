@@ -24,6 +24,7 @@ from portwatch.analysis.verdict import (
     port_reasons,
     reasons,
 )
+from portwatch.decode.native import encapsulation_labels
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
@@ -84,6 +85,9 @@ class FlowReport:
     first_seen: str
     last_seen: str
     capture: str = ""
+    #: Encapsulations the flow's first packet was found in, outermost first
+    #: ("vxlan", "gre+mpls"); "" for none.
+    encapsulation: str = ""
 
     @property
     def flagged(self) -> bool:
@@ -214,6 +218,7 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
     cli_port, statuses = dec.client_port.tolist(), dec.status.tolist()
     flag_bits, rules, sids = dec.flags.tolist(), dec.rule.tolist(), dec.service_id.tolist()
     transports = dec.transport.tolist()
+    encapsulations = encapsulation_labels(ft.encap[live])
     assigned_only = table.assigned_only
     out: list[FlowReport] = []
     for j in range(live.size):
@@ -245,6 +250,7 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
             first_seen=first_seen[j],
             last_seen=last_seen[j],
             capture=analyzer.capture,
+            encapsulation=encapsulations[j],
         ))
     return out
 
