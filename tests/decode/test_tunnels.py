@@ -385,3 +385,60 @@ def test_flow_returned_per_packet_is_the_inner_flow() -> None:
     assert encapsulation_label(int(flows.encap[fid])) == "gtpu"
     flows.evict(np.asarray([fid], dtype=np.int64))
     assert int(flows.encap[fid]) == 0
+
+
+# -- the scapy engine agrees --------------------------------------------------------
+def _scapy_decoded(frames: list[bytes], linktype: int) -> DecodedBatch:
+    from portwatch.decode import scapy as engine
+    from portwatch.decode.rows import rows_to_batch
+
+    s = engine._scapy()
+    cls = engine._layer_class(s, linktype)
+    return rows_to_batch([engine.dissect(cls(f), len(f)) for f in frames])
+
+
+def _columns(d: DecodedBatch) -> dict[str, list[Any]]:
+    out = {name: getattr(d, name).tolist() for name in (
+        "status", "ip_version", "ip_proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "src_port",
+        "dst_port", "tcp_flags", "frag_id", "is_first_fragment", "wirelen", "encap")}
+    out["tunnels"] = d.tunnels.tolist()
+    return out
+
+
+CROSS_CHECKED: dict[str, tuple[list[bytes], int]] = {
+    "tunnels": ([bytes(p) for p, _, _ in TUNNELS.values()], LinkType.ETHERNET),
+    "shims-and-refusals": ([bytes(p) for p in (
+        Ether(**MACS) / MPLS(label=1, s=0) / MPLS(label=3) / inner_udp6(),
+        Ether(**MACS) / MPLS(label=1) / Raw(b"\x00\x00\x00\x00" + bytes(Ether(**MACS))),
+        Ether(**MACS) / PPPoE(sessionid=7) / PPP(proto=0x0021) / inner_tcp(),
+        Ether(**MACS) / PPPoE(sessionid=7) / PPP(proto=0xC021) / Raw(b"\x01\x01\x00\x04"),
+        outer_ip() / UDP(sport=50000, dport=4789) / VXLAN() / Ether(**INNER_MACS) / ARP(),
+        outer_ip() / UDP(sport=50000, dport=2152) / GTP_U_Header(gtp_type=1) / Raw(b"x" * 20),
+        outer_ip() / GRE(proto=0x88B5) / Raw(b"x" * 40),
+        outer_ip() / UDP(sport=1, dport=4789) / VXLAN() / Ether(**INNER_MACS) / Dot1Q(vlan=10)
+        / inner_tcp(),
+        outer_ip() / UDP(sport=50000, dport=4789) / VXLAN(vni=1) / Ether(**INNER_MACS)
+        / MPLS(label=20, s=0) / MPLS(label=21) / IP(src="10.2.0.1", dst="10.2.0.2") / GRE()
+        / inner_tcp(),
+    )] + [fabricpath(Ether(**INNER_MACS) / inner_tcp())], LinkType.ETHERNET),
+    "ppp": ([b"\xff\x03\x00\x21" + bytes(inner_tcp()), b"\x00\x57" + bytes(inner_udp6()),
+             b"\xff\x03\x02\x81" + bytes(MPLS(label=5) / inner_tcp()),
+             b"\xff\x03\xc0\x21\x01\x01\x00\x04"], LinkType.PPP),
+    "cisco-hdlc": ([b"\x0f\x00\x08\x00" + bytes(inner_tcp()),
+                    b"\x8f\x00\x86\xdd" + bytes(inner_udp6())], LinkType.C_HDLC),
+    "ppi": ([ppi(1, bytes(Ether(**MACS) / inner_tcp()))], LinkType.PPI),
+}
+
+
+@pytest.mark.parametrize("name", CROSS_CHECKED)
+def test_the_scapy_engine_decodes_tunnels_and_links_as_the_native_one(name: str) -> None:
+    frames, linktype = CROSS_CHECKED[name]
+    assert _columns(_scapy_decoded(frames, linktype)) == _columns(decode(frames, linktype))
+
+
+def test_nested_ipip_depth_limit_agrees_in_the_scapy_engine() -> None:
+    packet: Packet = inner_tcp()
+    for k in range(MAX_ENCAPSULATIONS + 1):
+        packet = IP(src=f"10.9.{k}.1", dst=f"10.9.{k}.2") / packet
+    frames = [bytes(Ether(**MACS) / packet)]
+    assert _columns(_scapy_decoded(frames, LinkType.ETHERNET)) == _columns(decode(frames))
