@@ -8,8 +8,12 @@ the tunnel flow counts too, and never read past a packet however it is cut.
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
+import subprocess
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,7 @@ with warnings.catch_warnings():
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowTable
 from portwatch.capture.batch import LinkType, PacketBatch
+from portwatch.capture.files.reader import read_capture_path
 from portwatch.decode.native import (
     MAX_ENCAPSULATIONS,
     MAX_MPLS_LABELS,
@@ -442,3 +447,93 @@ def test_nested_ipip_depth_limit_agrees_in_the_scapy_engine() -> None:
         packet = IP(src=f"10.9.{k}.1", dst=f"10.9.{k}.2") / packet
     frames = [bytes(Ether(**MACS) / packet)]
     assert _columns(_scapy_decoded(frames, LinkType.ETHERNET)) == _columns(decode(frames))
+
+
+# -- the sample captures: truth and tshark ------------------------------------------
+PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
+TRUTH: dict[str, dict[str, Any]] = (json.loads((PCAPS / "truth.json").read_text())
+                                    if (PCAPS / "truth.json").is_file() else {})
+TUNNEL_SAMPLES = sorted(name for name in TRUTH if name.startswith("tunnels/"))
+_TRANSPORT_NAMES = {6: "tcp", 17: "udp"}
+
+
+def _native_sample(path: Path) -> list[DecodedBatch]:
+    with read_capture_path(str(path)) as reader:
+        return [decode_batch(batch) for batch in reader]
+
+
+def test_every_tunnel_and_link_type_has_a_sample() -> None:
+    names = set(TUNNEL_SAMPLES)
+    for kind in ("vxlan", "geneve", "gre", "erspan", "ipip", "gtpu", "mpls", "pppoe", "nested"):
+        assert f"tunnels/tunnel-{kind}.pcap" in names
+    assert {"tunnels/fabricpath.pcap", "tunnels/linktype-ppp-9.pcap",
+            "tunnels/linktype-chdlc-104.pcap", "tunnels/linktype-ppi-192.pcap"} <= names
+    on_disk = {f"tunnels/{p.name}" for p in (PCAPS / "tunnels").glob("*.pcap*")}
+    assert on_disk == names
+
+
+@pytest.mark.parametrize("name", TUNNEL_SAMPLES)
+def test_sample_counts_per_service_equal_the_truth(name: str, table: PortTable) -> None:
+    truth = TRUTH[name]
+    analyzer = Analyzer(table)
+    encaps: dict[str, int] = {}
+    with read_capture_path(str(PCAPS / name)) as reader:
+        for batch in reader:
+            decoded, _ = analyzer.feed(batch)
+            for label in encapsulation_labels(decoded.encap):
+                if label:
+                    encaps[label] = encaps.get(label, 0) + 1
+    report = analyzer.report()
+    assert report.packets == truth["packets"]
+    assert {f"{s.transport}/{s.port}": s.packets for s in report.services} == truth["by_service"]
+    assert encaps == truth.get("by_encapsulation", {})
+
+
+def _tshark_transports(path: Path) -> list[list[tuple[str, int, int]]]:
+    """Per frame, every TCP/UDP header tshark dissected, outermost first."""
+    fields = ["frame.protocols", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport"]
+    args = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a",
+            "-E", "aggregator=,", "-E", "separator=/t"]
+    for f in fields:
+        args += ["-e", f]
+    done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120)
+    frames = []
+    for line in done.stdout.splitlines():
+        protocols, *ports = line.split("\t")
+        values = [[int(v) for v in p.split(",") if v] for p in ports]
+        seen = {"tcp": 0, "udp": 0}
+        layers = []
+        for proto in protocols.split(":"):
+            if proto in seen:
+                k = seen[proto]
+                src, dst = (values[0], values[1]) if proto == "tcp" else (values[2], values[3])
+                layers.append((proto, src[k], dst[k]))
+                seen[proto] += 1
+        frames.append(layers)
+    return frames
+
+
+def _native_transports(decoded: list[DecodedBatch]) -> list[list[tuple[str, int, int]]]:
+    frames = []
+    for d in decoded:
+        for i in range(len(d)):
+            layers = []
+            for k in range(d.tunnels.shape[1]):
+                layer = d.tunnels[i, k]
+                if layer["status"] == S.OK and int(layer["ip_proto"]) in _TRANSPORT_NAMES:
+                    layers.append((_TRANSPORT_NAMES[int(layer["ip_proto"])],
+                                   int(layer["src_port"]), int(layer["dst_port"])))
+            if d.status[i] == S.OK and int(d.ip_proto[i]) in _TRANSPORT_NAMES:
+                layers.append((_TRANSPORT_NAMES[int(d.ip_proto[i])], int(d.src_port[i]),
+                               int(d.dst_port[i])))
+            frames.append(layers)
+    return frames
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+@pytest.mark.parametrize("name", TUNNEL_SAMPLES)
+def test_sample_transport_headers_per_frame_equal_tsharks(name: str) -> None:
+    path = PCAPS / name
+    native = _native_transports(_native_sample(path))
+    assert native == _tshark_transports(path)
+    assert len(native) == TRUTH[name]["packets"]
