@@ -388,6 +388,10 @@ def test_flow_returned_per_packet_is_the_inner_flow() -> None:
     assert per_packet.tolist() == [fid, fid]
     assert int(flows.port_a[fid]) in (40000, 443)
     assert encapsulation_label(int(flows.encap[fid])) == "gtpu"
+    packets, outer = flows.last_tunnel_flows
+    assert packets.tolist() == [0, 1]
+    assert outer[0] == outer[1] != fid
+    assert int(flows.port_a[outer[0]]) == int(flows.port_b[outer[0]]) == 2152
     flows.evict(np.asarray([fid], dtype=np.int64))
     assert int(flows.encap[fid]) == 0
 

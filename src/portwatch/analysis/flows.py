@@ -51,6 +51,8 @@ _ACK = np.uint8(0x10)
 #: ``FlowTable.handshake_side`` codes: no SYN or SYN-ACK seen yet, the service is A, is B.
 _SIDE_UNKNOWN, _SIDE_A, _SIDE_B = 0, 1, 2
 _FIRST_DYNAMIC = DYNAMIC_PORTS.start
+_NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 _KEY_DTYPE = np.dtype([("t", "u1"), ("ah", "u8"), ("al", "u8"), ("ap", "u2"),
                        ("bh", "u8"), ("bl", "u8"), ("bp", "u2")])
 
@@ -86,6 +88,8 @@ class FlowTable:
         self._free: list[int] = []  # rows of evicted flows, reused first
         self.size = 0  # rows in use or freed; row indices stay stable
         self.evicted = 0
+        #: The last ``update``'s outer tunnel layers: (packet, flow (-1: none)) of each.
+        self.last_tunnel_flows: tuple[I64, I64] = (_NO_ROWS, _NO_ROWS)
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -150,7 +154,9 @@ class FlowTable:
         """
         if decoded.tunnels.shape[1]:
             packet, outer = decoded.tunnel_batch()
-            self._update_rows(outer, timestamps_ns[packet])
+            self.last_tunnel_flows = (packet, self._update_rows(outer, timestamps_ns[packet]))
+        else:
+            self.last_tunnel_flows = (_NO_ROWS, _NO_ROWS)
         return self._update_rows(decoded, timestamps_ns)
 
     def _update_rows(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:

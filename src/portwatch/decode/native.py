@@ -870,6 +870,9 @@ def _tunnel_entries(r: _FieldLoads, st: _State) -> _Entries:
     found: list[_Entries] = []
 
     udp = np.flatnonzero((out.status == _OK) & (out.ip_proto == 17) & whole_datagram)
+    if udp.size:  # only packets on a tunnel port go on
+        udp = udp[np.isin(out.dst_port[udp], _TUNNEL_PORTS)
+                  | np.isin(out.src_port[udp], _TUNNEL_PORTS)]
     if udp.size:
         found.extend(_udp_tunnels(r, udp, st.l4[udp] + 8, limit[udp],
                                   sport=out.src_port[udp], dport=out.dst_port[udp]))
