@@ -208,6 +208,15 @@ _PPP_TO_ETHERTYPE.flags.writeable = False
 _MODE_MPLS = 1 << 20  # an MPLS label stack (GRE or Geneve payload 0x8847/0x8848)
 _VXLAN_PORT, _GENEVE_PORT, _GTPU_PORT = 4789, 6081, 2152
 _TUNNEL_PORTS = (_VXLAN_PORT, _GENEVE_PORT, _GTPU_PORT)
+_IS_TUNNEL_PORT = np.zeros(65536, dtype=np.bool_)
+_IS_TUNNEL_PORT[list(_TUNNEL_PORTS)] = True
+_IS_TUNNEL_PORT.flags.writeable = False
+_IS_TUNNEL_PROTO = np.zeros(256, dtype=np.bool_)  # GRE, IPv4 and IPv6 in IP
+_IS_TUNNEL_PROTO[[47, 4, 41]] = True
+_IS_TUNNEL_PROTO.flags.writeable = False
+_IS_SHIM = np.zeros(65536, dtype=np.bool_)  # ethertypes with a shim before IP
+_IS_SHIM[[0x8847, 0x8848, 0x8864]] = True
+_IS_SHIM.flags.writeable = False
 
 #: One outer layer of a packet (``DecodedBatch.tunnels``): the row it had
 #: before its tunnel was opened. ``status`` ``TUNNEL_UNUSED`` marks no layer.
@@ -409,12 +418,25 @@ def _ethertype_link(r: _FieldLoads, start: I64, end: I64, proto_at: int, header:
 def _by_ethertype(r: _FieldLoads, l3: I64, ethertype: U16, ok: Bool, end: I64) -> _Link:
     """IP by ethertype, through a PPPoE session header and an MPLS label stack."""
     n = l3.shape[0]
-    l3 = l3.copy()
-    ethertype = ethertype.copy()
     status = np.where(ok, _OK, _TRUNCATED).astype(np.uint8)
     encap = np.zeros(n, dtype=np.uint16)
     depth = np.zeros(n, dtype=np.uint8)
-    lanes = np.flatnonzero(ok & (ethertype == _ETH_PPPOE))
+    shimmed = np.flatnonzero(ok & _IS_SHIM[ethertype])
+    if shimmed.size:  # callers hand over arrays of their own: l3 and ethertype change in place
+        _shims(r, shimmed, l3=l3, ethertype=ethertype, status=status, end=end, encap=encap,
+               depth=depth)
+    version = np.zeros(n, dtype=np.uint8)
+    version[ethertype == _ETH_IPV4] = 4
+    version[ethertype == _ETH_IPV6] = 6
+    status[(status == _OK) & (version == 0)] = _NON_IP
+    version[status != _OK] = 0
+    return _Link(l3, version, status, encap, depth)
+
+
+def _shims(r: _FieldLoads, shimmed: I64, *, l3: I64, ethertype: U16, status: U8, end: I64,
+           encap: U16, depth: U8) -> None:
+    """A PPPoE session header, then an MPLS label stack, for the lanes ``shimmed``."""
+    lanes = shimmed[ethertype[shimmed] == _ETH_PPPOE]
     if lanes.size:
         # version/type, code, session id, length, then the PPP protocol
         p = l3[lanes]
@@ -424,17 +446,11 @@ def _by_ethertype(r: _FieldLoads, l3: I64, ethertype: U16, ok: Bool, end: I64) -
         ethertype[lanes] = _PPP_TO_ETHERTYPE[r.be16(p + 6)]
         l3[lanes] = p + 8
         _push(encap, depth, lanes, Encapsulation.PPPOE)
-    lanes = np.flatnonzero((status == _OK) & ((ethertype == _ETH_MPLS)
-                                              | (ethertype == _ETH_MPLS_MC)))
+    kind = ethertype[shimmed]
+    lanes = shimmed[(status[shimmed] == _OK) & ((kind == _ETH_MPLS) | (kind == _ETH_MPLS_MC))]
     if lanes.size:
         _mpls(r, lanes, l3, ethertype, status=status, end=end)
         _push(encap, depth, lanes, Encapsulation.MPLS)
-    version = np.zeros(n, dtype=np.uint8)
-    version[ethertype == _ETH_IPV4] = 4
-    version[ethertype == _ETH_IPV6] = 6
-    status[(status == _OK) & (version == 0)] = _NON_IP
-    version[status != _OK] = 0
-    return _Link(l3, version, status, encap, depth)
 
 
 def _mpls(r: _FieldLoads, lanes: I64, l3: I64, ethertype: U16, *, status: U8, end: I64) -> None:
@@ -581,7 +597,7 @@ def _link(r: _FieldLoads, linktype: int, start: I64, end: I64) -> _Link:
         return _ppi(r, start, end)
     if linktype == _MODE_MPLS:
         n = start.shape[0]
-        return _by_ethertype(r, start, np.full(n, _ETH_MPLS, dtype=np.uint16),
+        return _by_ethertype(r, start.copy(), np.full(n, _ETH_MPLS, dtype=np.uint16),
                              np.ones(n, dtype=np.bool_), end)
     n = start.shape[0]
     return _Link(start, np.zeros(n, dtype=np.uint8), np.full(n, _UNSUPPORTED, dtype=np.uint8))
@@ -642,7 +658,10 @@ def _decode_links(r: _FieldLoads, st: _State, modes: npt.NDArray[Any], start: I6
     if bool((modes == first).all()):
         groups: list[tuple[int, I64 | None]] = [(first, None)]
     else:
-        groups = [(int(t), np.flatnonzero(modes == t)) for t in np.unique(modes).tolist()]
+        # bincount over link types (uint16); tunnel payload modes reach 1 << 20
+        present = (np.flatnonzero(np.bincount(modes)) if modes.dtype == np.uint16
+                   else np.unique(modes))
+        groups = [(int(t), np.flatnonzero(modes == t)) for t in present.tolist()]
     for mode, idx in groups:
         if idx is None:
             link = _link(r, mode, start, st.end)
@@ -865,25 +884,24 @@ def _tunnel_entries(r: _FieldLoads, st: _State) -> _Entries:
     inner packet.
     """
     out = st.out
-    limit = np.minimum(st.end, st.declared_end)
-    whole_datagram = ~out.is_first_fragment
     found: list[_Entries] = []
-
-    udp = np.flatnonzero((out.status == _OK) & (out.ip_proto == 17) & whole_datagram)
-    if udp.size:  # only packets on a tunnel port go on
-        udp = udp[np.isin(out.dst_port[udp], _TUNNEL_PORTS)
-                  | np.isin(out.src_port[udp], _TUNNEL_PORTS)]
+    udp = np.flatnonzero((out.ip_proto == 17) & (out.status == _OK))
+    if udp.size:  # only whole datagrams on a tunnel port go on
+        udp = udp[(_IS_TUNNEL_PORT[out.dst_port[udp]] | _IS_TUNNEL_PORT[out.src_port[udp]])
+                  & ~out.is_first_fragment[udp]]
     if udp.size:
-        found.extend(_udp_tunnels(r, udp, st.l4[udp] + 8, limit[udp],
+        limit = np.minimum(st.end[udp], st.declared_end[udp])
+        found.extend(_udp_tunnels(r, udp, st.l4[udp] + 8, limit,
                                   sport=out.src_port[udp], dport=out.dst_port[udp]))
-    other = (out.status == _OTHER_IP) & whole_datagram
-    proto = out.ip_proto
-    gre = np.flatnonzero(other & (proto == 47))
+    other = np.flatnonzero(_IS_TUNNEL_PROTO[out.ip_proto] & (out.status == _OTHER_IP))
+    other = other[~out.is_first_fragment[other]]
+    proto = out.ip_proto[other]
+    gre = other[proto == 47]
     if gre.size:
-        found.append(_gre(r, gre, st.l4[gre], limit[gre]))
+        found.append(_gre(r, gre, st.l4[gre], np.minimum(st.end[gre], st.declared_end[gre])))
     for number, mode, kind in ((4, LinkType.IPV4, Encapsulation.IPIP),
                                (41, LinkType.IPV6, Encapsulation.IP6IP)):
-        rows = np.flatnonzero(other & (proto == number))
+        rows = other[proto == number]
         if rows.size:
             found.append(_Entries(rows, st.l4[rows], np.full(rows.size, int(mode)),
                                   np.full(rows.size, kind, dtype=np.uint8)))
@@ -900,8 +918,7 @@ def _udp_tunnels(r: _FieldLoads, rows: I64, pay: I64, limit: I64, *, sport: U16,
                  dport: U16) -> list[_Entries]:
     """VXLAN, Geneve and GTP-U by UDP port: the destination port first, then the source."""
     def on(port: int) -> Bool:
-        tunnel_dst: Bool = np.isin(dport, _TUNNEL_PORTS)
-        hit: Bool = (dport == port) | ((sport == port) & ~tunnel_dst)
+        hit: Bool = (dport == port) | ((sport == port) & ~_IS_TUNNEL_PORT[dport])
         return hit
 
     found: list[_Entries] = []
