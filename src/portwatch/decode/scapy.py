@@ -168,11 +168,11 @@ def _walk(s: SimpleNamespace, layer: Any, wire: int, *,
                 return Row(DecodeStatus.MALFORMED if whole else DecodeStatus.TRUNCATED,
                            wire), None, []
             fabricpath = True  # FTag/TTL, then the classical Ethernet frame
-            link, layer = layer, s.Ether(data[2:])
+            link, layer = layer, _as_bytes(s, s.Ether, data[2:])
             continue
         if kind in s.links:
             if kind is s.PPP and int(layer.proto) in _PPP_MPLS:
-                link, layer = layer, s.MPLS(_payload_bytes(s, layer.payload))
+                link, layer = layer, _as_bytes(s, s.MPLS, _payload_bytes(s, layer.payload))
                 continue
             link, layer = layer, layer.payload
             continue
@@ -258,7 +258,7 @@ def _tunnel(s: SimpleNamespace, row: Row, payload: Any) -> tuple[Encapsulation, 
         if len(data) < 8:
             return None
         if kind is Encapsulation.VXLAN:
-            return kind, s.Ether(data[8:])  # flags, VNI: 8 bytes, whatever they say
+            return kind, _as_bytes(s, s.Ether, data[8:])  # flags, VNI: 8 bytes, whatever
         if kind is Encapsulation.GENEVE:
             return _geneve(s, data)
         return _gtpu(s, data)
@@ -266,7 +266,7 @@ def _tunnel(s: SimpleNamespace, row: Row, payload: Any) -> tuple[Encapsulation, 
         return _gre(s, payload)
     if row.status is DecodeStatus.OTHER_IP and row.ip_proto in (4, 41):
         cls = s.IP if row.ip_proto == 4 else s.IPv6
-        layer = payload if type(payload) is cls else cls(_payload_bytes(s, payload))
+        layer = _as(s, cls, payload)
         return (Encapsulation.IPIP if row.ip_proto == 4 else Encapsulation.IP6IP), layer
     return None
 
@@ -278,16 +278,20 @@ def _by_protocol_type(s: SimpleNamespace, proto: int) -> Any:
 
 
 def _geneve(s: SimpleNamespace, data: bytes) -> tuple[Encapsulation, Any] | None:
-    geneve = s.GENEVE(data)
+    geneve = _as_bytes(s, s.GENEVE, data)
+    if type(geneve) is not s.GENEVE:
+        return None
     size = 8 + 4 * int(geneve.optionlen)
     cls = _by_protocol_type(s, int(geneve.proto))
     if int(geneve.version) != 0 or len(data) < size or cls is None:
         return None
-    return Encapsulation.GENEVE, cls(data[size:])
+    return Encapsulation.GENEVE, _as_bytes(s, cls, data[size:])
 
 
 def _gtpu(s: SimpleNamespace, data: bytes) -> tuple[Encapsulation, Any] | None:
-    gtp = s.GTP_U_Header(data)
+    gtp = _as_bytes(s, s.GTP_U_Header, data)
+    if type(gtp) is not s.GTP_U_Header:
+        return None
     if int(gtp.version) != 1 or int(gtp.PT) != 1 or int(gtp.gtp_type) != 255:
         return None
     layer = gtp.payload
@@ -305,7 +309,7 @@ def _gtpu(s: SimpleNamespace, data: bytes) -> tuple[Encapsulation, Any] | None:
     if type(layer) not in (s.IP, s.IPv6):
         raw = _payload_bytes(s, layer)
         nibble = raw[0] >> 4 if raw else 0
-        layer = s.IP(raw) if nibble == 4 else s.IPv6(raw) if nibble == 6 else s.Raw(raw)
+        layer = _as_bytes(s, s.IP if nibble == 4 else s.IPv6 if nibble == 6 else s.Raw, raw)
     return Encapsulation.GTPU, layer
 
 
@@ -315,7 +319,7 @@ def _gre(s: SimpleNamespace, gre: Any) -> tuple[Encapsulation, Any] | None:
     proto = int(gre.proto)
     inner = gre.payload
     if proto == 0x88BE and not int(gre.seqnum_present):  # ERSPAN type I: no header
-        return Encapsulation.ERSPAN, s.Ether(_payload_bytes(s, inner))
+        return Encapsulation.ERSPAN, _as_bytes(s, s.Ether, _payload_bytes(s, inner))
     if proto == 0x88BE:
         if type(inner) is not s.ERSPAN_II or int(inner.ver) != 1:
             return None
@@ -336,7 +340,20 @@ def _gre(s: SimpleNamespace, gre: Any) -> tuple[Encapsulation, Any] | None:
 
 def _as(s: SimpleNamespace, cls: Any, layer: Any) -> Any:
     """``layer`` dissected as ``cls`` (scapy may have bound another layer there)."""
-    return layer if type(layer) is cls else cls(_payload_bytes(s, layer))
+    return layer if type(layer) is cls else _as_bytes(s, cls, _payload_bytes(s, layer))
+
+
+def _as_bytes(s: SimpleNamespace, cls: Any, data: bytes) -> Any:
+    """``cls(data)``, or ``Raw`` when scapy cannot dissect it (as its readers do).
+
+    No bytes is ``Raw`` too: scapy would build a layer of default values.
+    """
+    if not data:
+        return s.Raw(data)
+    try:
+        return cls(data)
+    except Exception:  # scapy raises struct.error and others on short input
+        return s.Raw(data)
 
 
 def _loopback_payload(s: SimpleNamespace, link: Any, raw: Any) -> Any:
