@@ -566,12 +566,44 @@ def chdlc_frame(layer: Packet) -> bytes:
     return struct.pack("!BBH", 0x0F, 0x00, 0x86DD if raw[0] >> 4 == 6 else 0x0800) + raw
 
 
-def ppi_frame(layer: Packet) -> bytes:
-    """PPI header (version 0, one 802.11-common-like 20-byte field left zero)
-    naming LINKTYPE_ETHERNET, then the Ethernet frame."""
+def ppi_frame(layer: Packet | bytes, dlt: int = LINKTYPE_ETHERNET) -> bytes:
+    """PPI header (version 0, one 802.11-common 20-byte field left zero) naming
+    ``dlt``, then the frame (a network-layer packet goes into Ethernet)."""
     field = struct.pack("<HH", 2, 20) + bytes(20)
-    frame_ = bytes(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / layer)
-    return struct.pack("<BBHI", 0, 0, 8 + len(field), LINKTYPE_ETHERNET) + field + frame_
+    if isinstance(layer, bytes):
+        frame_ = layer
+    else:
+        frame_ = bytes(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / layer)
+    return struct.pack("<BBHI", 0, 0, 8 + len(field), dlt) + field + frame_
+
+
+LINKTYPE_IEEE802_11 = 105
+MAC_AP = "02:00:00:00:00:aa"
+
+
+def dot11_data(layer: Packet, *, qos: bool = True, four_addresses: bool = False) -> bytes:
+    """An 802.11 data frame (to the AP; QoS data, or a 4-address WDS frame)
+    carrying ``layer`` in LLC/SNAP."""
+    from scapy.layers.dot11 import Dot11, Dot11QoS
+    from scapy.layers.l2 import LLC, SNAP
+
+    head = Dot11(type=2, subtype=8 if qos else 0, FCfield=3 if four_addresses else 1,
+                 addr1=MAC_AP, addr2=MAC_CLIENT, addr3=MAC_SERVER,
+                 addr4=MAC_CLIENT if four_addresses else None)
+    body = LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=0x86DD
+                                                   if bytes(layer)[0] >> 4 == 6 else 0x0800)
+    return bytes((head / Dot11QoS() if qos else head) / body / layer)
+
+
+def dot11_others() -> list[bytes]:
+    """A beacon and a protected (CCMP) data frame: no IP to read."""
+    from scapy.layers.dot11 import Dot11, Dot11Beacon, Dot11Elt
+
+    beacon = (Dot11(type=0, subtype=8, addr1="ff:ff:ff:ff:ff:ff", addr2=MAC_AP, addr3=MAC_AP)
+              / Dot11Beacon() / Dot11Elt(ID=0, info=b"portwatch"))
+    protected = Dot11(type=2, subtype=8, FCfield=0x41, addr1=MAC_AP, addr2=MAC_CLIENT,
+                      addr3=MAC_SERVER)
+    return [bytes(beacon), bytes(protected) + b"\x00\x00" + bytes(8) + bytes(40)]
 
 
 # -- truth ----------------------------------------------------------------------------
@@ -809,10 +841,15 @@ def build_files() -> tuple[dict[str, bytes], dict[str, dict[str, object]]]:
     truth["tunnels/linktype-chdlc-104.pcap"] = truth_of([*chdlc, Pkt(Raw(slarp), None)])
 
     ppi = [*tcp_handshake(49422, 443), *udp_exchange(49423, 8806)]
+    wifi = [*tcp_handshake(49424, 80), *dns_query(v6=True)]
+    wifi_frames = [ppi_frame(dot11_data(p.layer, qos=i != 1, four_addresses=i == 2),
+                             LINKTYPE_IEEE802_11) for i, p in enumerate(wifi)]
+    others = [ppi_frame(f, LINKTYPE_IEEE802_11) for f in dot11_others()]
+    ppi_data = [*(ppi_frame(p.layer) for p in ppi), *wifi_frames, *others]
     files["tunnels/linktype-ppi-192.pcap"] = write_pcap(
-        list(zip(timestamps(len(ppi)), [ppi_frame(p.layer) for p in ppi], strict=True)),
-        LINKTYPE_PPI)
-    truth["tunnels/linktype-ppi-192.pcap"] = truth_of(ppi)
+        list(zip(timestamps(len(ppi_data)), ppi_data, strict=True)), LINKTYPE_PPI)
+    truth["tunnels/linktype-ppi-192.pcap"] = truth_of(
+        [*ppi, *wifi, *(Pkt(Raw(f), None) for f in others)])
     return files, truth
 
 

@@ -317,11 +317,56 @@ def test_ppi_link_type_reads_the_frame_it_wraps() -> None:
     assert one(ppi(1, frame), LinkType.PPI)[:4] == (S.OK, 6, 40000, 443)
     field = struct.pack("<HH", 2, 4) + b"\0\0\0\0"  # one 4-byte PPI field
     assert one(ppi(1, frame, extra=field), LinkType.PPI)[:4] == (S.OK, 6, 40000, 443)
-    assert one(ppi(105, b"\x08\x00" + b"\0" * 30), LinkType.PPI)[0] == S.UNSUPPORTED_LINK
+    assert one(ppi(127, b"\x08\x00" + b"\0" * 30), LinkType.PPI)[0] == S.UNSUPPORTED_LINK
     assert one(ppi(1, frame, version=1), LinkType.PPI)[0] == S.MALFORMED
     assert one(ppi(192, ppi(1, frame)), LinkType.PPI)[0] == S.UNSUPPORTED_LINK  # no nesting
     header_only = struct.pack("<BBHI", 0, 0, 200, 1) + frame
     assert one(header_only, LinkType.PPI)[0] == S.MALFORMED  # its length past the packet
+
+
+def dot11(layer: Packet, *, subtype: int = 8, flags: int = 1, order: bool = False) -> bytes:
+    """An 802.11 data frame by hand: frame control, duration, three (or four)
+    addresses, sequence control, QoS (and HT) control, LLC/SNAP."""
+    fc = bytes([(subtype << 4) | (2 << 2), flags | (0x80 if order else 0)])
+    head = fc + b"\0\0" + bytes(18) + b"\0\0"
+    if flags & 3 == 3:
+        head += bytes(6)
+    if subtype & 8:
+        head += b"\0\0" + (bytes(4) if order else b"")
+    ethertype = 0x86DD if bytes(layer)[0] >> 4 == 6 else 0x0800
+    return head + b"\xaa\xaa\x03\x00\x00\x00" + struct.pack(">H", ethertype) + bytes(layer)
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (dot11(inner_tcp()), (S.OK, 6, 40000, 443, "")),
+        (dot11(inner_tcp(), subtype=0), (S.OK, 6, 40000, 443, "")),
+        (dot11(inner_udp6(), flags=3), (S.OK, 17, 5353, 53, "")),
+        (dot11(inner_tcp(), order=True), (S.OK, 6, 40000, 443, "")),
+        (dot11(inner_tcp(), flags=0x41), (S.NON_IP, 0, 0, 0, "")),  # protected
+        (dot11(inner_tcp(), subtype=12)[:26], (S.NON_IP, 0, 0, 0, "")),  # QoS null
+        (b"\xd4\x00\x00\x00" + bytes(6), (S.NON_IP, 0, 0, 0, "")),  # ACK
+        (b"\x80\x00" + bytes(22) + bytes(12), (S.NON_IP, 0, 0, 0, "")),  # beacon
+        (dot11(inner_tcp())[:30], (S.MALFORMED, 0, 0, 0, "")),  # SNAP cut
+    ],
+    ids=["qos-data", "data", "four-addresses", "ht-control", "protected", "qos-null", "ack",
+         "beacon", "short"],
+)
+def test_ieee802_11_link_type(frame: bytes, expected: tuple[int, int, int, int, str]) -> None:
+    assert one(frame, LinkType.IEEE802_11) == expected
+    assert one(ppi(LinkType.IEEE802_11, frame), LinkType.PPI) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(frame=st.binary(max_size=96),
+       linktype=st.sampled_from([LinkType.PPP, LinkType.C_HDLC, LinkType.PPI,
+                                 LinkType.IEEE802_11, LinkType.ETHERNET]))
+def test_random_frames_on_the_new_link_types_stay_inside_the_packet(
+        frame: bytes, linktype: int) -> None:
+    d = decode([frame], linktype)
+    assert int(d.status[0]) in set(DecodeStatus)
+    assert len(d) == 1
 
 
 def test_mixed_batch_keeps_plain_packets_as_they_were() -> None:
@@ -435,7 +480,11 @@ CROSS_CHECKED: dict[str, tuple[list[bytes], int]] = {
              b"\xff\x03\xc0\x21\x01\x01\x00\x04"], LinkType.PPP),
     "cisco-hdlc": ([b"\x0f\x00\x08\x00" + bytes(inner_tcp()),
                     b"\x8f\x00\x86\xdd" + bytes(inner_udp6())], LinkType.C_HDLC),
-    "ppi": ([ppi(1, bytes(Ether(**MACS) / inner_tcp()))], LinkType.PPI),
+    "ppi": ([ppi(1, bytes(Ether(**MACS) / inner_tcp())), ppi(105, dot11(inner_tcp()))],
+            LinkType.PPI),
+    "ieee802-11": ([dot11(inner_tcp()), dot11(inner_tcp(), subtype=0),
+                    dot11(inner_udp6(), flags=3), dot11(inner_tcp(), order=True),
+                    dot11(inner_tcp(), flags=0x41)], LinkType.IEEE802_11),
 }
 
 

@@ -27,6 +27,7 @@ class LinkType(IntEnum):
     RAW_DLT14 = 14  # DLT_RAW on BSD/OS-derived writers
     RAW = 101  # raw IPv4 or IPv6, sniffed from the version nibble
     C_HDLC = 104  # Cisco HDLC: address, control, ethertype
+    IEEE802_11 = 105  # 802.11 without radio header or FCS: data frames with LLC/SNAP
     LOOP = 108  # OpenBSD loopback: 4-byte family in network byte order
     LINUX_SLL = 113
     PPI = 192  # Per-Packet Information header naming the link type that follows

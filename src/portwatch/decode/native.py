@@ -520,6 +520,28 @@ def _ppp(r: _FieldLoads, start: I64, end: I64) -> _Link:
     return _by_ethertype(r, p + np.where(short, 1, 2), _PPP_TO_ETHERTYPE[proto], ok, end)
 
 
+def _dot11(r: _FieldLoads, start: I64, end: I64) -> _Link:
+    """IEEE 802.11 data frames: the MAC header (a fourth address between access
+    points, QoS control, HT control), then LLC/SNAP with an ethertype. Other
+    frames (management, control, null data, protected payloads) are not IP."""
+    ok = start + 2 <= end  # frame control; control frames are shorter than 24 bytes
+    base = np.where(ok, start, 0)
+    control = r.u8[base]
+    flags = r.u8[base + 1]
+    subtype = control >> 4
+    data = ok & (((control >> 2) & 3) == 2) & ((subtype & 0x4) == 0) & ((flags & 0x40) == 0)
+    qos = (subtype & 0x8) != 0
+    header = (24 + np.where((flags & 3) == 3, 6, 0) + np.where(qos, 2, 0)
+              + np.where(qos & ((flags & 0x80) != 0), 4, 0))
+    snap = start + header
+    has = data & (snap + 8 <= end)
+    at = np.where(has, snap, 0)
+    llc = (r.be16(at) == 0xAAAA) & (r.u8[at + 2] == 0x03) & (r.be16(at + 3) == 0) & (
+        (r.u8[at + 5] == 0) | (r.u8[at + 5] == 0xF8))
+    ethertype = np.where(has & llc, r.be16(at + 6), 0).astype(np.uint16)
+    return _by_ethertype(r, snap + 8, ethertype, ok & (~data | has), end)
+
+
 def _ppi(r: _FieldLoads, start: I64, end: I64) -> _Link:
     """Per-Packet Information: a little-endian header naming the link type of
     the frame that follows it (version 0, header length >= 8)."""
@@ -595,6 +617,8 @@ def _link(r: _FieldLoads, linktype: int, start: I64, end: I64) -> _Link:
         return _ethertype_link(r, start, end, proto_at=2, header=4)
     if linktype == LinkType.PPI:
         return _ppi(r, start, end)
+    if linktype == LinkType.IEEE802_11:
+        return _dot11(r, start, end)
     if linktype == _MODE_MPLS:
         n = start.shape[0]
         return _by_ethertype(r, start.copy(), np.full(n, _ETH_MPLS, dtype=np.uint16),

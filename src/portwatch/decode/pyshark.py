@@ -48,7 +48,7 @@ OVERRIDE_PREFS = {"ip.defragment": "FALSE", "ipv6.defragment": "FALSE"}
 #: Layers tshark may show before the IP layer that the native decoder also reads.
 _LINK_LAYERS = frozenset(("eth", "vlan", "ieee8021ad", "sll", "null", "loop", "raw", "frame",
                           "pkt_comment", "ethertype", "ppp", "chdlc", "ppi", "pcap_pktdata",
-                          "cfp"))
+                          "cfp", "wlan", "wlan_radio", "llc"))
 #: UDP tunnels: destination port (else source port) -> (kind, tshark's layer).
 _UDP_TUNNELS = {4789: (Encapsulation.VXLAN, "vxlan"), 6081: (Encapsulation.GENEVE, "geneve"),
                 2152: (Encapsulation.GTPU, "gtp")}

@@ -20,10 +20,11 @@ length). Tunnels are opened by the native decoder's rules (``_open_tunnels``):
 scapy dissects every header, but we choose the tunnel by UDP port or GRE
 protocol type ourselves, destination port first, and hand the payload to the
 layer scapy has for it when scapy's own bindings would pick another (scapy
-binds VXLAN to five ports, for one). Two more exceptions to "nothing parses
+binds VXLAN to five ports, for one). Three more exceptions to "nothing parses
 header bytes": a FabricPath header (scapy has no layer; the classical
-Ethernet frame starts 2 bytes into its payload) and ERSPAN type I (no header
-at all: scapy leaves the mirrored frame raw). Known differences are listed in
+Ethernet frame starts 2 bytes into its payload), ERSPAN type I (no header at
+all: scapy leaves the mirrored frame raw) and an 802.11 HT Control field
+(scapy does not skip its 4 bytes). Known differences are listed in
 ``docs/plugins.md``.
 
 scapy is imported only when this module's functions run.
@@ -111,7 +112,8 @@ def _scapy() -> SimpleNamespace:
         NoPayload=NoPayload,
         loopbacks=(Loopback, LoopbackOpenBSD),
         links=(Ether, Dot1Q, Dot1AD, CookedLinux, CookedLinuxV2, Loopback, LoopbackOpenBSD,
-               tunnels["PPP"], tunnels["HDLC"], tunnels["CHDLC"], tunnels["PPI"]),
+               tunnels["PPP"], tunnels["HDLC"], tunnels["CHDLC"], tunnels["PPI"],
+               *tunnels["dot11"]),
         transports={6: TCP, 17: UDP, 132: SCTP},
     )
 
@@ -128,11 +130,13 @@ def _tunnel_layers() -> dict[str, Any]:
         GTPPDUSessionContainer,
     )
     from scapy.contrib.mpls import MPLS
-    from scapy.layers.l2 import GRE
+    from scapy.layers.dot11 import Dot11, Dot11QoS
+    from scapy.layers.l2 import GRE, LLC, SNAP
     from scapy.layers.ppi import PPI
     from scapy.layers.ppp import HDLC, PPP, PPPoE
     from scapy.layers.vxlan import VXLAN
     return {"PPP": PPP, "HDLC": HDLC, "CHDLC": CHDLC, "PPI": PPI, "PPPoE": PPPoE, "MPLS": MPLS,
+            "dot11": (Dot11, Dot11QoS, LLC, SNAP),
             "GRE": GRE, "VXLAN": VXLAN, "GENEVE": GENEVE, "GTP_U_Header": GTP_U_Header,
             "gtp_extensions": (GTPPDUSessionContainer, GTP_UDPPort_ExtensionHeader,
                                GTP_PDCP_PDU_ExtensionHeader),
@@ -169,6 +173,11 @@ def _walk(s: SimpleNamespace, layer: Any, wire: int, *,
                            wire), None, []
             fabricpath = True  # FTag/TTL, then the classical Ethernet frame
             link, layer = layer, _as_bytes(s, s.Ether, data[2:])
+            continue
+        if kind is s.dot11[1] and link is not None and int(link.FCfield) & 0x80:
+            # HT Control follows QoS Control when the order bit is set (scapy skips it)
+            data = _payload_bytes(s, layer.payload)
+            link, layer = layer, _as_bytes(s, s.dot11[2], data[4:])
             continue
         if kind in s.links:
             if kind is s.PPP and int(layer.proto) in _PPP_MPLS:
@@ -377,7 +386,7 @@ def _link_says_ip(s: SimpleNamespace, link: Any) -> bool:
         return int(link.proto) in _PPP_IP
     if type(link) is s.PPI:
         return False
-    for name in ("type", "proto"):  # Ether/Dot1Q/SLL ``type``, SLL2 ``proto``
+    for name in ("type", "proto", "code"):  # Ether/Dot1Q/SLL, SLL2, SNAP
         try:
             value = int(link.getfieldval(name))
         except (AttributeError, TypeError, ValueError):
