@@ -214,6 +214,9 @@ _IS_TUNNEL_PORT.flags.writeable = False
 _IS_TUNNEL_PROTO = np.zeros(256, dtype=np.bool_)  # GRE, IPv4 and IPv6 in IP
 _IS_TUNNEL_PROTO[[47, 4, 41]] = True
 _IS_TUNNEL_PROTO.flags.writeable = False
+_IS_TAG_OR_FABRICPATH = _IS_TPID.copy()
+_IS_TAG_OR_FABRICPATH[_ETH_FABRICPATH] = True
+_IS_TAG_OR_FABRICPATH.flags.writeable = False
 _IS_SHIM = np.zeros(65536, dtype=np.bool_)  # ethertypes with a shim before IP
 _IS_SHIM[[0x8847, 0x8848, 0x8864]] = True
 _IS_SHIM.flags.writeable = False
@@ -482,27 +485,30 @@ def _ethernet(r: _FieldLoads, start: I64, end: I64) -> _Link:
     ok = start + 14 <= end
     ethertype = r.be16(np.where(ok, start, 0) + 12)
     l3 = start + 14
-    # Cisco FabricPath: outer MACs, 0x8903, a 2-byte FTag/TTL, then the whole
-    # classical Ethernet frame (its MACs and ethertype).
-    fabric = np.flatnonzero(ok & (ethertype == _ETH_FABRICPATH))
-    if fabric.size:
-        cut = l3[fabric] + 16 > end[fabric]
-        ok[fabric[cut]] = False
-        fabric = fabric[~cut]
-        ethertype[fabric] = r.be16(l3[fabric] + 14)
-        l3[fabric] += 16
-    for _ in range(MAX_VLAN_TAGS):
-        tagged = np.flatnonzero(ok & _IS_TPID[ethertype])
-        if tagged.size == 0:
-            break
-        cut = l3[tagged] + 4 > end[tagged]
-        ok[tagged[cut]] = False
-        tagged = tagged[~cut]
-        ethertype[tagged] = r.be16(l3[tagged] + 2)
-        l3[tagged] += 4
-    too_deep = ok & _IS_TPID[ethertype]
+    # Only frames with a VLAN tag or a FabricPath header go through the loop.
+    lanes = np.flatnonzero(ok & _IS_TAG_OR_FABRICPATH[ethertype])
+    if lanes.size:
+        # Cisco FabricPath: outer MACs, 0x8903, a 2-byte FTag/TTL, then the
+        # whole classical Ethernet frame (its MACs and ethertype).
+        fabric = lanes[ethertype[lanes] == _ETH_FABRICPATH]
+        if fabric.size:
+            cut = l3[fabric] + 16 > end[fabric]
+            ok[fabric[cut]] = False
+            fabric = fabric[~cut]
+            ethertype[fabric] = r.be16(l3[fabric] + 14)
+            l3[fabric] += 16
+        for _ in range(MAX_VLAN_TAGS):
+            lanes = lanes[ok[lanes] & _IS_TPID[ethertype[lanes]]]
+            if lanes.size == 0:
+                break
+            cut = l3[lanes] + 4 > end[lanes]
+            ok[lanes[cut]] = False
+            lanes = lanes[~cut]
+            ethertype[lanes] = r.be16(l3[lanes] + 2)
+            l3[lanes] += 4
+        lanes = lanes[ok[lanes] & _IS_TPID[ethertype[lanes]]]
     link = _by_ethertype(r, l3, ethertype, ok, end)
-    link.status[too_deep] = _MALFORMED  # deeper than MAX_VLAN_TAGS
+    link.status[lanes] = _MALFORMED  # deeper than MAX_VLAN_TAGS
     return link
 
 
@@ -694,7 +700,8 @@ def _decode_links(r: _FieldLoads, st: _State, modes: npt.NDArray[Any], start: I6
         else:
             link = _link(r, mode, start[idx], st.end[idx])
             st.l3[idx], st.version[idx], st.out.status[idx] = link.l3, link.version, link.status
-            st.out.encap[idx], st.depth[idx] = link.encap, link.depth
+            if link.depth.any():
+                st.out.encap[idx], st.depth[idx] = link.encap, link.depth
 
 
 def _check_versions(r: _FieldLoads, st: _State) -> tuple[I64, I64]:
