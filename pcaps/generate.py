@@ -16,6 +16,12 @@ dynamic range; otherwise the lower port (a flow between two dynamic ports is
 generated with the lower port as the server). Non-first IP fragments count
 with their datagram's flow. ``without_ports`` counts packets that belong to no
 flow (ARP, ICMP).
+
+Tunnels: a tunnelled packet counts in its inner flow (its ``tag``) and, for a
+tunnel over UDP (VXLAN, Geneve, GTP-U), in the tunnel's own flow too
+(``outer``), so a file's ``by_service`` counts such a packet twice.
+``by_encapsulation`` counts packets by the encapsulations of their inner flow,
+outermost first ("vxlan", "gre+mpls").
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ V6_CLIENT, V6_SERVER = "2001:db8::10", "2001:db8:1::20"
 
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
 LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2 = 113, 228, 229, 276
+LINKTYPE_PPP, LINKTYPE_C_HDLC, LINKTYPE_PPI = 9, 104, 192
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class Pkt:
     layer: Packet
     tag: str | None  # "tcp/80" etc.; None when the packet shows no ports
     comment: str = ""
+    outer: str | None = None  # the tunnel's own flow ("udp/4789"), counted too
+    encap: str = ""  # encapsulations of the inner flow, outermost first
 
 
 # -- traffic ------------------------------------------------------------------------
@@ -345,16 +354,273 @@ def ng_dsb() -> bytes:
     return ng_block(0x0000000A, struct.pack("<II", 0x544C534B, len(secret)) + secret)
 
 
+# -- tunnels and other link types ----------------------------------------------------
+# Outer (underlay) endpoints of tunnels, and the MACs of frames inside them.
+T4_A, T4_B = "203.0.113.1", "203.0.113.2"
+T6_A, T6_B = "2001:db8:ffff::1", "2001:db8:ffff::2"
+MAC_INNER_A, MAC_INNER_B = "02:00:00:00:01:01", "02:00:00:00:01:02"
+
+
+def underlay(*, v6: bool = False) -> Packet:
+    eth = Ether(src=MAC_CLIENT, dst=MAC_SERVER)
+    return eth / (IPv6(src=T6_A, dst=T6_B) if v6 else IP(src=T4_A, dst=T4_B, id=7))
+
+
+def inner_ether(layer: Packet) -> Packet:
+    return Ether(src=MAC_INNER_A, dst=MAC_INNER_B) / layer
+
+
+def wrapped(inner: list[Pkt], wrap: object, encap: str, outer: str | None = None) -> list[Pkt]:
+    """Each inner packet inside ``wrap(inner layer)``; a tag-less inner packet
+    (ARP) stays the tunnel's own flow, uncounted as an encapsulation."""
+    out = []
+    for p in inner:
+        layer = wrap(p.layer)  # type: ignore[operator]
+        if p.tag is None:
+            out.append(Pkt(layer, outer, p.comment))
+        else:
+            out.append(Pkt(layer, p.tag, p.comment, outer=outer, encap=encap))
+    return out
+
+
+def vxlan_traffic() -> list[Pkt]:
+    from scapy.layers.vxlan import VXLAN
+
+    def wrap(layer: Packet) -> Packet:
+        return underlay() / UDP(sport=49320, dport=4789) / VXLAN(vni=4242) / inner_ether(layer)
+
+    inner = [*tcp_handshake(49321, 80), *dns_query()]
+    arp_inside = Pkt(ARP(op=1, hwsrc=MAC_INNER_A, psrc="10.0.0.1", pdst="10.0.0.2"), None)
+    return [*wrapped(inner, wrap, "vxlan", "udp/4789"),
+            *wrapped([arp_inside], wrap, "", "udp/4789")]
+
+
+def geneve_traffic() -> list[Pkt]:
+    from scapy.contrib.geneve import GENEVE, GeneveOptions
+
+    option = GeneveOptions(classid=0x0104, type=0x01, data=b"\x00\x00\x00\x2a")
+
+    def ethernet(layer: Packet) -> Packet:
+        return (underlay() / UDP(sport=49330, dport=6081)
+                / GENEVE(vni=77, proto=0x6558, options=[option]) / inner_ether(layer))
+
+    def ip(layer: Packet) -> Packet:
+        return underlay() / UDP(sport=49331, dport=6081) / GENEVE(vni=78, proto=0x0800) / layer
+
+    return [*wrapped(tcp_handshake(49332, 443), ethernet, "geneve", "udp/6081"),
+            *wrapped(dns_query(), ip, "geneve", "udp/6081")]
+
+
+def gre_traffic() -> list[Pkt]:
+    from scapy.layers.l2 import GRE
+
+    def keyed(layer: Packet) -> Packet:
+        return underlay() / GRE(key_present=1, key=1001, seqnum_present=1) / layer
+
+    def bridged(layer: Packet) -> Packet:
+        return underlay() / GRE(proto=0x6558) / inner_ether(layer)
+
+    def over_v6(layer: Packet) -> Packet:
+        return underlay(v6=True) / GRE(proto=0x86DD) / layer
+
+    return [*wrapped(tcp_handshake(49340, 22), keyed, "gre"),
+            *wrapped(udp_exchange(49341, 8806), bridged, "gre"),
+            *wrapped(dns_query(v6=True), over_v6, "gre")]
+
+
+def erspan_traffic() -> list[Pkt]:
+    from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III, ERSPAN_PlatformSpecific
+    from scapy.layers.l2 import GRE
+
+    def type_i(layer: Packet) -> Packet:
+        return underlay() / GRE(proto=0x88BE) / bytes(inner_ether(layer))
+
+    def type_ii(layer: Packet) -> Packet:
+        return (underlay() / GRE(proto=0x88BE, seqnum_present=1, sequence_number=5)
+                / ERSPAN_II(session_id=10) / inner_ether(layer))
+
+    def type_iii(layer: Packet) -> Packet:
+        return (underlay() / GRE(proto=0x22EB, seqnum_present=1, sequence_number=6)
+                / ERSPAN_III(session_id=11, o=1) / ERSPAN_PlatformSpecific(platf_id=3)
+                / inner_ether(layer))
+
+    return [*wrapped(udp_exchange(49350, 53, DNS_QUERY), type_i, "erspan"),
+            *wrapped(tcp_handshake(49351, 443), type_ii, "erspan"),
+            *wrapped(udp_exchange(49352, 8806), type_iii, "erspan")]
+
+
+def ipip_traffic() -> list[Pkt]:
+    def over_v4(layer: Packet) -> Packet:
+        return underlay() / layer
+
+    def over_v6(layer: Packet) -> Packet:
+        return underlay(v6=True) / layer
+
+    return [*wrapped(tcp_handshake(49360, 80), over_v4, "ipip"),
+            *wrapped(dns_query(v6=True), over_v4, "ip6ip"),
+            *wrapped(udp_exchange(49361, 8806), over_v6, "ipip"),
+            *wrapped(tcp_handshake(49362, 443, v6=True), over_v6, "ip6ip")]
+
+
+def gtpu_traffic() -> list[Pkt]:
+    from scapy.contrib.gtp import GTP_U_Header, GTPPDUSessionContainer
+
+    def plain(layer: Packet) -> Packet:
+        return underlay() / UDP(sport=2152, dport=2152) / GTP_U_Header(teid=0x1001) / layer
+
+    def extended(layer: Packet) -> Packet:
+        return (underlay() / UDP(sport=2152, dport=2152)
+                / GTP_U_Header(teid=0x1002, E=1, next_ex=0x85)
+                / GTPPDUSessionContainer(type=1, QFI=9) / layer)
+
+    echo = Pkt(underlay() / UDP(sport=2152, dport=2152) / GTP_U_Header(gtp_type=1, S=1, seq=1),
+               "udp/2152")
+    return [*wrapped(tcp_handshake(49370, 80), plain, "gtpu", "udp/2152"),
+            *wrapped(dns_query(v6=True), extended, "gtpu", "udp/2152"),
+            echo]
+
+
+def mpls_traffic() -> list[Pkt]:
+    from scapy.contrib.mpls import MPLS
+    from scapy.layers.vxlan import VXLAN
+
+    def one_label(layer: Packet) -> Packet:
+        return Ether(src=MAC_CLIENT, dst=MAC_SERVER) / MPLS(label=16, ttl=64) / layer
+
+    def three_labels(layer: Packet) -> Packet:
+        return (Ether(src=MAC_CLIENT, dst=MAC_SERVER) / MPLS(label=100, s=0, ttl=64)
+                / MPLS(label=200, s=0, ttl=64) / MPLS(label=300, ttl=64) / layer)
+
+    def in_vxlan(layer: Packet) -> Packet:
+        return (underlay() / UDP(sport=49380, dport=4789) / VXLAN(vni=9)
+                / Ether(src=MAC_INNER_A, dst=MAC_INNER_B, type=0x8847)
+                / MPLS(label=17, ttl=64) / layer)
+
+    return [*wrapped(tcp_handshake(49381, 443), one_label, "mpls"),
+            *wrapped(dns_query(v6=True), three_labels, "mpls"),
+            *wrapped(udp_exchange(49382, 8806), in_vxlan, "vxlan+mpls", "udp/4789")]
+
+
+def pppoe_traffic() -> list[Pkt]:
+    from scapy.layers.ppp import PPP, PPPoE
+
+    def session(proto: int) -> object:
+        def wrap(layer: Packet) -> Packet:
+            return (Ether(src=MAC_CLIENT, dst=MAC_SERVER) / PPPoE(sessionid=0x11)
+                    / PPP(proto=proto) / layer)
+        return wrap
+
+    lcp = Pkt(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / PPPoE(sessionid=0x11) / PPP(proto=0xC021)
+              / Raw(bytes.fromhex("0901000800000000")), None)  # LCP echo request
+    return [*wrapped(tcp_handshake(49390, 80), session(0x0021), "pppoe"),
+            *wrapped(dns_query(v6=True), session(0x0057), "pppoe"),
+            lcp]
+
+
+def nested_traffic() -> list[Pkt]:
+    """VXLAN inside GRE, and GRE inside IP-in-IP inside VXLAN."""
+    from scapy.layers.l2 import GRE
+    from scapy.layers.vxlan import VXLAN
+
+    def vxlan_in_gre(layer: Packet) -> Packet:
+        return (underlay() / GRE() / IP(src="198.18.0.1", dst="198.18.0.2", id=8)
+                / UDP(sport=49400, dport=4789) / VXLAN(vni=1) / inner_ether(layer))
+
+    def deep(layer: Packet) -> Packet:
+        return (underlay() / UDP(sport=49401, dport=4789) / VXLAN(vni=2)
+                / inner_ether(IP(src="198.18.1.1", dst="198.18.1.2", id=9)
+                              / IP(src="198.18.2.1", dst="198.18.2.2", id=10) / GRE() / layer))
+
+    return [*wrapped(tcp_handshake(49402, 80), vxlan_in_gre, "gre+vxlan", "udp/4789"),
+            *wrapped(udp_exchange(49403, 8806), deep, "vxlan+ipip+gre", "udp/4789")]
+
+
+def fabricpath_traffic() -> list[Pkt]:
+    """Cisco FabricPath: outer switch MACs, ethertype 0x8903, FTag/TTL, then the
+    classical Ethernet frame (scapy has no layer: the header is built here)."""
+    header = (bytes.fromhex("020000000a01" "020000000a02")
+              + struct.pack("!HH", 0x8903, (1 << 6) | 32))
+
+    def wrap(layer: Packet) -> Packet:
+        return Ether(header + bytes(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / layer))
+
+    def tagged(layer: Packet) -> Packet:
+        return Ether(header + bytes(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / Dot1Q(vlan=30)
+                                    / layer))
+
+    return [*wrapped(tcp_handshake(49410, 443), wrap, ""),
+            *wrapped(dns_query(), tagged, "")]
+
+
+def ppp_frame(layer: Packet, *, framed: bool = True, compressed: bool = False) -> bytes:
+    """LINKTYPE_PPP: HDLC-like address/control (or not), then the protocol (one
+    byte when compressed)."""
+    raw = bytes(layer)
+    proto = 0x0057 if raw[0] >> 4 == 6 else 0x0021
+    head = b"\xff\x03" if framed else b""
+    return head + (bytes([proto]) if compressed else struct.pack("!H", proto)) + raw
+
+
+def chdlc_frame(layer: Packet) -> bytes:
+    raw = bytes(layer)
+    return struct.pack("!BBH", 0x0F, 0x00, 0x86DD if raw[0] >> 4 == 6 else 0x0800) + raw
+
+
+def ppi_frame(layer: Packet | bytes, dlt: int = LINKTYPE_ETHERNET) -> bytes:
+    """PPI header (version 0, one 802.11-common 20-byte field left zero) naming
+    ``dlt``, then the frame (a network-layer packet goes into Ethernet)."""
+    field = struct.pack("<HH", 2, 20) + bytes(20)
+    if isinstance(layer, bytes):
+        frame_ = layer
+    else:
+        frame_ = bytes(Ether(src=MAC_CLIENT, dst=MAC_SERVER) / layer)
+    return struct.pack("<BBHI", 0, 0, 8 + len(field), dlt) + field + frame_
+
+
+LINKTYPE_IEEE802_11 = 105
+MAC_AP = "02:00:00:00:00:aa"
+
+
+def dot11_data(layer: Packet, *, qos: bool = True, four_addresses: bool = False) -> bytes:
+    """An 802.11 data frame (to the AP; QoS data, or a 4-address WDS frame)
+    carrying ``layer`` in LLC/SNAP."""
+    from scapy.layers.dot11 import Dot11, Dot11QoS
+    from scapy.layers.l2 import LLC, SNAP
+
+    head = Dot11(type=2, subtype=8 if qos else 0, FCfield=3 if four_addresses else 1,
+                 addr1=MAC_AP, addr2=MAC_CLIENT, addr3=MAC_SERVER,
+                 addr4=MAC_CLIENT if four_addresses else None)
+    body = LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=0x86DD
+                                                   if bytes(layer)[0] >> 4 == 6 else 0x0800)
+    return bytes((head / Dot11QoS() if qos else head) / body / layer)
+
+
+def dot11_others() -> list[bytes]:
+    """A beacon and a protected (CCMP) data frame: no IP to read."""
+    from scapy.layers.dot11 import Dot11, Dot11Beacon, Dot11Elt
+
+    beacon = (Dot11(type=0, subtype=8, addr1="ff:ff:ff:ff:ff:ff", addr2=MAC_AP, addr3=MAC_AP)
+              / Dot11Beacon() / Dot11Elt(ID=0, info=b"portwatch"))
+    protected = Dot11(type=2, subtype=8, FCfield=0x41, addr1=MAC_AP, addr2=MAC_CLIENT,
+                      addr3=MAC_SERVER)
+    return [bytes(beacon), bytes(protected) + b"\x00\x00" + bytes(8) + bytes(40)]
+
+
 # -- truth ----------------------------------------------------------------------------
 
 
 def truth_of(packets: list[Pkt]) -> dict[str, object]:
     tags = Counter(p.tag for p in packets if p.tag)
-    return {
+    tags.update(p.outer for p in packets if p.outer)
+    truth: dict[str, object] = {
         "packets": len(packets),
         "by_service": dict(sorted(tags.items())),
-        "without_ports": sum(1 for p in packets if p.tag is None),
+        "without_ports": sum(1 for p in packets if p.tag is None and p.outer is None),
     }
+    encaps = Counter(p.encap for p in packets if p.encap)
+    if encaps:
+        truth["by_encapsulation"] = dict(sorted(encaps.items()))
+    return truth
 
 
 # -- the files ----------------------------------------------------------------------
@@ -537,12 +803,60 @@ def build_files() -> tuple[dict[str, bytes], dict[str, dict[str, object]]]:
         **truth_of(small[:6]),
         "truncated_at": offset,
     }
+
+    # Tunnels, label stacks, PPPoE and FabricPath on Ethernet, in tunnels/: the
+    # Wireshark plugin's tests read the top folder, and the plugin does not
+    # follow tunnels (yet).
+    for name, pkts in {
+        "tunnels/tunnel-vxlan.pcap": vxlan_traffic(),
+        "tunnels/tunnel-geneve.pcap": geneve_traffic(),
+        "tunnels/tunnel-gre.pcap": gre_traffic(),
+        "tunnels/tunnel-erspan.pcap": erspan_traffic(),
+        "tunnels/tunnel-ipip.pcap": ipip_traffic(),
+        "tunnels/tunnel-gtpu.pcap": gtpu_traffic(),
+        "tunnels/tunnel-mpls.pcap": mpls_traffic(),
+        "tunnels/tunnel-pppoe.pcap": pppoe_traffic(),
+        "tunnels/tunnel-nested.pcap": nested_traffic(),
+        "tunnels/fabricpath.pcap": fabricpath_traffic(),
+    }.items():
+        data = [bytes(p.layer) for p in pkts]
+        files[name] = write_pcap(list(zip(timestamps(len(pkts)), data, strict=True)),
+                                 LINKTYPE_ETHERNET)
+        truth[name] = truth_of(pkts)
+
+    # The link types of WAN and wireless captures.
+    ppp = [*tcp_handshake(49420, 80), *dns_query(v6=True)]
+    ppp_data = [ppp_frame(p.layer, framed=i % 2 == 0, compressed=i == 3)
+                for i, p in enumerate(ppp)]
+    lcp = b"\xff\x03\xc0\x21" + bytes.fromhex("0901000800000000")
+    files["tunnels/linktype-ppp-9.pcap"] = write_pcap(
+        list(zip(timestamps(len(ppp) + 1), [*ppp_data, lcp], strict=True)), LINKTYPE_PPP)
+    truth["tunnels/linktype-ppp-9.pcap"] = truth_of([*ppp, Pkt(Raw(lcp), None)])
+
+    chdlc = [*tcp_handshake(49421, 22), *dns_query(v6=True)]
+    slarp = struct.pack("!BBH", 0x8F, 0x00, 0x8035) + bytes(18)
+    files["tunnels/linktype-chdlc-104.pcap"] = write_pcap(
+        list(zip(timestamps(len(chdlc) + 1), [*map(chdlc_frame, (p.layer for p in chdlc)),
+                                              slarp], strict=True)), LINKTYPE_C_HDLC)
+    truth["tunnels/linktype-chdlc-104.pcap"] = truth_of([*chdlc, Pkt(Raw(slarp), None)])
+
+    ppi = [*tcp_handshake(49422, 443), *udp_exchange(49423, 8806)]
+    wifi = [*tcp_handshake(49424, 80), *dns_query(v6=True)]
+    wifi_frames = [ppi_frame(dot11_data(p.layer, qos=i != 1, four_addresses=i == 2),
+                             LINKTYPE_IEEE802_11) for i, p in enumerate(wifi)]
+    others = [ppi_frame(f, LINKTYPE_IEEE802_11) for f in dot11_others()]
+    ppi_data = [*(ppi_frame(p.layer) for p in ppi), *wifi_frames, *others]
+    files["tunnels/linktype-ppi-192.pcap"] = write_pcap(
+        list(zip(timestamps(len(ppi_data)), ppi_data, strict=True)), LINKTYPE_PPI)
+    truth["tunnels/linktype-ppi-192.pcap"] = truth_of(
+        [*ppi, *wifi, *(Pkt(Raw(f), None) for f in others)])
     return files, truth
 
 
 def main() -> int:
     files, truth = build_files()
     for name, data in files.items():
+        (OUT / name).parent.mkdir(exist_ok=True)
         (OUT / name).write_bytes(data)
     (OUT / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
     total = sum(len(d) for d in files.values())

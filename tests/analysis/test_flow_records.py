@@ -37,7 +37,7 @@ LEGACY_FIELDS = ["transport", "client", "client_port", "server", "service_port",
                  "status", "method", "flags", "reasons", "packets", "bytes",
                  "packets_to_service", "packets_from_service", "bytes_to_service",
                  "bytes_from_service", "first_seen", "last_seen", "capture"]
-NEW_FIELDS = ["start_time", "duration", "conn_state", "community_id"]
+NEW_FIELDS = ["start_time", "duration", "conn_state", "community_id", "encapsulation"]
 
 
 def tcp(flags: str, *, to_server: bool = True) -> bytes:

@@ -193,3 +193,22 @@ def test_registry_facts_without_transports_fall_back_to_an_empty_transport(loade
     core.registry_facts = RegistryFacts({"assigned": 3}, None, ())
     assert _families(core)["portwatch_registry_records"] == {
         (("kind", "assigned"), ("transport", "")): 3.0}
+
+
+def test_a_tunnelled_packet_counts_in_its_inner_and_its_outer_flow(official_csv: Path) -> None:
+    """As `analyze` counts it: the VXLAN packet adds to udp/4789 and to the inner flow."""
+    from portwatch.capture.files.reader import read_capture_path
+
+    capture = Path(__file__).resolve().parents[2] / "pcaps" / "tunnels" / "tunnel-vxlan.pcap"
+    if not capture.exists():
+        pytest.skip("pcaps/tunnels/tunnel-vxlan.pcap is missing: run `make pcaps`")
+    table = load_table([str(official_csv)], cache=None).table
+    counters = TrafficCounters(table, FlowLimits(), RegistryFacts.of(table, None))
+    with read_capture_path(str(capture)) as reader:
+        for batch in reader:
+            counters.feed(batch)
+    traffic = counters.snapshot().traffic
+    outer = sum(v[0] for (t, svc, _), v in traffic.items() if t == "udp" and svc == "vxlan")
+    total = sum(v[0] for v in traffic.values())
+    assert outer > 0
+    assert total > outer  # the inner flows are counted as well

@@ -20,7 +20,8 @@ from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageErr
 from portwatch.porttable.table import PortTable
 
 PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
-SAMPLES = sorted(p.name for p in PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else []
+SAMPLES = sorted(str(p.relative_to(PCAPS)) for p in [*PCAPS.glob("*.pcap*"),
+                                                     *PCAPS.glob("tunnels/*.pcap*")])
 
 Batches = Iterator[tuple[DecodedBatch, npt.NDArray[np.int64]]]
 
@@ -56,7 +57,8 @@ def _summary(analyzer: Analyzer) -> dict[str, Any]:
         "services": [(s.transport, s.port, s.service, s.status, s.packets, s.bytes, s.flows)
                      for s in report.services],
         "flows": sorted((f.transport, f.client, f.client_port, f.server, f.service_port,
-                         f.method, tuple(f.flags), f.packets, f.bytes) for f in report.flows),
+                         f.method, tuple(f.flags), f.packets, f.bytes, f.encapsulation)
+                        for f in report.flows),
     }
 
 

@@ -19,6 +19,13 @@ flow. Which side is the *service* is decided from the whole flow
 For a Zeek-style connection state (``portwatch.analysis.conn_state``) each
 flow also keeps the OR of the TCP flags sent in each direction and the flags
 and direction of its first packet.
+
+Tunnels: a decoded row is the innermost packet (``DecodedBatch``), and the
+outer layers the decoder opened are in ``DecodedBatch.tunnels``. ``update``
+counts both: a VXLAN packet adds one packet and its whole wire length to its
+inner flow *and* to its udp/4789 flow, as ``tshark -z conv`` counts a frame in
+every conversation it belongs to. (Capture totals, in ``Analyzer``, count it
+once.) ``encap`` is the encapsulation stack of a flow's first packet.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ _ACK = np.uint8(0x10)
 #: ``FlowTable.handshake_side`` codes: no SYN or SYN-ACK seen yet, the service is A, is B.
 _SIDE_UNKNOWN, _SIDE_A, _SIDE_B = 0, 1, 2
 _FIRST_DYNAMIC = DYNAMIC_PORTS.start
+_NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 _KEY_DTYPE = np.dtype([("t", "u1"), ("ah", "u8"), ("al", "u8"), ("ap", "u2"),
                        ("bh", "u8"), ("bl", "u8"), ("bp", "u2")])
 
@@ -83,6 +92,8 @@ class FlowTable:
         self._free: list[int] = []  # rows of evicted flows, reused first
         self.size = 0  # rows in use or freed; row indices stay stable
         self.evicted = 0
+        #: The last ``update``'s outer tunnel layers: (packet, flow (-1: none)) of each.
+        self.last_tunnel_flows: tuple[I64, I64] = (_NO_ROWS, _NO_ROWS)
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -106,6 +117,7 @@ class FlowTable:
         grow("first_flags", np.uint8)
         grow("first_from_a", np.bool_)
         grow("alive", np.bool_)
+        grow("encap", np.uint16)
         self.capacity = capacity
 
     # typed views of the columns
@@ -122,6 +134,7 @@ class FlowTable:
     first_flags: U8  # TCP flags of the flow's earliest packet (0: not TCP)
     first_from_a: Bool  # the earliest packet went from A to B
     alive: Bool
+    encap: npt.NDArray[np.uint16]  # DecodedBatch.encap of the flow's first packet
 
     def __len__(self) -> int:
         """Flows currently held (evicted ones excluded)."""
@@ -146,7 +159,19 @@ class FlowTable:
         return self.bytes_ab[: self.size] + self.bytes_ba[: self.size]
 
     def update(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:
-        """Add a batch; return each packet's flow index (-1: not in any flow)."""
+        """Add a batch; return each packet's flow index (-1: not in any flow).
+
+        Outer tunnel layers are counted first, in flows of their own; the
+        index returned is the flow of each packet's row (its inner packet).
+        """
+        if decoded.tunnels.shape[1]:
+            packet, outer = decoded.tunnel_batch()
+            self.last_tunnel_flows = (packet, self._update_rows(outer, timestamps_ns[packet]))
+        else:
+            self.last_tunnel_flows = (_NO_ROWS, _NO_ROWS)
+        return self._update_rows(decoded, timestamps_ns)
+
+    def _update_rows(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:
         n = len(decoded)
         flow_of_packet = np.full(n, -1, dtype=np.int64)
         transport = TRANSPORT_OF_PROTO[decoded.ip_proto]
@@ -168,6 +193,8 @@ class FlowTable:
         keys["bp"] = np.where(swap, sp, dp)
         inverse, first = self._group(keys)
         flows = self._flow_ids(keys[first])
+        fresh = (self.packets_ab[flows] == 0) & (self.packets_ba[flows] == 0)
+        self.encap[flows[fresh]] = decoded.encap[idx[first[fresh]]]
         per_packet = flows[inverse]
         flow_of_packet[idx] = per_packet
         self._count(decoded, idx, per_packet, ~swap, timestamps_ns[idx])
@@ -281,7 +308,8 @@ class FlowTable:
         for i in range(rows.size):
             self._index.pop(raw[i * width : (i + 1) * width], None)
         for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side",
-                     "tcp_flags_ab", "tcp_flags_ba", "first_flags", "first_from_a"):
+                     "tcp_flags_ab", "tcp_flags_ba", "first_flags", "first_from_a",
+                     "encap"):
             getattr(self, name)[rows] = 0
         self.first_ns[rows] = np.iinfo(np.int64).max
         self.last_ns[rows] = np.iinfo(np.int64).min

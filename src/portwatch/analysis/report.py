@@ -30,7 +30,7 @@ from portwatch.analysis.verdict import (
     port_reasons,
     reasons,
 )
-from portwatch.decode.native import DecodeStatus
+from portwatch.decode.native import DecodeStatus, encapsulation_labels
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
@@ -113,6 +113,9 @@ class FlowReport:
     conn_state: str = ""
     #: Community ID v1 of the flow (seed 0), as Zeek, Suricata and Wireshark give it.
     community_id: str = ""
+    #: Encapsulations the flow's first packet was found in, outermost first
+    #: ("vxlan", "gre+mpls"); "" for none.
+    encapsulation: str = ""
 
     @property
     def flagged(self) -> bool:
@@ -302,6 +305,7 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
     cli_port, statuses = dec.client_port.tolist(), dec.status.tolist()
     flag_bits, rules, sids = dec.flags.tolist(), dec.rule.tolist(), dec.service_id.tolist()
     transports = dec.transport.tolist()
+    encapsulations = encapsulation_labels(ft.encap[live])
     assigned_only = table.assigned_only
     out: list[FlowReport] = []
     for j in range(live.size):
@@ -337,6 +341,7 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
             duration=duration[j],
             conn_state=states[j],
             community_id=community[j],
+            encapsulation=encapsulations[j],
         ))
     return out
 

@@ -22,11 +22,15 @@ class LinkType(IntEnum):
 
     NULL = 0  # BSD loopback: 4-byte family in the writer's byte order
     ETHERNET = 1
+    PPP = 9  # PPP (RFC 1661), with or without HDLC-like address and control
     RAW_DLT12 = 12  # DLT_RAW as most BSDs and old libpcap wrote it
     RAW_DLT14 = 14  # DLT_RAW on BSD/OS-derived writers
     RAW = 101  # raw IPv4 or IPv6, sniffed from the version nibble
+    C_HDLC = 104  # Cisco HDLC: address, control, ethertype
+    IEEE802_11 = 105  # 802.11 without radio header or FCS: data frames with LLC/SNAP
     LOOP = 108  # OpenBSD loopback: 4-byte family in network byte order
     LINUX_SLL = 113
+    PPI = 192  # Per-Packet Information header naming the link type that follows
     IPV4 = 228
     IPV6 = 229
     LINUX_SLL2 = 276

@@ -175,6 +175,11 @@ class TrafficCounters:
             in_flow = flow_of_packet >= 0
             if in_flow.any():
                 self._count_flows(flow_of_packet[in_flow], decoded.wirelen[in_flow])
+            # a tunnelled packet counts in its outer flows too (udp/4789 ...), as analyze does
+            packets, outer = self.analyzer.flows.last_tunnel_flows
+            keep = outer >= 0
+            if keep.any():
+                self._count_flows(outer[keep], decoded.wirelen[packets[keep]])
             self._enforce_limit()
 
     def _count_received(self, batch: PacketBatch, names: Sequence[str]) -> None:

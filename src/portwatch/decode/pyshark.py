@@ -9,11 +9,14 @@ IP reassembly is switched off (``ip.defragment``/``ipv6.defragment``), so
 every record stays one packet: non-first fragments are ``FRAGMENT`` and the
 first fragment carries the ports, exactly as in the native decoder.
 
-Which packets count follows the native decoder: IP must sit directly on the
-link layer (after VLAN tags), the outermost IP header decides, and a
+Which packets count follows the native decoder: IP must sit on the link layer
+(after VLAN tags, FabricPath, a PPPoE session, an MPLS label stack), and a
 transport header tshark could not dissect is ``MALFORMED`` when tshark says
 the packet is malformed (the IP header's declared length cut it) and
-``TRUNCATED`` otherwise. Known differences are listed in ``docs/plugins.md``.
+``TRUNCATED`` otherwise. Tunnels are opened by the native decoder's rules
+(``_open_tunnels``) on tshark's layers: the tunnel is chosen by UDP port
+(destination first) or IP protocol, and tshark must have dissected it as that
+tunnel. Known differences are listed in ``docs/plugins.md``.
 
 pyshark is imported only when this module's functions run.
 """
@@ -27,7 +30,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from portwatch.decode.native import DecodedBatch, DecodeStatus
+from portwatch.decode.native import (
+    MAX_ENCAPSULATIONS,
+    MAX_MPLS_LABELS,
+    DecodedBatch,
+    DecodeStatus,
+    Encapsulation,
+)
 from portwatch.decode.rows import Row, address_int, rows_to_batch, timestamp_ns
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError
 
@@ -38,7 +47,11 @@ OVERRIDE_PREFS = {"ip.defragment": "FALSE", "ipv6.defragment": "FALSE"}
 
 #: Layers tshark may show before the IP layer that the native decoder also reads.
 _LINK_LAYERS = frozenset(("eth", "vlan", "ieee8021ad", "sll", "null", "loop", "raw", "frame",
-                          "pkt_comment"))
+                          "pkt_comment", "ethertype", "ppp", "chdlc", "ppi", "pcap_pktdata",
+                          "cfp", "wlan", "wlan_radio", "llc"))
+#: UDP tunnels: destination port (else source port) -> (kind, tshark's layer).
+_UDP_TUNNELS = {4789: (Encapsulation.VXLAN, "vxlan"), 6081: (Encapsulation.GENEVE, "geneve"),
+                2152: (Encapsulation.GTPU, "gtp")}
 _TRANSPORT_LAYERS = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp"}
 _ICMP = frozenset((1, 58))
 _MAX_IPV6_EXTENSIONS = 8
@@ -92,28 +105,118 @@ def _field(layer: Any, name: str) -> int | None:
 
 # -- dissection --------------------------------------------------------------------
 def dissect(packet: Any) -> Row:
-    """The decoded fields of one pyshark packet, as the flow engine needs them."""
+    """The decoded fields of one pyshark packet, as the flow engine needs them.
+
+    A tunnel's inner packet is the row; the rows it replaced are its
+    ``tunnels`` (outermost first), as in the native decoder.
+    """
     wire = int(packet.length)
     layers = list(packet.layers)
     names = [str(layer.layer_name) for layer in layers]
     problem = DecodeStatus.MALFORMED if "_ws.malformed" in names else DecodeStatus.TRUNCATED
-    for i, name in enumerate(names):
+    row, after, kinds = _walk(layers, names, 0, wire, problem)
+    return _open_tunnels(layers, names, (row, after, kinds), wire, problem)
+
+
+def _walk(layers: list[Any], names: list[str], start: int, wire: int,
+          problem: DecodeStatus) -> tuple[Row, int | None, list[Encapsulation]]:
+    """(row, index of its last layer, shims crossed) from ``layers[start]`` on."""
+    kinds: list[Encapsulation] = []
+    labels = 0
+    for i in range(start, len(names)):
+        name = names[i]
         if name in ("ip", "ipv6"):
-            if name == "ip":
-                return _ipv4(layers, i, wire, problem)
-            return _ipv6(layers, i, wire, problem)
+            row, after = (_ipv4 if name == "ip" else _ipv6)(layers, i, wire, problem)
+            return row, after, kinds
+        if name == "mpls":
+            if labels == 0:
+                kinds.append(Encapsulation.MPLS)
+            labels += 1
+            if labels > MAX_MPLS_LABELS:
+                return Row(DecodeStatus.MALFORMED, wire), None, []
+            if _field(layers[i], "mpls.bottom"):
+                following = names[i + 1] if i + 1 < len(names) else None
+                if following not in ("ip", "ipv6"):
+                    short = following is None or following.startswith("_ws.")
+                    return Row(problem if short else DecodeStatus.NON_IP, wire), None, []
+            continue
+        if name == "pppoes":
+            kinds.append(Encapsulation.PPPOE)
+            continue
         if name not in _LINK_LAYERS and not name.startswith("_ws."):
             break
-    if "_ws.short" in names and all(n in _LINK_LAYERS or n.startswith("_ws.") for n in names):
-        return Row(DecodeStatus.TRUNCATED, wire)  # the link header itself is cut
-    return Row(DecodeStatus.NON_IP, wire)
+    rest = names[start:]
+    if "_ws.short" in rest and all(n in _LINK_LAYERS or n.startswith("_ws.") for n in rest):
+        return Row(DecodeStatus.TRUNCATED, wire), None, []  # the link header itself is cut
+    return Row(DecodeStatus.NON_IP, wire), None, []
 
 
-def _ipv4(layers: list[Any], at: int, wire: int, problem: DecodeStatus) -> Row:
+def _code(kinds: list[Encapsulation]) -> int:
+    return sum(int(k) << (4 * i) for i, k in enumerate(kinds))
+
+
+def _open_tunnels(layers: list[Any], names: list[str],
+                  walked: tuple[Row, int | None, list[Encapsulation]], wire: int,
+                  problem: DecodeStatus) -> Row:
+    """Open tunnels while the inner packet carries IP (``native._decapsulate``)."""
+    row, after, stack = walked
+    outer: list[Row] = []
+    for _ in range(MAX_ENCAPSULATIONS):
+        entry = _tunnel(layers, names, row, after)
+        if entry is None:
+            break
+        kind, start = entry
+        inner, inner_after, inner_kinds = _walk(layers, names, start, wire, problem)
+        if (not inner.status.carries_ip
+                or len(stack) + 1 + len(inner_kinds) > MAX_ENCAPSULATIONS):
+            break
+        row.encap = _code(stack)
+        outer.append(row)
+        stack = [*stack, kind, *inner_kinds]
+        row, after = inner, inner_after
+    row.encap = _code(stack)
+    row.tunnels = outer
+    return row
+
+
+def _tunnel(layers: list[Any], names: list[str], row: Row,
+            after: int | None) -> tuple[Encapsulation, int] | None:
+    """The tunnel a row is and the index of its payload's first layer, or ``None``."""
+    if after is None or row.is_first_fragment or after + 1 >= len(names):
+        return None
+    following = after + 1
+    if row.status is DecodeStatus.OK and row.ip_proto == 17:
+        port = row.dst_port if row.dst_port in _UDP_TUNNELS else row.src_port
+        if port not in _UDP_TUNNELS:
+            return None
+        kind, layer_name = _UDP_TUNNELS[port]
+        if names[following] != layer_name:
+            return None
+        if kind is Encapsulation.GTPU and _field(layers[following], "gtp.message") != 255:
+            return None
+        return kind, following + 1
+    if row.status is not DecodeStatus.OTHER_IP:
+        return None
+    if row.ip_proto == 47:
+        if names[following] != "gre":
+            return None
+        gre = _Fields(layers[following])
+        if gre.int("gre.flags.version") or gre.int("gre.flags.routing"):
+            return None
+        if following + 1 < len(names) and names[following + 1] == "erspan":
+            return Encapsulation.ERSPAN, following + 2
+        return Encapsulation.GRE, following + 1
+    if row.ip_proto in (4, 41):
+        return (Encapsulation.IPIP if row.ip_proto == 4 else Encapsulation.IP6IP), following
+    return None
+
+
+def _ipv4(layers: list[Any], at: int, wire: int,
+          problem: DecodeStatus) -> tuple[Row, int | None]:
     f = _Fields(layers[at])
     src, dst, proto = f.text("ip.src"), f.text("ip.dst"), f.int("ip.proto")
     if src is None or dst is None or proto is None:
-        return Row(problem, wire)
+        return Row(problem, wire), None
     offset = f.int("ip.frag_offset") or 0
     more = f.int("ip.flags.mf") or 0
     row = Row(DecodeStatus.OK, wire, ip_version=4, ip_proto=proto, src=address_int(src),
@@ -121,15 +224,16 @@ def _ipv4(layers: list[Any], at: int, wire: int, problem: DecodeStatus) -> Row:
               is_first_fragment=offset == 0 and more != 0)
     if offset != 0:
         row.status = DecodeStatus.FRAGMENT
-        return row
+        return row, None
     return _transport(layers, at, row, problem)
 
 
-def _ipv6(layers: list[Any], at: int, wire: int, problem: DecodeStatus) -> Row:
+def _ipv6(layers: list[Any], at: int, wire: int,
+          problem: DecodeStatus) -> tuple[Row, int | None]:
     f = _Fields(layers[at])
     src, dst, proto = f.text("ipv6.src"), f.text("ipv6.dst"), f.int("ipv6.nxt")
     if src is None or dst is None or proto is None:
-        return Row(problem, wire)
+        return Row(problem, wire), None
     row = Row(DecodeStatus.OK, wire, ip_version=6, src=address_int(src), dst=address_int(dst))
     after = at  # the last layer the chain used; the transport layer follows it
     for _ in range(_MAX_IPV6_EXTENSIONS):
@@ -140,17 +244,17 @@ def _ipv6(layers: list[Any], at: int, wire: int, problem: DecodeStatus) -> Row:
             more = f.int("ipv6.fraghdr.more", "ipv6.fragment.more") or 0
             if offset is None or nxt is None:
                 row.ip_proto, row.status = proto, problem
-                return row
+                return row, None
             row.is_first_fragment = offset == 0 and more != 0
             if offset != 0:
                 row.ip_proto, row.status = nxt, DecodeStatus.FRAGMENT
-                return row
+                return row, None
             proto = nxt
         elif proto in _IPV6_EXTENSION_FIELDS:
             nxt = f.int(f"{_IPV6_EXTENSION_FIELDS[proto]}.nxt")
             if nxt is None:
                 row.ip_proto, row.status = proto, problem
-                return row
+                return row, None
             proto = nxt
         elif proto in _IPV6_EXTENSION_LAYERS:
             name, field = _IPV6_EXTENSION_LAYERS[proto]
@@ -158,13 +262,13 @@ def _ipv6(layers: list[Any], at: int, wire: int, problem: DecodeStatus) -> Row:
             nxt = None if found is None else _field(layers[found], field)
             if found is None or nxt is None:
                 row.ip_proto, row.status = proto, DecodeStatus.OTHER_IP
-                return row
+                return row, None
             after, proto = found, nxt
         else:
             break
     else:
         row.ip_proto, row.status = proto, DecodeStatus.MALFORMED  # longer than we walk
-        return row
+        return row, None
     row.ip_proto = proto
     return _transport(layers, after, row, problem)
 
@@ -178,27 +282,30 @@ def _next_layer(layers: list[Any], after: int, name: str) -> int | None:
     return None
 
 
-def _transport(layers: list[Any], after: int, row: Row, problem: DecodeStatus) -> Row:
+def _transport(layers: list[Any], after: int, row: Row,
+               problem: DecodeStatus) -> tuple[Row, int | None]:
+    """The row with its ports; and the index of its last layer (the transport
+    layer, or the IP header's when there is none), where a tunnel would follow."""
     proto = row.ip_proto
     if proto in _ICMP:
         row.status = DecodeStatus.ICMP
-        return row
+        return row, None
     name = _TRANSPORT_LAYERS.get(proto)
     if name is None:
         row.status = DecodeStatus.OTHER_IP
-        return row
+        return row, after
     found = _next_layer(layers, after, name)
     if found is None:
         row.status = problem
-        return row
+        return row, None
     f = _Fields(layers[found])
     sport, dport = f.int(f"{name}.srcport"), f.int(f"{name}.dstport")
     flags = f.int("tcp.flags") if proto == 6 else 0
     if sport is None or dport is None or flags is None:
         row.status = problem
-        return row
+        return row, None
     row.src_port, row.dst_port, row.tcp_flags = sport, dport, flags & 0xFF
-    return row
+    return row, found
 
 
 def packet_timestamp_ns(packet: Any) -> int:

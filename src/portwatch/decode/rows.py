@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from portwatch.decode.native import DecodedBatch, DecodeStatus
+from portwatch.decode.native import TUNNEL_DTYPE, TUNNEL_UNUSED, DecodedBatch, DecodeStatus
 
 __all__ = ["IPV4_MAPPED", "Row", "address_int", "rows_to_batch", "timestamp_ns"]
 
@@ -40,6 +40,10 @@ class Row:
     tcp_flags: int = 0
     frag_id: int = 0
     is_first_fragment: bool = False
+    #: ``DecodedBatch.encap``: encapsulations, one nibble each, outermost lowest.
+    encap: int = 0
+    #: The packet's outer layers when a tunnel was opened, outermost first.
+    tunnels: list[Row] = field(default_factory=list)
 
 
 def address_int(text: str) -> int:
@@ -91,4 +95,24 @@ def rows_to_batch(rows: Sequence[Row]) -> DecodedBatch:
         is_first_fragment=column(
             [r.is_first_fragment and c for r, c in zip(rows, carries, strict=True)], np.bool_),
         wirelen=column([r.wirelen for r in rows], np.uint32),
+        encap=column([r.encap if c else 0 for r, c in zip(rows, carries, strict=True)],
+                     np.uint16),
+        tunnels=_tunnels(rows),
     )
+
+
+def _tunnels(rows: Sequence[Row]) -> npt.NDArray[np.void]:
+    """``DecodedBatch.tunnels`` of the rows' outer layers (Python runs per layer)."""
+    depth = max((len(r.tunnels) for r in rows), default=0)
+    out = np.zeros((len(rows), depth), dtype=TUNNEL_DTYPE)
+    if depth == 0:
+        return out
+    out["status"] = TUNNEL_UNUSED
+    for i, row in enumerate(rows):
+        for k, layer in enumerate(row.tunnels):
+            ok = layer.status is DecodeStatus.OK
+            out[i, k] = (int(layer.status), layer.ip_version, layer.ip_proto,
+                         layer.tcp_flags if ok else 0, layer.src_port if ok else 0,
+                         layer.dst_port if ok else 0, layer.encap, layer.src >> 64,
+                         layer.src & _MASK64, layer.dst >> 64, layer.dst & _MASK64)
+    return out

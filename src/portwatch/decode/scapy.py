@@ -13,10 +13,19 @@ length) from a complete one; ``PcapReader`` would hand the stub over as a
 packet and only log a warning.
 
 Which packets count follows the native decoder (``portwatch.decode.native``):
-IP must sit directly on the link layer (after VLAN tags), the outermost IP
-header decides, and a transport header scapy could not dissect is
-``TRUNCATED`` (``MALFORMED`` when scapy cut it at the IP header's declared
-length). Known differences are listed in ``docs/plugins.md``.
+IP must sit on the link layer (after VLAN tags, a FabricPath header, a PPPoE
+session, an MPLS label stack), and a transport header scapy could not dissect
+is ``TRUNCATED`` (``MALFORMED`` when scapy cut it at the IP header's declared
+length). Tunnels are opened by the native decoder's rules (``_open_tunnels``):
+scapy dissects every header, but we choose the tunnel by UDP port or GRE
+protocol type ourselves, destination port first, and hand the payload to the
+layer scapy has for it when scapy's own bindings would pick another (scapy
+binds VXLAN to five ports, for one). Three more exceptions to "nothing parses
+header bytes": a FabricPath header (scapy has no layer; the classical
+Ethernet frame starts 2 bytes into its payload), ERSPAN type I (no header at
+all: scapy leaves the mirrored frame raw) and an 802.11 HT Control field
+(scapy does not skip its 4 bytes). Known differences are listed in
+``docs/plugins.md``.
 
 scapy is imported only when this module's functions run.
 """
@@ -35,7 +44,14 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.capture.batch import LinkType
-from portwatch.decode.native import DecodedBatch, DecodeStatus
+from portwatch.decode.native import (
+    MAX_ENCAPSULATIONS,
+    MAX_GTP_EXTENSION_HEADERS,
+    MAX_MPLS_LABELS,
+    DecodedBatch,
+    DecodeStatus,
+    Encapsulation,
+)
 from portwatch.decode.rows import Row, address_int, rows_to_batch
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError
 
@@ -49,6 +65,11 @@ _BSD_AF_INET6 = frozenset((24, 28, 30))
 _INT64_MAX = (1 << 63) - 1
 #: Link types scapy registers no layer for, read as the equivalent one it has.
 _LINKTYPE_ALIASES = {int(LinkType.RAW_DLT14): int(LinkType.RAW_DLT12)}
+_TUNNEL_PORTS = {4789: Encapsulation.VXLAN, 6081: Encapsulation.GENEVE,
+                 2152: Encapsulation.GTPU}
+_PPP_IP = {0x0021: 0x0800, 0x0057: 0x86DD}
+_PPP_MPLS = frozenset((0x0281, 0x0283))
+_MPLS_ETHERTYPES = frozenset((0x8847, 0x8848))
 
 
 @cache
@@ -75,7 +96,10 @@ def _scapy() -> SimpleNamespace:
         from scapy.layers.sctp import SCTP
         from scapy.packet import NoPayload, Padding, Raw
         from scapy.utils import RawPcapNgReader, RawPcapReader
+        tunnels = _tunnel_layers()
     return SimpleNamespace(
+        **tunnels,
+        Ether=Ether,
         conf=conf,
         MTU=MTU,
         Scapy_Exception=Scapy_Exception,
@@ -87,31 +111,258 @@ def _scapy() -> SimpleNamespace:
         Padding=Padding,
         NoPayload=NoPayload,
         loopbacks=(Loopback, LoopbackOpenBSD),
-        links=(Ether, Dot1Q, Dot1AD, CookedLinux, CookedLinuxV2, Loopback, LoopbackOpenBSD),
+        links=(Ether, Dot1Q, Dot1AD, CookedLinux, CookedLinuxV2, Loopback, LoopbackOpenBSD,
+               tunnels["PPP"], tunnels["HDLC"], tunnels["CHDLC"], tunnels["PPI"],
+               *tunnels["dot11"]),
         transports={6: TCP, 17: UDP, 132: SCTP},
     )
 
 
+def _tunnel_layers() -> dict[str, Any]:
+    """The layers of tunnels, shims and the link types PPP, Cisco HDLC and PPI."""
+    from scapy.contrib.chdlc import CHDLC
+    from scapy.contrib.erspan import ERSPAN, ERSPAN_II, ERSPAN_III, ERSPAN_PlatformSpecific
+    from scapy.contrib.geneve import GENEVE
+    from scapy.contrib.gtp import (
+        GTP_PDCP_PDU_ExtensionHeader,
+        GTP_U_Header,
+        GTP_UDPPort_ExtensionHeader,
+        GTPPDUSessionContainer,
+    )
+    from scapy.contrib.mpls import MPLS
+    from scapy.layers.dot11 import Dot11, Dot11QoS
+    from scapy.layers.l2 import GRE, LLC, SNAP
+    from scapy.layers.ppi import PPI
+    from scapy.layers.ppp import HDLC, PPP, PPPoE
+    from scapy.layers.vxlan import VXLAN
+    return {"PPP": PPP, "HDLC": HDLC, "CHDLC": CHDLC, "PPI": PPI, "PPPoE": PPPoE, "MPLS": MPLS,
+            "dot11": (Dot11, Dot11QoS, LLC, SNAP),
+            "GRE": GRE, "VXLAN": VXLAN, "GENEVE": GENEVE, "GTP_U_Header": GTP_U_Header,
+            "gtp_extensions": (GTPPDUSessionContainer, GTP_UDPPort_ExtensionHeader,
+                               GTP_PDCP_PDU_ExtensionHeader),
+            "ERSPAN": ERSPAN, "ERSPAN_II": ERSPAN_II, "ERSPAN_III": ERSPAN_III,
+            "ERSPAN_PlatformSpecific": ERSPAN_PlatformSpecific}
+
+
 # -- dissection -----------------------------------------------------------------
 def dissect(packet: Any, wirelen: int | None = None) -> Row:
-    """The decoded fields of one scapy packet, as the flow engine needs them."""
+    """The decoded fields of one scapy packet, as the flow engine needs them.
+
+    A tunnel's inner packet is the row; the rows it replaced are its
+    ``tunnels`` (outermost first), as in the native decoder.
+    """
     s = _scapy()
     wire = len(packet) if wirelen is None else wirelen
-    layer = packet
+    row, payload, kinds = _walk(s, packet, wire, whole=len(packet) >= wire)
+    return _open_tunnels(s, row, payload, kinds, wire)
+
+
+def _walk(s: SimpleNamespace, layer: Any, wire: int, *,
+          whole: bool) -> tuple[Row, Any, list[Encapsulation]]:
+    """(row, the layer after IP, shims crossed) from a link layer or IP down."""
     link = None
-    while type(layer) in s.links:
-        link, layer = layer, layer.payload
+    kinds: list[Encapsulation] = []
+    fabricpath = False
+    labels = 0
+    while True:
+        kind = type(layer)
+        if kind is s.Ether and int(layer.type) == 0x8903 and not fabricpath:
+            data = _payload_bytes(s, layer.payload)
+            if len(data) < 16:
+                return Row(DecodeStatus.MALFORMED if whole else DecodeStatus.TRUNCATED,
+                           wire), None, []
+            fabricpath = True  # FTag/TTL, then the classical Ethernet frame
+            link, layer = layer, _as_bytes(s, s.Ether, data[2:])
+            continue
+        if kind is s.dot11[1] and link is not None and int(link.FCfield) & 0x80:
+            # HT Control follows QoS Control when the order bit is set (scapy skips it)
+            data = _payload_bytes(s, layer.payload)
+            link, layer = layer, _as_bytes(s, s.dot11[2], data[4:])
+            continue
+        if kind in s.links:
+            if kind is s.PPP and int(layer.proto) in _PPP_MPLS:
+                link, layer = layer, _as_bytes(s, s.MPLS, _payload_bytes(s, layer.payload))
+                continue
+            link, layer = layer, layer.payload
+            continue
+        if kind is s.PPPoE:
+            kinds.append(Encapsulation.PPPOE)
+            link, layer = layer, layer.payload
+            continue
+        if kind is s.MPLS:
+            if labels == 0:
+                kinds.append(Encapsulation.MPLS)
+            labels += 1
+            if labels > MAX_MPLS_LABELS:
+                return Row(DecodeStatus.MALFORMED, wire), None, []
+            link, layer = layer, layer.payload
+            if int(link.s) and type(layer) not in (s.IP, s.IPv6):
+                empty = isinstance(layer, s.Padding | s.NoPayload)
+                if empty:
+                    status = DecodeStatus.MALFORMED if whole else DecodeStatus.TRUNCATED
+                else:
+                    status = DecodeStatus.NON_IP  # a pseudowire, or BIER
+                return Row(status, wire), None, []
+            continue
+        break
     if type(layer) is s.Raw and type(link) in s.loopbacks:
         layer = _loopback_payload(s, link, layer)
     if type(layer) is s.IP:
-        return _ipv4(s, layer, wire)
+        row, payload = _ipv4(s, layer, wire)
+        return row, payload, kinds
     if type(layer) is s.IPv6:
-        return _ipv6(s, layer, wire)
-    if type(layer) is s.Raw and _link_says_ip(link):
-        return Row(DecodeStatus.TRUNCATED, wire)  # scapy could not dissect the IP header
+        row, payload = _ipv6(s, layer, wire)
+        return row, payload, kinds
+    if type(layer) is s.Raw and _link_says_ip(s, link):
+        return Row(DecodeStatus.TRUNCATED, wire), None, []  # scapy could not dissect IP
     if link is None and type(layer) is s.Raw:
-        return Row(DecodeStatus.TRUNCATED, wire)  # the link header itself failed
-    return Row(DecodeStatus.NON_IP, wire)
+        return Row(DecodeStatus.TRUNCATED, wire), None, []  # the link header itself failed
+    return Row(DecodeStatus.NON_IP, wire), None, []
+
+
+def _payload_bytes(s: SimpleNamespace, layer: Any) -> bytes:
+    """A layer's bytes without the link padding scapy hangs at the end of it."""
+    data = bytes(layer)
+    pad = layer.getlayer(s.Padding)
+    return data[: len(data) - len(pad)] if pad is not None else data
+
+
+def _code(kinds: list[Encapsulation]) -> int:
+    return sum(int(k) << (4 * i) for i, k in enumerate(kinds))
+
+
+def _open_tunnels(s: SimpleNamespace, row: Row, payload: Any, kinds: list[Encapsulation],
+                  wire: int) -> Row:
+    """Open tunnels while the inner packet carries IP (``native._decapsulate``)."""
+    stack = list(kinds)
+    outer: list[Row] = []
+    for _ in range(MAX_ENCAPSULATIONS):
+        entry = _tunnel(s, row, payload)
+        if entry is None:
+            break
+        kind, layer = entry
+        inner, inner_payload, inner_kinds = _walk(s, layer, wire, whole=True)
+        if (not inner.status.carries_ip
+                or len(stack) + 1 + len(inner_kinds) > MAX_ENCAPSULATIONS):
+            break
+        row.encap = _code(stack)
+        outer.append(row)
+        stack += [kind, *inner_kinds]
+        row, payload = inner, inner_payload
+    row.encap = _code(stack)
+    row.tunnels = outer
+    return row
+
+
+def _tunnel(s: SimpleNamespace, row: Row, payload: Any) -> tuple[Encapsulation, Any] | None:
+    """The tunnel a row is and the layer its payload starts with, or ``None``."""
+    if payload is None or row.is_first_fragment:
+        return None
+    if row.status is DecodeStatus.OK and row.ip_proto == 17:
+        port = row.dst_port if row.dst_port in _TUNNEL_PORTS else row.src_port
+        kind = _TUNNEL_PORTS.get(port)
+        if kind is None:
+            return None
+        data = _payload_bytes(s, payload.payload)
+        if len(data) < 8:
+            return None
+        if kind is Encapsulation.VXLAN:
+            return kind, _as_bytes(s, s.Ether, data[8:])  # flags, VNI: 8 bytes, whatever
+        if kind is Encapsulation.GENEVE:
+            return _geneve(s, data)
+        return _gtpu(s, data)
+    if row.status is DecodeStatus.OTHER_IP and row.ip_proto == 47:
+        return _gre(s, payload)
+    if row.status is DecodeStatus.OTHER_IP and row.ip_proto in (4, 41):
+        cls = s.IP if row.ip_proto == 4 else s.IPv6
+        layer = _as(s, cls, payload)
+        return (Encapsulation.IPIP if row.ip_proto == 4 else Encapsulation.IP6IP), layer
+    return None
+
+
+def _by_protocol_type(s: SimpleNamespace, proto: int) -> Any:
+    """The layer GRE and Geneve name by an ethertype-valued protocol type."""
+    return {0x6558: s.Ether, 0x0800: s.IP, 0x86DD: s.IPv6, 0x8847: s.MPLS,
+            0x8848: s.MPLS}.get(proto)
+
+
+def _geneve(s: SimpleNamespace, data: bytes) -> tuple[Encapsulation, Any] | None:
+    geneve = _as_bytes(s, s.GENEVE, data)
+    if type(geneve) is not s.GENEVE:
+        return None
+    size = 8 + 4 * int(geneve.optionlen)
+    cls = _by_protocol_type(s, int(geneve.proto))
+    if int(geneve.version) != 0 or len(data) < size or cls is None:
+        return None
+    return Encapsulation.GENEVE, _as_bytes(s, cls, data[size:])
+
+
+def _gtpu(s: SimpleNamespace, data: bytes) -> tuple[Encapsulation, Any] | None:
+    gtp = _as_bytes(s, s.GTP_U_Header, data)
+    if type(gtp) is not s.GTP_U_Header:
+        return None
+    if int(gtp.version) != 1 or int(gtp.PT) != 1 or int(gtp.gtp_type) != 255:
+        return None
+    layer = gtp.payload
+    for _ in range(MAX_GTP_EXTENSION_HEADERS):
+        if type(layer) not in s.gtp_extensions:
+            break
+        following = layer.getfieldval("NextExtHdr" if type(layer) is s.gtp_extensions[0]
+                                      else "next_ex")
+        if int(following) == 0:
+            layer = layer.payload
+            break
+        layer = layer.payload
+    else:
+        return None
+    if type(layer) not in (s.IP, s.IPv6):
+        raw = _payload_bytes(s, layer)
+        nibble = raw[0] >> 4 if raw else 0
+        layer = _as_bytes(s, s.IP if nibble == 4 else s.IPv6 if nibble == 6 else s.Raw, raw)
+    return Encapsulation.GTPU, layer
+
+
+def _gre(s: SimpleNamespace, gre: Any) -> tuple[Encapsulation, Any] | None:
+    if type(gre) is not s.GRE or int(gre.version) != 0 or int(gre.routing_present):
+        return None
+    proto = int(gre.proto)
+    inner = gre.payload
+    if proto == 0x88BE and not int(gre.seqnum_present):  # ERSPAN type I: no header
+        return Encapsulation.ERSPAN, _as_bytes(s, s.Ether, _payload_bytes(s, inner))
+    if proto == 0x88BE:
+        if type(inner) is not s.ERSPAN_II or int(inner.ver) != 1:
+            return None
+        return Encapsulation.ERSPAN, _as(s, s.Ether, inner.payload)
+    if proto == 0x22EB:
+        if type(inner) is not s.ERSPAN_III or int(inner.ver) != 2:
+            return None
+        frame = inner.payload
+        if type(frame) is s.ERSPAN_PlatformSpecific:
+            frame = frame.payload
+        return Encapsulation.ERSPAN, _as(s, s.Ether, frame)
+    cls = _by_protocol_type(s, proto)
+    if cls is None:
+        return None
+    kind = Encapsulation.GRE
+    return kind, _as(s, cls, inner)
+
+
+def _as(s: SimpleNamespace, cls: Any, layer: Any) -> Any:
+    """``layer`` dissected as ``cls`` (scapy may have bound another layer there)."""
+    return layer if type(layer) is cls else _as_bytes(s, cls, _payload_bytes(s, layer))
+
+
+def _as_bytes(s: SimpleNamespace, cls: Any, data: bytes) -> Any:
+    """``cls(data)``, or ``Raw`` when scapy cannot dissect it (as its readers do).
+
+    No bytes is ``Raw`` too: scapy would build a layer of default values.
+    """
+    if not data:
+        return s.Raw(data)
+    try:
+        return cls(data)
+    except Exception:  # scapy raises struct.error and others on short input
+        return s.Raw(data)
 
 
 def _loopback_payload(s: SimpleNamespace, link: Any, raw: Any) -> Any:
@@ -128,10 +379,14 @@ def _loopback_payload(s: SimpleNamespace, link: Any, raw: Any) -> Any:
     return raw if cls is None else cls(bytes(raw.load))
 
 
-def _link_says_ip(link: Any) -> bool:
+def _link_says_ip(s: SimpleNamespace, link: Any) -> bool:
     if link is None:
         return False
-    for name in ("type", "proto"):  # Ether/Dot1Q/SLL ``type``, SLL2 ``proto``
+    if type(link) is s.PPP:
+        return int(link.proto) in _PPP_IP
+    if type(link) is s.PPI:
+        return False
+    for name in ("type", "proto", "code"):  # Ether/Dot1Q/SLL, SLL2, SNAP
         try:
             value = int(link.getfieldval(name))
         except (AttributeError, TypeError, ValueError):
@@ -146,9 +401,9 @@ def _cut(s: SimpleNamespace, layer: Any) -> DecodeStatus:
     return DecodeStatus.MALFORMED if padded else DecodeStatus.TRUNCATED
 
 
-def _ipv4(s: SimpleNamespace, ip: Any, wire: int) -> Row:
+def _ipv4(s: SimpleNamespace, ip: Any, wire: int) -> tuple[Row, Any]:
     if int(ip.version) != 4 or int(ip.ihl or 5) < 5:
-        return Row(DecodeStatus.MALFORMED, wire)
+        return Row(DecodeStatus.MALFORMED, wire), None
     offset = int(ip.frag)
     row = Row(
         DecodeStatus.OK,
@@ -162,13 +417,13 @@ def _ipv4(s: SimpleNamespace, ip: Any, wire: int) -> Row:
     )
     if offset != 0:
         row.status = DecodeStatus.FRAGMENT
-        return row
-    return _transport(s, row, ip, ip.payload)
+        return row, None
+    return _transport(s, row, ip, ip.payload), ip.payload
 
 
-def _ipv6(s: SimpleNamespace, ip: Any, wire: int) -> Row:
+def _ipv6(s: SimpleNamespace, ip: Any, wire: int) -> tuple[Row, Any]:
     if int(ip.version) != 6:
-        return Row(DecodeStatus.MALFORMED, wire)
+        return Row(DecodeStatus.MALFORMED, wire), None
     row = Row(DecodeStatus.OK, wire, ip_version=6, src=address_int(ip.src),
               dst=address_int(ip.dst))
     proto = int(ip.nh)
@@ -180,7 +435,7 @@ def _ipv6(s: SimpleNamespace, ip: Any, wire: int) -> Row:
             # undissected: cut short, or a header scapy has no layer for (HIP, shim6)
             row.ip_proto = proto
             row.status = _cut(s, ip) if proto in _SCAPY_EXTENSIONS else DecodeStatus.OTHER_IP
-            return row
+            return row, None
         if proto == 44:
             offset = int(layer.offset)
             row.frag_id = int(layer.id)
@@ -188,16 +443,16 @@ def _ipv6(s: SimpleNamespace, ip: Any, wire: int) -> Row:
             if offset != 0:
                 row.ip_proto = int(layer.nh)
                 row.status = DecodeStatus.FRAGMENT
-                return row
+                return row, None
         proto = int(layer.nh)
         layer = layer.payload
     else:
         if proto in _IPV6_EXTENSIONS:
             row.ip_proto = proto
             row.status = DecodeStatus.MALFORMED  # a longer chain than the native decoder walks
-            return row
+            return row, None
     row.ip_proto = proto
-    return _transport(s, row, ip, layer)
+    return _transport(s, row, ip, layer), layer
 
 
 def _transport(s: SimpleNamespace, row: Row, ip: Any, layer: Any) -> Row:
