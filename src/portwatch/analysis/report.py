@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the analyzer calls build_report; only its type is needed he
     from portwatch.analysis.analyzer import Analyzer
 
 __all__ = [
+    "DETECTION_FIELDS",
     "FlowReport",
     "Report",
     "ServiceCount",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 I64 = npt.NDArray[np.int64]
+
+#: ``FlowReport`` fields present only when detection ran.
+DETECTION_FIELDS = ("detected", "confidence", "detection")
 
 
 @dataclass(slots=True)
@@ -84,13 +88,23 @@ class FlowReport:
     first_seen: str
     last_seen: str
     capture: str = ""
+    # Set only when nDPI ran (``--detect``, ``portwatch.analysis.detect``): the
+    # protocol in the payload ("" for none), ``Confidence`` and ``Detection`` labels.
+    detected: str | None = None
+    confidence: str | None = None
+    detection: str | None = None
 
     @property
     def flagged(self) -> bool:
         return bool(self.flags)
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """Every field; the detection fields only when detection ran."""
+        doc = {name: getattr(self, name) for name in self.__slots__}
+        if self.detection is None:
+            for name in DETECTION_FIELDS:
+                del doc[name]
+        return doc
 
 
 @dataclass(slots=True)

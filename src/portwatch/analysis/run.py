@@ -35,8 +35,21 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import BinaryIO
 
+import numpy as np
+import numpy.typing as npt
+
 from portwatch._atomic import atomic_output
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.detect import (
+    DEFAULT_PACKETS,
+    FirstPackets,
+    FlowDetection,
+    apply_detections,
+    first_packets,
+    match,
+    require_ndpi,
+    run_ndpi,
+)
 from portwatch.analysis.report import Report, merge_reports
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
@@ -60,6 +73,7 @@ from portwatch.porttable.table import PortTable
 __all__ = [
     "AnnotateRequest",
     "CaptureInput",
+    "DetectRequest",
     "ProgressCallback",
     "RunResult",
     "analyze_paths",
@@ -85,6 +99,18 @@ class AnnotateRequest:
 
     output: str
     only_flagged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DetectRequest:
+    """Ask nDPI what each flow's payload is (``--detect``), from its first ``packets``.
+
+    ``directory``: where the first packets of each flow are kept while the
+    capture is read (a private temporary directory under it; default $TMPDIR).
+    """
+
+    packets: int = DEFAULT_PACKETS
+    directory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,12 +375,14 @@ def _batches(reader: CaptureReader, inp: CaptureInput,
 
 
 def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
-                    stdin: BinaryIO | None) -> Analyzer:
+                    stdin: BinaryIO | None, keeper: FirstPackets | None = None) -> Analyzer:
     analyzer = Analyzer(table, capture=inp.name)
     reader = _open(inp, stdin)
     try:
         for batch in _batches(reader, inp, progress):
-            analyzer.feed(batch)
+            _, flows = analyzer.feed(batch)
+            if keeper is not None:
+                keeper.add(batch, flows, analyzer.flows)
     except CaptureTruncatedError as exc:
         analyzer.note_damage(str(_named(exc, inp)))
     finally:
@@ -382,7 +410,41 @@ def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
     return _analyze_engine(table, inp, engine)
 
 
-def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest) -> None:
+@dataclass(slots=True)
+class _Detected:
+    """nDPI's answers for the live flow rows of an analyzer."""
+
+    rows: npt.NDArray[np.int64]
+    found: dict[int, FlowDetection]
+
+    def report(self, analyzer: Analyzer) -> Report:
+        report = analyzer.report()
+        apply_detections(report, self.found, self.rows, analyzer.table)
+        return report
+
+
+def _analyze_detected(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
+                      stdin: BinaryIO | None, detect: DetectRequest) -> tuple[Analyzer, _Detected]:
+    """The native analysis, its flows' first packets kept aside, then nDPI on those.
+
+    A file nDPI cannot read (nfstream refuses its link type) leaves its flows
+    ``unconfirmed`` and says so in the report's warnings.
+    """
+    with first_packets(detect.directory, detect.packets) as keeper:
+        analyzer = _analyze_native(table, inp, progress, stdin, keeper)
+        ndpi = []
+        for path in keeper.close():
+            try:
+                ndpi += run_ndpi([path], keeper.limit)
+            except ValueError as exc:  # nfstream's word for a capture it cannot open
+                analyzer.warnings.append(f"{inp.name}: nDPI could not read the first packets "
+                                         f"of some flows ({os.path.basename(path)}): {exc}")
+    live = np.flatnonzero(analyzer.flows.alive[: analyzer.flows.size])
+    return analyzer, _Detected(live, match(ndpi, analyzer.flows, live))
+
+
+def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
+              detected: _Detected | None = None) -> None:
     """The second pass over the (spooled) capture, written atomically."""
     from portwatch.analysis.annotated_copy import write_annotated  # only --annotate pays
     from portwatch.capture.files.writer import PcapngWriter
@@ -417,18 +479,22 @@ def _init_worker(table_bytes: bytes) -> None:
     _worker.table = PortTable.from_bytes(table_bytes)
 
 
-def _work(inp: CaptureInput, engine: str) -> Report | CaptureError:
+def _work(inp: CaptureInput, engine: str,
+          detect: DetectRequest | None = None) -> Report | CaptureError:
     """A capture's report, or the typed error that made it unreadable (picklable)."""
     table = _worker.table
     assert table is not None, "worker started without _init_worker"
     try:
+        if detect is not None:
+            analyzer, detected = _analyze_detected(table, inp, None, None, detect)
+            return detected.report(analyzer)
         return _analyze_one(table, inp, engine, None, None).report()
     except CaptureError as exc:
         return exc
 
 
 def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
-             engine: str) -> list[Report | CaptureError]:
+             engine: str, detect: DetectRequest | None = None) -> list[Report | CaptureError]:
     from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
 
     todo = [inp for inp in inputs if inp.failure is None]
@@ -436,7 +502,7 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
         return [inp.failure for inp in inputs if inp.failure is not None]
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
                              initargs=(table.to_bytes(),)) as pool:
-        done = iter(pool.map(_work, todo, [engine] * len(todo)))
+        done = iter(pool.map(_work, todo, [engine] * len(todo), [detect] * len(todo)))
         return [inp.failure if inp.failure is not None else next(done) for inp in inputs]
 
 
@@ -444,7 +510,7 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
 
 
 def _check(names: Sequence[str], jobs: int, engine: str,
-           annotate: AnnotateRequest | None) -> None:
+           annotate: AnnotateRequest | None, detect: DetectRequest | None = None) -> None:
     if not names:
         raise UsageError("no capture to analyse")
     if jobs < 1:
@@ -458,6 +524,10 @@ def _check(names: Sequence[str], jobs: int, engine: str,
             raise UsageError("--annotate takes exactly one capture")
         if engine != "native":
             raise UsageError("--annotate works with the native engine only")
+    if detect is not None:
+        if engine != "native":
+            raise UsageError("--detect works with the native engine only")
+        require_ndpi()
 
 
 def _merge(outcomes: Sequence[Report | CaptureError]) -> RunResult:
@@ -482,6 +552,7 @@ def analyze_paths(
     annotate: AnnotateRequest | None = None,
     spool_dir: str | None = None,
     stdin: BinaryIO | None = None,
+    detect: DetectRequest | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -491,9 +562,12 @@ def analyze_paths(
     partial; one that is no capture at all is a failure, never an exception,
     unless it is the only one (the caller decides: ``RunResult.report`` is
     None). ``annotate`` writes the annotated copy through
-    :func:`~portwatch.analysis.annotated_copy.write_annotated`.
+    :func:`~portwatch.analysis.annotated_copy.write_annotated`. ``detect``
+    adds nDPI's verdict to every flow (``portwatch.analysis.detect``); it
+    reads the first packets of each flow as the capture streams by, so it
+    needs no second pass and no spool of its own.
     """
-    _check(names, jobs, engine, annotate)
+    _check(names, jobs, engine, annotate, detect)
     if annotate is not None:
         refuse_overwriting_inputs(names, [annotate.output])
         check_output_path(annotate.output)
@@ -501,18 +575,23 @@ def analyze_paths(
     needed = annotate is not None or parallel or engine != "native"
     with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
         if parallel:
-            return _merge(_in_pool(table, inputs, jobs, engine))
+            return _merge(_in_pool(table, inputs, jobs, engine, detect))
         outcomes: list[Report | CaptureError] = []
         for inp in inputs:
             if inp.failure is not None:
                 outcomes.append(inp.failure)
                 continue
+            detected: _Detected | None = None
             try:
-                analyzer = _analyze_one(table, inp, engine, progress, stdin)
+                if detect is not None:
+                    analyzer, detected = _analyze_detected(table, inp, progress, stdin, detect)
+                else:
+                    analyzer = _analyze_one(table, inp, engine, progress, stdin)
             except CaptureError as exc:
                 outcomes.append(exc)
                 continue
             if annotate is not None:
-                _annotate(analyzer, inp, annotate)
-            outcomes.append(analyzer.report())
+                _annotate(analyzer, inp, annotate, detected)
+            outcomes.append(detected.report(analyzer) if detected is not None
+                            else analyzer.report())
         return _merge(outcomes)
