@@ -33,6 +33,7 @@ from portwatch.analysis.verdict import Confidence, Detection, FlagReason, Verdic
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.cli import main
+from portwatch.decode.native import DecodedBatch, decode_batch
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
@@ -169,6 +170,10 @@ def _read(path: str) -> list[tuple[int, bytes]]:
         reader.close()
 
 
+def _decoded(batch: PacketBatch) -> DecodedBatch:
+    return decode_batch(batch)
+
+
 def _tcp(sport: int, i: int, payload: bytes = b"") -> bytes:
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
                  / IP(src="192.0.2.1", dst="198.51.100.2")
@@ -184,17 +189,46 @@ def test_first_packets_keeps_the_first_n_of_every_flow_across_batches(
     sent: list[tuple[int, bytes]] = []
     stamp = 1_700_000_000_000_000_001
     for batch_no in range(3):
-        packets = [_tcp(40000 + (i % 2), batch_no * 10 + i, b"x" * i) for i in range(4)]
+        packets = [_tcp(40000 + (i % 2), batch_no * 10 + i, b"x" * (i + 1)) for i in range(4)]
         stamps = [stamp + batch_no * 1000 + i for i in range(4)]
         batch = PacketBatch.from_packets(packets, 1, timestamps_ns=stamps)
-        _, flows = analyzer.feed(batch)
-        keeper.add(batch, flows, analyzer.flows)
+        decoded, flows = analyzer.feed(batch)
+        keeper.add(batch, decoded, flows, analyzer.flows)
         sent += list(zip(stamps, packets, strict=True))
     (path,) = keeper.close()
     got = _read(path)
     # batch 0: both flows get 2 packets; batch 1: one more each; batch 2: none
     assert got == [*sent[:4], sent[4], sent[5]]
     assert keeper.packets == 6
+
+
+def test_first_packets_hands_ndpi_no_bare_ack_but_the_first_packet_of_each_flow(
+    tmp_path: Path, table: PortTable,
+) -> None:
+    """SYN, SYN-ACK and data are kept; bare ACKs and empty datagrams are not, unless first."""
+    def tcp(sport: int, dport: int, flags: str, payload: bytes = b"") -> bytes:
+        return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                     / IP(src="192.0.2.1", dst="198.51.100.2")
+                     / TCP(sport=sport, dport=dport, flags=flags) / payload)
+
+    def udp(payload: bytes) -> bytes:
+        return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                     / IP(src="192.0.2.1", dst="198.51.100.2")
+                     / UDP(sport=5353, dport=53) / payload)
+
+    packets = [
+        tcp(40000, 443, "S"), tcp(443, 40000, "SA"), tcp(40000, 443, "A"),
+        tcp(40000, 443, "PA", b"hello"), tcp(443, 40000, "A"), tcp(40000, 443, "FA"),
+        tcp(40001, 80, "A"), tcp(40001, 80, "A"),  # mid-stream bare ACKs: the first only
+        udp(b""), udp(b"q"), udp(b""),
+    ]
+    analyzer = Analyzer(table)
+    keeper = FirstPackets(str(tmp_path), limit=20)
+    batch = PacketBatch.from_packets(packets, 1, timestamps_ns=list(range(len(packets))))
+    decoded, flows = analyzer.feed(batch)
+    keeper.add(batch, decoded, flows, analyzer.flows)
+    (path,) = keeper.close()
+    assert [ts for ts, _ in _read(path)] == [0, 1, 3, 5, 6, 8, 9]
 
 
 def test_first_packets_skips_packets_of_no_flow_and_writes_one_file_per_link_type(
@@ -206,8 +240,8 @@ def test_first_packets_skips_packets_of_no_flow_and_writes_one_file_per_link_typ
     arp = bytes.fromhex("ffffffffffff020000000001080600010800060400010200000000"
                         "01c000020100000000000000c0000202")
     batch = PacketBatch.from_packets([_tcp(40000, 1), raw_ip, arp], [1, 101, 1])
-    _, flows = analyzer.feed(batch)
-    keeper.add(batch, flows, analyzer.flows)
+    decoded, flows = analyzer.feed(batch)
+    keeper.add(batch, decoded, flows, analyzer.flows)
     paths = sorted(keeper.close())
     assert [Path(p).name for p in paths] == ["first-packets-1.pcap", "first-packets-101.pcap"]
     assert [len(_read(p)) for p in paths] == [1, 1]
@@ -382,3 +416,23 @@ def test_analyze_detect_on_the_command_line_flags_the_mismatches(
     flows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert sorted((f["service_port"], f["detected"]) for f in flows
                   if f["detection"] == "mismatch") == [(53, "http"), (443, "ssh"), (8806, "tls")]
+
+
+def test_first_packets_starts_again_for_a_row_the_flow_table_reused(
+    tmp_path: Path, table: PortTable,
+) -> None:
+    """An evicted flow's row taken by a new flow: the new flow's first packets are kept."""
+    analyzer = Analyzer(table)
+    keeper = FirstPackets(str(tmp_path), limit=2)
+    old = PacketBatch.from_packets([_tcp(40000, i, b"x") for i in range(3)], 1,
+                                   timestamps_ns=[1, 2, 3])
+    _, flows = analyzer.feed(old)
+    keeper.add(old, _decoded(old), flows, analyzer.flows)
+    analyzer.flows.evict(np.unique(flows))
+    new = PacketBatch.from_packets([_tcp(40001, i, b"y") for i in range(3)], 1,
+                                   timestamps_ns=[10, 11, 12])
+    _, flows_new = analyzer.feed(new)
+    assert set(flows_new.tolist()) == set(flows.tolist())  # the same row, reused
+    keeper.add(new, _decoded(new), flows_new, analyzer.flows)
+    (path,) = keeper.close()
+    assert [ts for ts, _ in _read(path)] == [1, 2, 10, 11]

@@ -32,6 +32,7 @@ a ``UsageError`` carrying ``INSTALL_HINT`` (exit 2).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import shutil
@@ -49,8 +50,8 @@ from portwatch.analysis.flows import FlowTable
 from portwatch.analysis.ndpi_names import confirms
 from portwatch.analysis.report import Report
 from portwatch.analysis.verdict import Confidence, Detection, FlagReason, reasons
-from portwatch.capture.batch import PacketBatch
-from portwatch.decode.native import NO_TRANSPORT, TRANSPORT_OF_PROTO
+from portwatch.capture.batch import LinkType, PacketBatch
+from portwatch.decode.native import NO_TRANSPORT, TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
 from portwatch.errors import UsageError
 from portwatch.ports import PortStatus, Transport
 from portwatch.porttable.table import PortTable
@@ -69,6 +70,7 @@ __all__ = [
     "ndpi_protocols",
     "require_ndpi",
     "run_ndpi",
+    "worth_reading",
 ]
 
 #: Packets of each flow nDPI reads (nfstream's default ``n_dissections``).
@@ -89,46 +91,73 @@ _RECORD = np.dtype([("sec", "<u4"), ("nsec", "<u4"), ("incl", "<u4"), ("orig", "
 _NO_TIMEOUT_S = 10 ** 9
 
 I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
 
 
 # -- nDPI's presence ------------------------------------------------------------------
+#
+# nfstream ships its engine as a top-level cffi module, ``_lib_engine``: its
+# libpcap reader, its flow meter and nDPI, statically linked. ``import
+# nfstream`` would also import pandas (0.4 s); the engine alone imports in 1 ms.
 
-def require_ndpi() -> None:
-    """Raise ``UsageError`` (exit 2) with the install hint unless nfstream imports."""
+_SINGLE_FILE = 0  # nfstream.utils.NFMode.SINGLE_FILE
+
+
+def _engine() -> tuple[Any, Any]:
+    """nfstream's compiled engine, ``(ffi, lib)``; ``UsageError`` with the hint if absent."""
     try:
-        import nfstream  # noqa: F401
+        from _lib_engine import ffi, lib
     except ImportError as exc:
         raise UsageError(INSTALL_HINT) from exc
+    return ffi, lib
+
+
+def require_ndpi() -> None:
+    """Raise ``UsageError`` (exit 2) with the install hint unless nfstream's engine loads."""
+    _engine()
+    try:
+        import importlib.util
+
+        found = importlib.util.find_spec("nfstream") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (tests)
+        found = False
+    if not found:
+        raise UsageError(INSTALL_HINT)
 
 
 def detector_version() -> str:
     """``nDPI 5.0.0-1-375f99e (nfstream 6.6.0)``: what detected, for reports and docs."""
-    require_ndpi()
-    import nfstream
-    from nfstream.engine.engine import create_engine
-
-    ffi, lib = create_engine()
+    ffi, lib = _engine()
     ndpi = ffi.string(lib.engine_lib_ndpi_version()).decode()
-    return f"nDPI {ndpi} (nfstream {nfstream.__version__})"
+    return f"nDPI {ndpi} (nfstream {ffi.string(lib.engine_lib_version()).decode()})"
+
+
+def _dissector(ffi: Any, lib: Any) -> Any:
+    """An nDPI detection module with every protocol enabled, as nfstream's meter makes it."""
+    checker = ffi.new("struct dissector_checker *")
+    checker.flow_size = ffi.sizeof("struct ndpi_flow_struct")
+    checker.flow_tcp_size = ffi.sizeof("struct ndpi_flow_tcp_struct")
+    checker.flow_udp_size = ffi.sizeof("struct ndpi_flow_udp_struct")
+    dissector = lib.dissector_init(checker)
+    if dissector == ffi.NULL:
+        raise RuntimeError("nDPI's detection module could not be initialised "
+                           "(nfstream's engine and its nDPI headers disagree)")
+    lib.dissector_configure(dissector)
+    return dissector
 
 
 def ndpi_protocols() -> list[str]:
     """Every protocol name the bundled nDPI knows, as it spells them (``ndpi_get_proto_name``).
 
-    nfstream does not export the list, but its engine library links nDPI with
-    its symbols visible: one dissector is made the way nfstream makes it and
-    asked through ``ctypes``.
+    The engine's cffi interface does not declare these two nDPI functions, but
+    the library exports them: they are called through ``ctypes``.
     """
-    require_ndpi()
     import ctypes
 
-    import _lib_engine  # nfstream's compiled engine
-    from nfstream.engine.engine import create_engine, setup_dissector
+    import _lib_engine
 
-    ffi, lib = create_engine()
-    dissector = setup_dissector(ffi, lib, 1)
-    if dissector == ffi.NULL:
-        raise RuntimeError("nDPI's dissector could not be initialised")
+    ffi, lib = _engine()
+    dissector = _dissector(ffi, lib)
     try:
         so = ctypes.CDLL(_lib_engine.__file__)
         so.ndpi_get_num_protocols.restype = ctypes.c_uint
@@ -144,13 +173,79 @@ def ndpi_protocols() -> list[str]:
 
 # -- the first packets of each flow --------------------------------------------------
 
-class FirstPackets:
-    """The first ``limit`` packets of every flow, appended to one pcap per link type.
+#: Where the network layer starts, by link type (before VLAN tags); -1: unknown.
+_L3_AT = np.full(512, -1, dtype=np.int64)
+for _linktype, _at in {LinkType.NULL: 4, LinkType.ETHERNET: 14, LinkType.RAW_DLT12: 0,
+                       LinkType.RAW_DLT14: 0, LinkType.RAW: 0, LinkType.LOOP: 4,
+                       LinkType.LINUX_SLL: 16, LinkType.IPV4: 0, LinkType.IPV6: 0,
+                       LinkType.LINUX_SLL2: 20}.items():
+    _L3_AT[_linktype] = _at
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+_TCP_OPENS_OR_CLOSES = 0x07  # FIN, SYN, RST
 
-    ``add`` is called with each batch and the flow row of each of its packets
-    (``Analyzer.feed``'s answer), after the analyzer counted it. A row the
-    flow table reused for a new flow (its ``first_ns`` changed) starts again
-    from zero.
+
+def worth_reading(batch: PacketBatch, decoded: DecodedBatch, rows: I64) -> Bool:
+    """Which packets ``rows`` nDPI can learn from: a transport payload, or a SYN, FIN or RST.
+
+    nDPI reads nothing in a bare ACK (and nfstream spends ~25 us of Python on
+    every packet it is handed), so those are not kept; everything this cannot
+    tell (IP fragments, extension headers, a total length of 0 from TSO,
+    SCTP, DCCP, an unknown link) is kept. Lengths come from the IP and
+    transport headers, never from the frame length (Ethernet pads short frames).
+    """
+    keep = np.ones(rows.size, dtype=np.bool_)
+    ok = decoded.status[rows] == DecodeStatus.OK
+    proto = decoded.ip_proto[rows]
+    version = decoded.ip_version[rows]
+    linktypes = batch.linktypes[rows].astype(np.int64)
+    l3_at = np.where(linktypes < _L3_AT.size, _L3_AT[np.minimum(linktypes, _L3_AT.size - 1)],
+                     -1)
+    check = ok & ((proto == 6) | (proto == 17)) & (l3_at >= 0)
+    idx = np.flatnonzero(check)
+    if idx.size == 0:
+        return keep
+    data = batch.data
+    last = data.size - 1
+    start = batch.offsets[rows[idx]]
+    end = start + batch.caplens[rows[idx]].astype(np.int64)
+
+    def u8(pos: I64) -> I64:
+        return data[np.clip(pos, 0, last)].astype(np.int64)
+
+    def be16(pos: I64) -> I64:
+        return (u8(pos) << 8) | u8(pos + 1)
+
+    l3 = start + l3_at[idx]
+    ethernet = linktypes[idx] == LinkType.ETHERNET
+    for _ in range(2):  # 802.1Q, 802.1ad (QinQ)
+        tagged = ethernet & np.isin(be16(l3 - 2), _VLAN_TPIDS)
+        l3 = l3 + 4 * tagged
+    v4 = version[idx] == 4
+    ihl = (u8(l3) & 15) * 4
+    total = be16(l3 + 2)
+    ip_payload = np.where(v4, total - ihl, be16(l3 + 4))
+    l4 = np.where(v4, l3 + ihl, l3 + 40)
+    direct = v4 | (u8(l3 + 6) == proto[idx])  # IPv6 without extension headers
+    tcp = proto[idx] == 6
+    header = np.where(tcp, (u8(l4 + 12) >> 4) * 4, 8)
+    flags = decoded.tcp_flags[rows[idx]]
+    known = direct & (ip_payload > 0) & (l4 + header <= end)
+    bare = known & (ip_payload - header <= 0) & ~(tcp & ((flags & _TCP_OPENS_OR_CLOSES) != 0))
+    keep[idx[bare]] = False
+    return keep
+
+
+class FirstPackets:
+    """What nDPI reads of the first ``limit`` packets of every flow, one pcap per link type.
+
+    ``limit`` is nfstream's ``n_dissections``: the first packets of a flow,
+    bare ACKs included. Of those, the packets ``worth_reading`` rejects (bare
+    ACKs, empty datagrams) are not copied, as nDPI would learn nothing from
+    them, except the first packet of each flow, so nDPI still sees (and may
+    guess from the port) a flow without payload. Later packets of a flow cost
+    one array lookup. ``add`` is called with each batch, its decoding and the
+    flow row of each of its packets (``Analyzer.feed``'s answer). A row the
+    flow table reused for a new flow (its ``first_ns`` changed) starts again.
     """
 
     def __init__(self, directory: str, limit: int = DEFAULT_PACKETS) -> None:
@@ -159,8 +254,9 @@ class FirstPackets:
         self.directory = directory
         self.limit = limit
         self.packets = 0  # written
-        self._seen = np.zeros(0, dtype=np.int64)
-        self._first_ns = np.zeros(0, dtype=np.int64)
+        self._seen = np.zeros(0, dtype=np.int64)  # packets of each flow row looked at
+        self._first_ns = np.zeros(0, dtype=np.int64)  # the flow each row held then
+        self._evicted = 0
         self._files: dict[int, tuple[str, BinaryIO]] = {}
 
     def _grow(self, size: int) -> None:
@@ -171,17 +267,23 @@ class FirstPackets:
         self._first_ns = np.concatenate(
             [self._first_ns, np.full(new - self._first_ns.size, np.iinfo(np.int64).min)])
 
-    def add(self, batch: PacketBatch, flow_of_packet: I64, flows: FlowTable) -> None:
+    def add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
+            flows: FlowTable) -> None:
+        """Keep what nDPI reads of this batch: ``Analyzer.feed``'s decoding and flow rows."""
         rows = np.flatnonzero(flow_of_packet >= 0)
         if rows.size == 0:
             return
         fid = flow_of_packet[rows]
         self._grow(flows.size)
-        current = flows.first_ns[fid]
-        renewed = np.unique(fid[self._first_ns[fid] != current])
-        if renewed.size:
+        if flows.evicted != self._evicted:  # rows may have been reused for new flows
+            self._evicted = flows.evicted
+            renewed = np.unique(fid[self._first_ns[fid] != flows.first_ns[fid]])
             self._seen[renewed] = 0
             self._first_ns[renewed] = flows.first_ns[renewed]
+        room = self._seen[fid] < self.limit  # flows whose first packets are not all past
+        rows, fid = rows[room], fid[room]
+        if rows.size == 0:
+            return
         # rank of each packet among its flow's packets in this batch (stable: in order)
         order = np.argsort(fid, kind="stable")
         sorted_fid = fid[order]
@@ -189,9 +291,14 @@ class FirstPackets:
         lengths = np.diff(np.r_[starts, sorted_fid.size])
         rank = np.empty(fid.size, dtype=np.int64)
         rank[order] = np.arange(fid.size) - np.repeat(starts, lengths)
-        keep = rank + self._seen[fid] < self.limit
-        self._seen[sorted_fid[starts]] += lengths
-        chosen = rows[keep]
+        before = self._seen[fid]
+        flow_rows = sorted_fid[starts]
+        fresh = flow_rows[self._seen[flow_rows] == 0]
+        self._first_ns[fresh] = flows.first_ns[fresh]
+        self._seen[flow_rows] += lengths
+        first = rank + before < self.limit
+        rows, opens = rows[first], (rank + before == 0)[first]
+        chosen = rows[opens | worth_reading(batch, decoded, rows)]
         if chosen.size:
             for linktype in np.unique(batch.linktypes[chosen]).tolist():
                 self._write(batch, chosen[batch.linktypes[chosen] == linktype], linktype)
@@ -206,25 +313,27 @@ class FirstPackets:
         return got[1]
 
     def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
-        """Records for packets ``idx`` of ``batch``, built with numpy in one buffer."""
+        """Records for packets ``idx`` of ``batch``: headers built with numpy, data sliced.
+
+        The one Python loop here runs per *kept* packet (at most ``limit`` per
+        flow), slicing a memoryview: a vectorised gather of variable-length
+        slices needs an 8-byte index per payload byte (or a mask over the
+        whole batch span), which measured 10-30x slower on the 1M-packet capture.
+        """
+        start = batch.offsets[idx]
         incl = np.minimum(batch.caplens[idx].astype(np.int64), _SNAPLEN)
         ts = np.maximum(batch.timestamps_ns[idx], 0)
         head = np.empty(idx.size, dtype=_RECORD)
         head["sec"], head["nsec"] = ts // 1_000_000_000, ts % 1_000_000_000
         head["incl"], head["orig"] = incl, batch.wirelens[idx]
-        record_start = np.zeros(idx.size, dtype=np.int64)
-        np.cumsum(incl[:-1] + _RECORD.itemsize, out=record_start[1:])
-        total_data = int(incl.sum())
-        out = np.empty(int(record_start[-1] + _RECORD.itemsize + incl[-1]), dtype=np.uint8)
-        out[(record_start[:, None] + np.arange(_RECORD.itemsize)).ravel()] = (
-            head.view(np.uint8))
-        data_start = np.zeros(idx.size, dtype=np.int64)
-        np.cumsum(incl[:-1], out=data_start[1:])
-        within = np.arange(total_data) - np.repeat(data_start, incl)
-        src = np.repeat(batch.offsets[idx], incl) + within
-        dst = np.repeat(record_start + _RECORD.itemsize, incl) + within
-        out[dst] = batch.data[src]
-        self._file(linktype).write(out.tobytes())
+        heads = memoryview(head.tobytes())
+        data = batch.data.data  # a memoryview of the (contiguous) batch buffer
+        size = _RECORD.itemsize
+        parts: list[memoryview] = []
+        for i, (a, n) in enumerate(zip(start.tolist(), incl.tolist(), strict=True)):
+            parts.append(heads[i * size:(i + 1) * size])
+            parts.append(data[a:a + n])
+        self._file(linktype).writelines(parts)
         self.packets += int(idx.size)
 
     def close(self) -> list[str]:
@@ -276,6 +385,7 @@ class FlowDetection:
         return cls(flow.name.lower(), Confidence.PAYLOAD if sure else Confidence.PORT_GUESS)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _address(text: str) -> int:
     addr = ipaddress.ip_address(text)
     return (0xFFFF << 32 | int(addr)) if addr.version == 4 else int(addr)
@@ -295,26 +405,109 @@ def _ndpi_flow(f: Any) -> NdpiFlow | None:
 def run_ndpi(paths: Sequence[str], limit: int = DEFAULT_PACKETS) -> list[NdpiFlow]:
     """nDPI's flows of each capture in ``paths`` (TCP, UDP, SCTP, DCCP only).
 
-    One nfstream meter process per file, tunnels not decoded (portwatch
-    counts the outer flow), no timeouts (a file's flow is one flow). nfstream
-    pins the calling process's CPUs and may print warnings: the affinity is
-    restored and its prints go to standard error, never into a report.
+    nfstream's engine (its libpcap reader, flow meter and nDPI) is driven in
+    this process, packet by packet, the way its meter process drives it:
+    ``NFStreamer`` would fork a meter and pickle every flow (some 100 fields)
+    through a queue, about 300 us a flow measured here, 15x the rest of the
+    work. Tunnels are not decoded (portwatch counts the outer flow) and flows
+    never time out (a file's flow is one flow). Should nfstream's engine
+    change shape, ``NFStreamer`` itself is used instead.
     """
     require_ndpi()
+    out: list[NdpiFlow] = []
+    for path in paths:
+        try:
+            out += _meter_in_process(path, limit)
+        except AttributeError:  # another nfstream than the 6.x this was written for
+            out += _meter_by_streamer(path, limit)
+    return out
+
+
+def _meter_in_process(path: str, limit: int) -> list[NdpiFlow]:
+    ffi, lib = _engine()
+    mode = _SINGLE_FILE
+    error = ffi.new("char[256]")
+    capture = lib.capture_open(path.encode(), mode, error, 0)
+    if capture == ffi.NULL:
+        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
+    if lib.capture_activate(capture, mode, error):
+        lib.capture_close(capture)
+        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
+    dissector = _dissector(ffi, lib)
+    meters: dict[tuple[int, ...], Any] = {}
+    packet = ffi.new("struct nf_packet *")
+    tick = 0
+    try:
+        while True:
+            ret = lib.capture_next(capture, packet, 0, 1, 0, mode)
+            if ret == 1:
+                if packet.time > tick:
+                    tick = packet.time
+                else:
+                    packet.time = tick  # the meter wants time in order
+                a = (packet.src_ip[0], packet.src_ip[1], packet.src_port)
+                b = (packet.dst_ip[0], packet.dst_ip[1], packet.dst_port)
+                key = (*min(a, b), *max(a, b), packet.protocol, packet.vlan_id)
+                meter = meters.get(key)
+                if meter is None:
+                    meter = lib.meter_initialize_flow(packet, 0, 0, 0, limit, dissector, 0)
+                    if meter == ffi.NULL:
+                        raise MemoryError("nDPI could not allocate a flow")
+                    meters[key] = meter
+                else:
+                    lib.meter_update_flow(meter, packet, _NO_TIMEOUT_S * 1000,
+                                          _NO_TIMEOUT_S * 1000, 0, 0, 0, limit, dissector, 0)
+            elif ret < -1:  # end of file (-1: nothing read this time; 0: ignored)
+                break
+        flows = []
+        for meter in meters.values():
+            lib.meter_expire_flow(meter, limit, dissector)  # nDPI's last word (and guess)
+            flow = _ndpi_flow(_CFlow(ffi, meter))
+            if flow is not None:
+                flows.append(flow)
+        return flows
+    finally:
+        for meter in meters.values():
+            lib.meter_free_flow(meter, limit, 0, 1)
+        lib.capture_close(capture)
+        lib.dissector_cleanup(dissector)
+
+
+class _CFlow:
+    """An ``nf_flow`` C struct read with ``NFlow``'s attribute names (for ``_ndpi_flow``)."""
+
+    def __init__(self, ffi: Any, c: Any) -> None:
+        text = ffi.string
+        self.protocol = c.protocol
+        self.src_ip = text(c.src_ip_str).decode("ascii", errors="replace")
+        self.dst_ip = text(c.dst_ip_str).decode("ascii", errors="replace")
+        self.src_port, self.dst_port = c.src_port, c.dst_port
+        self.bidirectional_first_seen_ms = c.bidirectional_first_seen_ms
+        self.application_name = text(c.application_name).decode("utf-8", errors="replace")
+        self.application_is_guessed = c.guessed
+        self.application_confidence = c.confidence
+
+
+def _meter_by_streamer(path: str, limit: int) -> list[NdpiFlow]:
+    """nfstream's public way: one forked meter, flows back through a queue.
+
+    nfstream pins the calling process's CPUs and may print warnings: the
+    affinity is restored and its prints go to standard error, never into a
+    report.
+    """
     from nfstream import NFStreamer
 
     out: list[NdpiFlow] = []
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            for path in paths:
-                streamer = NFStreamer(source=path, decode_tunnels=False, n_dissections=limit,
-                                      statistical_analysis=False, splt_analysis=0, n_meters=1,
-                                      idle_timeout=_NO_TIMEOUT_S, active_timeout=_NO_TIMEOUT_S)
-                for f in streamer:
-                    flow = _ndpi_flow(f)
-                    if flow is not None:
-                        out.append(flow)
+            streamer = NFStreamer(source=path, decode_tunnels=False, n_dissections=limit,
+                                  statistical_analysis=False, splt_analysis=0, n_meters=1,
+                                  idle_timeout=_NO_TIMEOUT_S, active_timeout=_NO_TIMEOUT_S)
+            for f in streamer:
+                flow = _ndpi_flow(f)
+                if flow is not None:
+                    out.append(flow)
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)

@@ -380,9 +380,9 @@ def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallb
     reader = _open(inp, stdin)
     try:
         for batch in _batches(reader, inp, progress):
-            _, flows = analyzer.feed(batch)
+            decoded, flows = analyzer.feed(batch)
             if keeper is not None:
-                keeper.add(batch, flows, analyzer.flows)
+                keeper.add(batch, decoded, flows, analyzer.flows)
     except CaptureTruncatedError as exc:
         analyzer.note_damage(str(_named(exc, inp)))
     finally:
