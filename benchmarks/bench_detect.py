@@ -1,7 +1,10 @@
 """The cost of ``analyze --detect``, beside plain ``analyze``, ndpiReader and nfstream.
 
 On the 1M-packet mixed capture of ``bench_analyze.py`` (same generator, same
-seed), each tool in its own process, wall seconds and peak RSS (``wait4``):
+seed: 20,000 flows, headers only, so nDPI has nothing to read) and on the same
+capture with every packet carrying 460 bytes of payload nDPI does not know
+(its worst case: it reads the first 20 packets of every flow and gives up),
+each tool in its own process, wall seconds and peak RSS (``wait4``):
 
 - ``portwatch analyze -f json`` (no detection);
 - ``portwatch analyze --detect -f json`` (nDPI on the first 20 packets of each flow);
@@ -30,7 +33,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_analyze import generate, measure  # the same capture and timer
+import bench_analyze  # the same capture generator and timer
+from bench_analyze import generate, measure
 
 REPO = Path(__file__).resolve().parent.parent
 DETECT_SAMPLE = REPO / "pcaps" / "detect.pcap"
@@ -47,6 +51,42 @@ print(n)
 
 _NDPI_FLOW = re.compile(r"^\s+\d+\s+(TCP|UDP) (\S+):(\d+) <-> (\S+):(\d+) "
                         r"\[proto: [\d.]+/([^\]]+)\].*?\[Confidence: ([^\]]+)\]")
+
+
+def _payload_templates() -> list[tuple[bytes, int]]:
+    """``bench_analyze``'s frames with the padding inside the IP datagram: a payload."""
+    out = []
+    for frame, port_at in _HEADER_TEMPLATES():
+        v6 = frame[12:14] == b"\x86\xdd"
+        l4_at = 14 + (40 if v6 else 20)
+        tcp = frame[23] == 6 if not v6 else frame[20] == 6
+        header = 20 if tcp else 8
+        body = bytearray(frame)
+        ip_len = len(frame) - 14
+        if v6:
+            body[18:20] = (ip_len - 40).to_bytes(2, "big")
+        else:
+            body[16:18] = ip_len.to_bytes(2, "big")
+            body[24:26] = b"\0\0"
+            checksum = sum(int.from_bytes(body[14 + i:16 + i], "big") for i in range(0, 20, 2))
+            checksum = (checksum & 0xFFFF) + (checksum >> 16)
+            body[24:26] = (~checksum & 0xFFFF).to_bytes(2, "big")
+        if not tcp:
+            body[l4_at + 4:l4_at + 6] = (len(frame) - l4_at).to_bytes(2, "big")
+        body[l4_at + header:] = b"\xa5" * (len(frame) - l4_at - header)
+        out.append((bytes(body), port_at))
+    return out
+
+
+_HEADER_TEMPLATES = bench_analyze._templates
+
+
+def generate_with_payload(path: Path, packets: int) -> None:
+    bench_analyze._templates = _payload_templates
+    try:
+        generate(path, packets)
+    finally:
+        bench_analyze._templates = _HEADER_TEMPLATES
 
 
 def _median(argv: list[str], runs: int, env: dict[str, str]) -> tuple[float, float]:
@@ -91,38 +131,46 @@ def portwatch_flows(env: dict[str, str]) -> dict[tuple[str, int], tuple[str, str
             for f in map(json.loads, out.splitlines())}
 
 
+def _rows(capture: Path, runs: int, reader: str | None,
+          env: dict[str, str]) -> list[tuple[str, float, float]]:
+    py = sys.executable
+    rows = [("portwatch analyze -f json", *_median(
+        [py, "-m", "portwatch", "analyze", "-f", "json", str(capture)], runs, env))]
+    rows.append(("portwatch analyze --detect -f json", *_median(
+        [py, "-m", "portwatch", "analyze", "--detect", "-f", "json", str(capture)], runs, env)))
+    if reader:
+        rows.append(("ndpiReader -i FILE -q", *_median([reader, "-i", str(capture), "-q"],
+                                                      runs, env)))
+    rows.append(("nfstream NFStreamer over the whole file (n_dissections=20, 1 meter; 1 run)",
+                 *measure_env([py, "-c", NFSTREAM_WHOLE, str(capture)], env)))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
-    ap.add_argument("--keep", type=Path, help="reuse (or write) the generated capture here")
+    ap.add_argument("--keep", type=Path, help="reuse (or write) the generated captures in DIR")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ndpireader", default=shutil.which("ndpiReader"))
     args = ap.parse_args()
     env = {"PYTHONPATH": str(REPO / "src")}
-    work = Path(tempfile.mkdtemp(prefix="bench-detect-"))
-    capture = args.keep or work / "mixed.pcap"
-    if not capture.exists():
-        generate(capture, args.packets)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-detect-"))
+    work.mkdir(parents=True, exist_ok=True)
+    captures = [("headers only", work / f"mixed-{args.packets}.pcap", generate),
+                ("every packet with a payload", work / f"payload-{args.packets}.pcap",
+                 generate_with_payload)]
+    if not args.ndpireader:
+        print("ndpiReader not found (--ndpireader PATH): its rows are skipped", file=sys.stderr)
     n = args.packets
-    rows: list[tuple[str, float, float]] = []
-    py = sys.executable
-    rows.append(("portwatch analyze -f json", *_median(
-        [py, "-m", "portwatch", "analyze", "-f", "json", str(capture)], args.runs, env)))
-    rows.append(("portwatch analyze --detect -f json", *_median(
-        [py, "-m", "portwatch", "analyze", "--detect", "-f", "json", str(capture)],
-        args.runs, env)))
-    if args.ndpireader:
-        rows.append(("ndpiReader -i FILE -q", *_median(
-            [args.ndpireader, "-i", str(capture), "-q"], args.runs, env)))
-    else:
-        print("ndpiReader not found (--ndpireader PATH): its row is skipped", file=sys.stderr)
-    rows.append(("nfstream over the whole file (n_dissections=20, 1 meter; 1 run)",
-                 *measure_env([py, "-c", NFSTREAM_WHOLE, str(capture)], env)))
-    print(f"{n:,} packets, {capture.stat().st_size / 1e6:.0f} MB; median of {args.runs} "
-          f"runs unless said\n")
-    print("| tool | seconds | packets/s | peak RSS |\n| --- | --- | --- | --- |")
-    for name, seconds, peak in rows:
-        print(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {peak:.0f} MiB |")
+    for title, capture, make in captures:
+        if not capture.exists():
+            make(capture, n)
+        print(f"\n{title}: {n:,} packets, {capture.stat().st_size / 1e6:.0f} MB; "
+              f"median of {args.runs} runs unless said\n")
+        print("| tool | seconds | packets/s | peak RSS |\n| --- | --- | --- | --- |")
+        for name, seconds, peak in _rows(capture, args.runs, args.ndpireader, env):
+            print(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {peak:.0f} MiB |",
+                  flush=True)
     if args.ndpireader:
         theirs = ndpireader_flows(args.ndpireader, DETECT_SAMPLE)
         ours = portwatch_flows(env)

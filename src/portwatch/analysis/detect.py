@@ -32,6 +32,7 @@ a ``UsageError`` carrying ``INSTALL_HINT`` (exit 2).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import ipaddress
 import os
@@ -39,6 +40,8 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -61,11 +64,13 @@ __all__ = [
     "INSTALL_HINT",
     "FirstPackets",
     "FlowDetection",
+    "LiveDetection",
     "NdpiFlow",
     "apply_detections",
     "detector_version",
     "first_packets",
     "judge",
+    "live_detection",
     "match",
     "ndpi_protocols",
     "require_ndpi",
@@ -308,9 +313,12 @@ class FirstPackets:
         if got is None:
             path = os.path.join(self.directory, f"first-packets-{linktype}.pcap")
             out = open(path, "xb")  # noqa: SIM115  # closed by close()
-            out.write(struct.pack("<IHHiIII", _PCAP_NSEC_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktype))
+            out.write(_pcap_header(linktype))
             got = self._files[linktype] = (path, out)
         return got[1]
+
+    def _sink(self, linktype: int) -> BinaryIO | None:
+        return self._file(linktype)
 
     def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
         """Records for packets ``idx`` of ``batch``: headers built with numpy, data sliced.
@@ -333,14 +341,117 @@ class FirstPackets:
         for i, (a, n) in enumerate(zip(start.tolist(), incl.tolist(), strict=True)):
             parts.append(heads[i * size:(i + 1) * size])
             parts.append(data[a:a + n])
-        self._file(linktype).writelines(parts)
-        self.packets += int(idx.size)
+        sink = self._sink(linktype)
+        if sink is not None:
+            sink.writelines(parts)
+            self.packets += int(idx.size)
 
     def close(self) -> list[str]:
         """Close the files; their paths, one per link type seen."""
         for _, out in self._files.values():
             out.close()
         return [path for path, _ in self._files.values()]
+
+
+def _pcap_header(linktype: int) -> bytes:
+    return struct.pack("<IHHiIII", _PCAP_NSEC_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktype)
+
+
+class _Meter(threading.Thread):
+    """nDPI reading one FIFO until its writer closes it (``_meter_in_process``)."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(name=f"portwatch-ndpi-{os.path.basename(path)}", daemon=True)
+        self.path = path
+        self.limit = limit
+        self.flows: list[NdpiFlow] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.flows = _meter_in_process(self.path, self.limit)
+        except BaseException as exc:  # handed to the analysing thread by LiveDetection.finish
+            self.error = exc
+
+
+def _open_writer(path: str, meter: _Meter) -> BinaryIO:
+    """The FIFO's writing end, once nDPI's thread opened the reading end (or died)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            if not meter.is_alive():
+                raise ValueError(str(meter.error or "nDPI stopped before reading")) from None
+            time.sleep(0.001)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb", buffering=1 << 16)
+
+
+class LiveDetection(FirstPackets):
+    """``FirstPackets`` streamed through a FIFO to nDPI, which runs in a thread meanwhile.
+
+    nDPI's C code runs without the GIL, so on two cores the detection costs
+    little more than the longer of the two (the analysis, or nDPI on the
+    first packets). The FIFO's 64 KiB buffer paces the analysis when nDPI
+    falls behind; nothing reaches the disk. ``finish`` closes the streams and
+    returns nDPI's flows and, per link type nDPI could not read, why.
+    """
+
+    def __init__(self, directory: str, limit: int = DEFAULT_PACKETS) -> None:
+        super().__init__(directory, limit)
+        self._meters: dict[int, _Meter] = {}
+        self._sinks: dict[int, BinaryIO | None] = {}
+        self._flows: list[NdpiFlow] | None = None
+        self.errors: list[str] = []
+
+    def _sink(self, linktype: int) -> BinaryIO | None:
+        if linktype in self._sinks:
+            return self._sinks[linktype]
+        path = os.path.join(self.directory, f"first-packets-{linktype}.fifo")
+        os.mkfifo(path, 0o600)
+        meter = self._meters[linktype] = _Meter(path, self.limit)
+        meter.start()
+        sink: BinaryIO | None = None
+        try:
+            sink = _open_writer(path, meter)
+            sink.write(_pcap_header(linktype))
+        except (ValueError, BrokenPipeError) as exc:
+            self.errors.append(f"link type {linktype}: {exc}")
+            sink = None
+        self._sinks[linktype] = sink
+        return sink
+
+    def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
+        try:
+            super()._write(batch, idx, linktype)
+        except BrokenPipeError:  # nDPI's thread stopped reading: its error says why
+            sink = self._sinks.pop(linktype, None)
+            with contextlib.suppress(OSError):
+                if sink is not None:
+                    sink.close()
+            self._sinks[linktype] = None
+
+    def close(self) -> list[str]:
+        for sink in self._sinks.values():
+            with contextlib.suppress(OSError):
+                if sink is not None:
+                    sink.close()
+        return [m.path for m in self._meters.values()]
+
+    def finish(self) -> list[NdpiFlow]:
+        """Close the streams, wait for nDPI, and return its flows (``errors`` say what failed)."""
+        if self._flows is None:
+            self.close()
+            self._flows = []
+            for linktype, meter in self._meters.items():
+                meter.join()
+                if meter.error is not None:
+                    self.errors.append(f"link type {linktype}: {meter.error}")
+                self._flows += meter.flows
+        return self._flows
 
 
 @contextlib.contextmanager
@@ -352,6 +463,19 @@ def first_packets(directory: str | None, limit: int = DEFAULT_PACKETS) -> Iterat
         yield keeper
     finally:
         keeper.close()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def live_detection(directory: str | None,
+                   limit: int = DEFAULT_PACKETS) -> Iterator[LiveDetection]:
+    """A ``LiveDetection`` with its FIFOs in a private directory; nDPI stopped on the way out."""
+    private = tempfile.mkdtemp(prefix="portwatch-detect-", dir=directory)
+    keeper = LiveDetection(private, limit)
+    try:
+        yield keeper
+    finally:
+        keeper.finish()
         shutil.rmtree(private, ignore_errors=True)
 
 

@@ -45,10 +45,9 @@ from portwatch.analysis.detect import (
     FirstPackets,
     FlowDetection,
     apply_detections,
-    first_packets,
+    live_detection,
     match,
     require_ndpi,
-    run_ndpi,
 )
 from portwatch.analysis.report import Report, merge_reports
 from portwatch.capture.batch import PacketBatch
@@ -427,18 +426,16 @@ def _analyze_detected(table: PortTable, inp: CaptureInput, progress: ProgressCal
                       stdin: BinaryIO | None, detect: DetectRequest) -> tuple[Analyzer, _Detected]:
     """The native analysis, its flows' first packets kept aside, then nDPI on those.
 
-    A file nDPI cannot read (nfstream refuses its link type) leaves its flows
+    nDPI reads the kept packets in a thread while the capture is analysed
+    (``LiveDetection``). A link type nDPI cannot read leaves its flows
     ``unconfirmed`` and says so in the report's warnings.
     """
-    with first_packets(detect.directory, detect.packets) as keeper:
+    with live_detection(detect.directory, detect.packets) as keeper:
         analyzer = _analyze_native(table, inp, progress, stdin, keeper)
-        ndpi = []
-        for path in keeper.close():
-            try:
-                ndpi += run_ndpi([path], keeper.limit)
-            except ValueError as exc:  # nfstream's word for a capture it cannot open
-                analyzer.warnings.append(f"{inp.name}: nDPI could not read the first packets "
-                                         f"of some flows ({os.path.basename(path)}): {exc}")
+        ndpi = keeper.finish()
+        analyzer.warnings.extend(f"{inp.name}: nDPI could not read the first packets of some "
+                                 f"flows ({error}); they stay unconfirmed"
+                                 for error in keeper.errors)
     live = np.flatnonzero(analyzer.flows.alive[: analyzer.flows.size])
     return analyzer, _Detected(live, match(ndpi, analyzer.flows, live))
 
