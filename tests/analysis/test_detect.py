@@ -21,6 +21,7 @@ from portwatch.analysis.detect import (
     FirstPackets,
     FlowDetection,
     NdpiFlow,
+    annotation_comments,
     judge,
     match,
     require_ndpi,
@@ -28,7 +29,7 @@ from portwatch.analysis.detect import (
 from portwatch.analysis.ndpi_names import confirms, packaged_table, parse_table
 from portwatch.analysis.render import OutputFormat, render
 from portwatch.analysis.report import FlowReport
-from portwatch.analysis.run import DetectRequest, analyze_paths
+from portwatch.analysis.run import AnnotateRequest, DetectRequest, analyze_paths
 from portwatch.analysis.verdict import Confidence, Detection, FlagReason, Verdict
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
@@ -436,3 +437,38 @@ def test_first_packets_starts_again_for_a_row_the_flow_table_reused(
     keeper.add(new, _decoded(new), flows_new, analyzer.flows)
     (path,) = keeper.close()
     assert [ts for ts, _ in _read(path)] == [1, 2, 10, 11]
+
+
+# -- the annotated copy ------------------------------------------------------------------
+
+@needs_ndpi
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_the_annotated_copy_carries_the_detection_in_every_packet_comment(
+    packaged: PortTable, tmp_path: Path,
+) -> None:
+    out = tmp_path / "annotated.pcapng"
+    analyze_paths([str(DETECT)], packaged, detect=DetectRequest(),
+                  annotate=AnnotateRequest(str(out), only_flagged=True))
+    comments = subprocess.run(
+        [TSHARK, "-n", "-r", str(out), "-T", "fields", "-e", "tcp.srcport", "-e",
+         "frame.comment"], capture_output=True, text=True, check=True, timeout=60).stdout
+    by_port = dict(line.split("\t", 1) for line in comments.splitlines() if "\t" in line)
+    assert by_port["50001"] == ("portwatch: FLAG tcp/443 https (assigned): tcp/443 https "
+                                "(assigned) carries ssh [handshake] [nDPI: ssh, mismatch]")
+    # only flagged flows are commented: the confirmed SSH on 22 is not
+    assert by_port.get("50006", "") == ""
+
+
+def test_annotation_comments_word_the_verdict_with_the_detection(table: PortTable) -> None:
+    analyzer = Analyzer(table)
+    batch = PacketBatch.from_packets([_tcp(40000, 1, b"SSH-2.0-x\r\n")], 1)
+    analyzer.feed(batch)
+    rows = np.flatnonzero(analyzer.flows.alive[: analyzer.flows.size])
+    row = int(rows[0])
+    got = annotation_comments(analyzer, {row: FlowDetection("ssh", Confidence.PAYLOAD)}, rows)
+    assert got[row] == ("portwatch: FLAG tcp/443 https (assigned): tcp/443 https (assigned) "
+                        "carries ssh [lower-port] [nDPI: ssh, mismatch]", True)
+    guessed = annotation_comments(analyzer, {row: FlowDetection("tls", Confidence.PORT_GUESS)},
+                                  rows)
+    assert guessed[row] == ("portwatch: tcp/443 https (assigned) [lower-port] "
+                            "[nDPI: tls (port-guess), unconfirmed]", False)

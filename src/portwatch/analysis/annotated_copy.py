@@ -9,7 +9,7 @@ index as the first pass, in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.verdict import FlowDecisions
@@ -45,11 +45,20 @@ def write_annotated(
     *,
     only_flagged: bool = False,
     interfaces_of: CaptureReader | None = None,
+    flow_overrides: Mapping[int, tuple[str, bool]] | None = None,
 ) -> int:
-    """Second pass: write ``batches`` with comments; returns packets written."""
+    """Second pass: write ``batches`` with comments; returns packets written.
+
+    ``flow_overrides``: flow row -> (comment, flagged) replacing the verdict's
+    own, for what the first pass learnt besides the ports (``--detect``:
+    ``portwatch.analysis.detect.annotation_comments``).
+    """
     decisions = first_pass.decisions()
     comments_of_flow = flow_comments(first_pass, decisions)
     flagged_flow = decisions.flags != 0
+    for row, (comment, flagged) in (flow_overrides or {}).items():
+        comments_of_flow[row] = comment
+        flagged_flow[row] = flagged
     replay = Analyzer(first_pass.table)
     written = 0
     for batch in batches:

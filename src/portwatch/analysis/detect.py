@@ -42,13 +42,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
+from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowTable
 from portwatch.analysis.ndpi_names import confirms
 from portwatch.analysis.report import Report
@@ -66,7 +67,9 @@ __all__ = [
     "FlowDetection",
     "LiveDetection",
     "NdpiFlow",
+    "annotation_comments",
     "apply_detections",
+    "detection_note",
     "detector_version",
     "first_packets",
     "judge",
@@ -692,6 +695,38 @@ def judge(found: FlowDetection, service: str, aliases: Sequence[str],
 
 
 _NOTHING = FlowDetection("", Confidence.NONE)
+
+
+def detection_note(found: FlowDetection, verdict: Detection) -> str:
+    """``[nDPI: ssh, mismatch]``, ``[nDPI: tls (port-guess), unconfirmed]``: for comments."""
+    what = found.detected or "nothing"
+    if found.confidence is Confidence.PORT_GUESS:
+        what += " (port-guess)"
+    return f"[nDPI: {what}, {verdict.label}]"
+
+
+def annotation_comments(analyzer: Analyzer, found: Mapping[int, FlowDetection],
+                        rows: I64) -> dict[int, tuple[str, bool]]:
+    """Each row's annotated-copy comment with nDPI's verdict, and whether it is flagged.
+
+    The verdict is worded by ``Verdict.summary`` like every other output; a
+    mismatch adds its reason there (``... carries ssh``).
+    """
+    decisions = analyzer.decisions()
+    table = analyzer.table
+    out: dict[int, tuple[str, bool]] = {}
+    for row in rows.tolist():
+        verdict = decisions.verdict(row, table)
+        got = found.get(row, _NOTHING)
+        aliases = table.lookup(verdict.transport, verdict.service_port).aliases
+        result = judge(got, verdict.service, aliases, verdict.status)
+        flags = verdict.flags | (FlagReason.PROTOCOL_MISMATCH if result is Detection.MISMATCH
+                                 else 0)
+        verdict = replace(verdict, flags=FlagReason(flags), detected=got.detected)
+        rule = verdict.rule.label if verdict.rule is not None else ""
+        out[row] = (f"portwatch: {verdict.summary()} [{rule}] {detection_note(got, result)}",
+                    verdict.flagged)
+    return out
 _TRANSPORT_BY_LABEL = {t.label: t for t in Transport}
 _STATUS_BY_LABEL = {s.label: s for s in PortStatus}
 

@@ -44,6 +44,7 @@ from portwatch.analysis.detect import (
     DEFAULT_PACKETS,
     FirstPackets,
     FlowDetection,
+    annotation_comments,
     apply_detections,
     live_detection,
     match,
@@ -450,9 +451,11 @@ def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
     try:
         with output_file(request.output) as out:
             writer = PcapngWriter(out)
+            overrides = (annotation_comments(analyzer, detected.found, detected.rows)
+                         if detected is not None else None)
             with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
                 write_annotated(analyzer, reader, writer, only_flagged=request.only_flagged,
-                                interfaces_of=reader)
+                                interfaces_of=reader, flow_overrides=overrides)
         # what the copy had to shorten (an option or a record past what readers accept)
         analyzer.warnings.extend(f"{request.output}: {w}" for w in writer.warnings)
     finally:
