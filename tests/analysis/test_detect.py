@@ -472,3 +472,33 @@ def test_annotation_comments_word_the_verdict_with_the_detection(table: PortTabl
                                   rows)
     assert guessed[row] == ("portwatch: tcp/443 https (assigned) [lower-port] "
                             "[nDPI: tls (port-guess), unconfirmed]", False)
+
+
+@needs_ndpi
+def test_live_detection_reports_a_flow_once_ndpi_is_done_before_the_stream_ends(
+    tmp_path: Path, packaged: PortTable,
+) -> None:
+    """The daemon's mode: flows come back while the FIFO is still open."""
+    import time
+
+    from portwatch.analysis.detect import LiveDetection
+
+    reported: list[NdpiFlow] = []
+    # detect.pcap's flows follow each other ~6 ms apart: 3 ms of silence ends one
+    live = LiveDetection(str(tmp_path), on_flow=reported.append, idle_ms=3)
+    analyzer = Analyzer(packaged)
+    reader = read_capture_path(str(DETECT))
+    try:
+        for batch in reader:
+            decoded, flows = analyzer.feed(batch)
+            live.add(batch, decoded, flows, analyzer.flows)
+    finally:
+        reader.close()
+    deadline = time.monotonic() + 20
+    while len(reported) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    early = {f.name for f in reported}
+    assert {"SSH", "HTTP", "TLS"} <= early  # reported before finish(), the FIFO still open
+    assert live.finish() == []
+    assert len(reported) == 9  # the last flow at the end
+    assert live.errors == []

@@ -42,7 +42,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -72,9 +73,11 @@ __all__ = [
     "detection_note",
     "detector_version",
     "first_packets",
+    "flow_keys",
     "judge",
     "live_detection",
     "match",
+    "ndpi_key",
     "ndpi_protocols",
     "require_ndpi",
     "run_ndpi",
@@ -363,16 +366,19 @@ def _pcap_header(linktype: int) -> bytes:
 class _Meter(threading.Thread):
     """nDPI reading one FIFO until its writer closes it (``_meter_in_process``)."""
 
-    def __init__(self, path: str, limit: int) -> None:
+    def __init__(self, path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
+                 idle_ms: int = 0) -> None:
         super().__init__(name=f"portwatch-ndpi-{os.path.basename(path)}", daemon=True)
         self.path = path
         self.limit = limit
+        self.on_flow = on_flow
+        self.idle_ms = idle_ms
         self.flows: list[NdpiFlow] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.flows = _meter_in_process(self.path, self.limit)
+            self.flows = _meter_in_process(self.path, self.limit, self.on_flow, self.idle_ms)
         except BaseException as exc:  # handed to the analysing thread by LiveDetection.finish
             self.error = exc
 
@@ -403,8 +409,13 @@ class LiveDetection(FirstPackets):
     returns nDPI's flows and, per link type nDPI could not read, why.
     """
 
-    def __init__(self, directory: str, limit: int = DEFAULT_PACKETS) -> None:
+    def __init__(self, directory: str, limit: int = DEFAULT_PACKETS, *,
+                 on_flow: Callable[[NdpiFlow], None] | None = None, idle_ms: int = 0) -> None:
+        """``on_flow``/``idle_ms``: report each flow as soon as nDPI is done with it
+        (``_meter_in_process``), from nDPI's thread, for a capture that never ends."""
         super().__init__(directory, limit)
+        self.on_flow = on_flow
+        self.idle_ms = idle_ms
         self._meters: dict[int, _Meter] = {}
         self._sinks: dict[int, BinaryIO | None] = {}
         self._flows: list[NdpiFlow] | None = None
@@ -415,7 +426,7 @@ class LiveDetection(FirstPackets):
             return self._sinks[linktype]
         path = os.path.join(self.directory, f"first-packets-{linktype}.fifo")
         os.mkfifo(path, 0o600)
-        meter = self._meters[linktype] = _Meter(path, self.limit)
+        meter = self._meters[linktype] = _Meter(path, self.limit, self.on_flow, self.idle_ms)
         meter.start()
         sink: BinaryIO | None = None
         try:
@@ -430,6 +441,9 @@ class LiveDetection(FirstPackets):
     def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
         try:
             super()._write(batch, idx, linktype)
+            sink = self._sinks.get(linktype)
+            if sink is not None:
+                sink.flush()  # a live capture may pause: nDPI reads each batch as it comes
         except BrokenPipeError:  # nDPI's thread stopped reading: its error says why
             sink = self._sinks.pop(linktype, None)
             with contextlib.suppress(OSError):
@@ -550,7 +564,21 @@ def run_ndpi(paths: Sequence[str], limit: int = DEFAULT_PACKETS) -> list[NdpiFlo
     return out
 
 
-def _meter_in_process(path: str, limit: int) -> list[NdpiFlow]:
+#: Flows a live meter finished early, remembered so their later packets are ignored.
+_DONE_KEYS = 1 << 20
+
+
+def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
+                      idle_ms: int = 0) -> list[NdpiFlow]:
+    """nDPI over the capture (or FIFO) at ``path``; its flows at the end of the input.
+
+    With ``on_flow`` (a live stream that may never end), each flow is handed
+    to it and freed as soon as nDPI is done with it (nfstream's
+    ``detection_completed``, which waits for nDPI's extra dissection, or
+    ``limit`` packets read), or when no packet of it came for ``idle_ms`` of
+    packet time (time moves with the packets of this stream); its later
+    packets are ignored. Nothing is then returned.
+    """
     ffi, lib = _engine()
     mode = _SINGLE_FILE
     error = ffi.new("char[256]")
@@ -562,37 +590,65 @@ def _meter_in_process(path: str, limit: int) -> list[NdpiFlow]:
         raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
     dissector = _dissector(ffi, lib)
     meters: dict[tuple[int, ...], Any] = {}
+    done: OrderedDict[tuple[int, ...], None] = OrderedDict()
     packet = ffi.new("struct nf_packet *")
-    tick = 0
+    tick = scanned = 0
+    forever = _NO_TIMEOUT_S * 1000
+
+    def finish(key: tuple[int, ...]) -> NdpiFlow | None:
+        meter = meters.pop(key)
+        try:
+            lib.meter_expire_flow(meter, limit, dissector)  # nDPI's last word (and guess)
+            return _ndpi_flow(_CFlow(ffi, meter))
+        finally:
+            lib.meter_free_flow(meter, limit, 0, 1)
+
     try:
         while True:
             ret = lib.capture_next(capture, packet, 0, 1, 0, mode)
-            if ret == 1:
-                if packet.time > tick:
-                    tick = packet.time
-                else:
-                    packet.time = tick  # the meter wants time in order
-                a = (packet.src_ip[0], packet.src_ip[1], packet.src_port)
-                b = (packet.dst_ip[0], packet.dst_ip[1], packet.dst_port)
-                key = (*min(a, b), *max(a, b), packet.protocol, packet.vlan_id)
-                meter = meters.get(key)
-                if meter is None:
-                    meter = lib.meter_initialize_flow(packet, 0, 0, 0, limit, dissector, 0)
-                    if meter == ffi.NULL:
-                        raise MemoryError("nDPI could not allocate a flow")
-                    meters[key] = meter
-                else:
-                    lib.meter_update_flow(meter, packet, _NO_TIMEOUT_S * 1000,
-                                          _NO_TIMEOUT_S * 1000, 0, 0, 0, limit, dissector, 0)
-            elif ret < -1:  # end of file (-1: nothing read this time; 0: ignored)
+            if ret < -1:  # end of input (-1: nothing read this time; 0: ignored)
                 break
-        flows = []
-        for meter in meters.values():
-            lib.meter_expire_flow(meter, limit, dissector)  # nDPI's last word (and guess)
-            flow = _ndpi_flow(_CFlow(ffi, meter))
-            if flow is not None:
-                flows.append(flow)
-        return flows
+            if ret != 1:
+                continue
+            if packet.time > tick:
+                tick = packet.time
+            else:
+                packet.time = tick  # the meter wants time in order
+            a = (packet.src_ip[0], packet.src_ip[1], packet.src_port)
+            b = (packet.dst_ip[0], packet.dst_ip[1], packet.dst_port)
+            key = (*min(a, b), *max(a, b), packet.protocol, packet.vlan_id)
+            meter = meters.get(key)
+            if meter is None:
+                if key in done:
+                    continue
+                meter = lib.meter_initialize_flow(packet, 0, 0, 0, limit, dissector, 0)
+                if meter == ffi.NULL:
+                    raise MemoryError("nDPI could not allocate a flow")
+                meters[key] = meter
+            else:
+                lib.meter_update_flow(meter, packet, forever, forever, 0, 0, 0, limit,
+                                      dissector, 0)
+            if on_flow is None:
+                continue
+            if meter.detection_completed or meter.bidirectional_packets >= limit:
+                done[key] = None
+                if len(done) > _DONE_KEYS:
+                    done.popitem(last=False)
+                if (flow := finish(key)) is not None:
+                    on_flow(flow)
+            if idle_ms and tick - scanned >= min(idle_ms, 1000):  # at most once a second
+                scanned = tick
+                for old in [k for k, m in meters.items()
+                            if m.bidirectional_last_seen_ms + idle_ms < tick]:
+                    done[old] = None  # what comes later is past its first packets
+                    if (flow := finish(old)) is not None:
+                        on_flow(flow)
+        flows = [f for f in map(finish, list(meters)) if f is not None]
+        if on_flow is None:
+            return flows
+        for flow in flows:
+            on_flow(flow)
+        return []
     finally:
         for meter in meters.values():
             lib.meter_free_flow(meter, limit, 0, 1)
@@ -648,6 +704,25 @@ def _key(transport: int, a: tuple[int, int], b: tuple[int, int]) -> tuple[int, t
     return (transport, a, b) if a <= b else (transport, b, a)
 
 
+FlowKey = tuple[int, tuple[int, int], tuple[int, int]]
+
+
+def ndpi_key(flow: NdpiFlow) -> FlowKey:
+    """The direction-free 5-tuple of one of nDPI's flows (``flow_keys`` spells them alike)."""
+    return _key(flow.transport, flow.a, flow.b)
+
+
+def flow_keys(flows: FlowTable, rows: I64) -> list[FlowKey]:
+    """The direction-free 5-tuple of each of ``rows`` of portwatch's flow table."""
+    keys = flows.keys[rows]
+    a_addr = [(h << 64) | lo for h, lo in zip(keys["ah"].tolist(), keys["al"].tolist(),
+                                             strict=True)]
+    b_addr = [(h << 64) | lo for h, lo in zip(keys["bh"].tolist(), keys["bl"].tolist(),
+                                             strict=True)]
+    return [_key(t, (a_addr[j], ap), (b_addr[j], bp)) for j, (t, ap, bp) in enumerate(
+        zip(keys["t"].tolist(), keys["ap"].tolist(), keys["bp"].tolist(), strict=True))]
+
+
 def match(ndpi: Sequence[NdpiFlow], flows: FlowTable,
           rows: I64) -> dict[int, FlowDetection]:
     """nDPI's answer for each of ``rows`` it saw, by 5-tuple, then by time.
@@ -656,20 +731,14 @@ def match(ndpi: Sequence[NdpiFlow], flows: FlowTable,
     whose start falls within it (else the closest start); of several answers
     for one row, a payload detection wins over a guess.
     """
-    keys = flows.keys[rows]
-    by_key: dict[tuple[int, tuple[int, int], tuple[int, int]], list[int]] = {}
-    a_addr = [(h << 64) | lo for h, lo in zip(keys["ah"].tolist(), keys["al"].tolist(),
-                                             strict=True)]
-    b_addr = [(h << 64) | lo for h, lo in zip(keys["bh"].tolist(), keys["bl"].tolist(),
-                                             strict=True)]
-    for j, (t, ap, bp) in enumerate(zip(keys["t"].tolist(), keys["ap"].tolist(),
-                                        keys["bp"].tolist(), strict=True)):
-        by_key.setdefault(_key(t, (a_addr[j], ap), (b_addr[j], bp)), []).append(j)
+    by_key: dict[FlowKey, list[int]] = {}
+    for j, key in enumerate(flow_keys(flows, rows)):
+        by_key.setdefault(key, []).append(j)
     first = flows.first_ns[rows].tolist()
     last = flows.last_ns[rows].tolist()
     out: dict[int, FlowDetection] = {}
     for nf in ndpi:
-        candidates = by_key.get(_key(nf.transport, nf.a, nf.b))
+        candidates = by_key.get(ndpi_key(nf))
         if not candidates:
             continue
         j = min(candidates, key=lambda c: (not first[c] - 1_000_000 <= nf.first_ns <= last[c],
