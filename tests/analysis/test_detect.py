@@ -502,3 +502,32 @@ def test_live_detection_reports_a_flow_once_ndpi_is_done_before_the_stream_ends(
     assert live.finish() == []
     assert len(reported) == 9  # the last flow at the end
     assert live.errors == []
+
+
+@needs_ndpi
+def test_sigterm_during_detection_removes_the_private_fifo_directory(tmp_path: Path) -> None:
+    """A run stalled on its input is stopped: exit 143, nothing left in $TMPDIR."""
+    import os
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    fifo = tmp_path / "in.pcap"
+    os.mkfifo(fifo)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portwatch", "analyze", "--detect", "-f", "json", str(fifo)],
+        env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(repo / "src")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(fifo, "wb") as writer:
+        writer.write(DETECT.read_bytes())  # every packet, then silence: the run waits
+        writer.flush()
+        deadline = time.monotonic() + 30
+        while not any(tmp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(tmp.iterdir())  # detection's private directory exists meanwhile
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp.iterdir()) == []

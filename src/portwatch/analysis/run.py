@@ -428,10 +428,11 @@ def _analyze_detected(table: PortTable, inp: CaptureInput, progress: ProgressCal
     """The native analysis, its flows' first packets kept aside, then nDPI on those.
 
     nDPI reads the kept packets in a thread while the capture is analysed
-    (``LiveDetection``). A link type nDPI cannot read leaves its flows
+    (``LiveDetection``); SIGTERM and SIGHUP unwind the stack like a spool's,
+    so the private FIFO directory goes too. A link type nDPI cannot read leaves its flows
     ``unconfirmed`` and says so in the report's warnings.
     """
-    with live_detection(detect.directory, detect.packets) as keeper:
+    with _unwind_on_signals(), live_detection(detect.directory, detect.packets) as keeper:
         analyzer = _analyze_native(table, inp, progress, stdin, keeper)
         ndpi = keeper.finish()
         analyzer.warnings.extend(f"{inp.name}: nDPI could not read the first packets of some "
