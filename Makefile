@@ -20,8 +20,8 @@ test: system-deps venv lint typecheck pytest
 # needs no compiler; `make bpf` rebuilds it after the C changes. Debian's clang
 # is used when present, else the clang inside the `ziglang` wheel
 # (pip install ziglang: the `ebpf-build` extra).
-BPF_SRC := src/portwatch/capture/live/bpf/portwatch.bpf.c
-BPF_OBJ := src/portwatch/capture/live/bpf/portwatch.bpf.o
+BPF_SRC := src/portwatch/daemon/bpf/portwatch.bpf.c
+BPF_OBJ := src/portwatch/daemon/bpf/portwatch.bpf.o
 BPF_CFLAGS := -O2 -g -Wall -Werror -fno-asynchronous-unwind-tables -c
 bpf: $(BPF_OBJ)
 

@@ -124,6 +124,100 @@ def dns_query(*, v6: bool = False) -> list[Pkt]:
     return udp_exchange(53001, 53, DNS_QUERY, v6=v6)
 
 
+# -- payloads nDPI recognises (detect.pcap) --------------------------------------------
+
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
+HTTP_REQUEST = (b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/7.88.1\r\n"
+                b"Accept: */*\r\n\r\n")
+HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\nhello"
+DNS_RESPONSE = bytes.fromhex(
+    "123481800001000100000000076578616d706c6503636f6d0000010001"
+    "c00c000100010000012c0004c0000201")
+
+
+def _tls_extension(etype: int, body: bytes) -> bytes:
+    return struct.pack("!HH", etype, len(body)) + body
+
+
+def tls_client_hello(server_name: bytes) -> bytes:
+    """A TLS 1.3 ClientHello record (RFC 8446 4.1.2) with SNI, fixed random and key share.
+
+    Written with ``struct``: scapy's TLS layer needs ``cryptography`` to build
+    a record, and a fixed byte layout keeps regeneration byte-identical.
+    """
+    name = b"\x00" + struct.pack("!H", len(server_name)) + server_name
+    extensions = b"".join([
+        _tls_extension(0, struct.pack("!H", len(name)) + name),  # server_name
+        _tls_extension(10, struct.pack("!HHH", 4, 29, 23)),  # supported_groups
+        _tls_extension(13, struct.pack("!HHH", 4, 0x0403, 0x0804)),  # signature_algorithms
+        _tls_extension(43, b"\x04\x03\x04\x03\x03"),  # supported_versions: 1.3, 1.2
+        _tls_extension(51, struct.pack("!HHH", 36, 29, 32) + b"\x33" * 32),  # key_share
+    ])
+    body = (b"\x03\x03" + b"\x11" * 32  # legacy_version, random
+            + b"\x20" + b"\x44" * 32  # legacy_session_id
+            + struct.pack("!HHHH", 6, 0x1301, 0x1302, 0xC02F)  # cipher_suites
+            + b"\x01\x00"  # compression: null
+            + struct.pack("!H", len(extensions)) + extensions)
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+
+
+def tcp_conversation(cport: int, sport: int, request: bytes | None,
+                     reply: bytes | None) -> list[Pkt]:
+    """A handshake, then (when given) one request and one reply with consistent sequence numbers."""
+    c2s = IP(src=V4_CLIENT, dst=V4_SERVER, id=7)
+    s2c = IP(src=V4_SERVER, dst=V4_CLIENT, id=8)
+    tag = f"tcp/{sport}"
+    seq_c, seq_s = 1001, 5001
+    out = [
+        Pkt(c2s / TCP(sport=cport, dport=sport, flags="S", seq=seq_c - 1), tag),
+        Pkt(s2c / TCP(sport=sport, dport=cport, flags="SA", seq=seq_s - 1, ack=seq_c), tag),
+        Pkt(c2s / TCP(sport=cport, dport=sport, flags="A", seq=seq_c, ack=seq_s), tag),
+    ]
+    if request is not None:
+        out.append(Pkt(c2s / TCP(sport=cport, dport=sport, flags="PA", seq=seq_c, ack=seq_s)
+                       / request, tag))
+        seq_c += len(request)
+    if reply is not None:
+        out.append(Pkt(s2c / TCP(sport=sport, dport=cport, flags="PA", seq=seq_s, ack=seq_c)
+                       / reply, tag))
+    return out
+
+
+#: detect.pcap's flows: client port -> (traffic, what nDPI must find, the verdict).
+def detect_traffic() -> tuple[list[Pkt], dict[str, dict[str, str]]]:
+    flows: list[tuple[int, list[Pkt], str, str, str]] = [
+        # mismatches: the payload is another protocol than the port's assignment
+        (50001, tcp_conversation(50001, 443, SSH_BANNER, SSH_BANNER), "ssh", "payload",
+         "mismatch"),
+        (50002, tcp_conversation(50002, 53, HTTP_REQUEST, HTTP_RESPONSE), "http", "payload",
+         "mismatch"),
+        (50003, tcp_conversation(50003, 8806, tls_client_hello(b"example.com"), None), "tls",
+         "payload", "mismatch"),
+        # confirmations: the payload is what IANA assigns
+        (50004, [*udp_exchange(50004, 53, DNS_QUERY)[:1],
+                 Pkt(IP(src=V4_SERVER, dst=V4_CLIENT, id=4) / UDP(sport=53, dport=50004)
+                     / DNS_RESPONSE, "udp/53")], "dns", "payload", "confirmed"),
+        (50005, tcp_conversation(50005, 443, tls_client_hello(b"example.org"), None), "tls",
+         "payload", "confirmed"),
+        (50006, tcp_conversation(50006, 22, SSH_BANNER, SSH_BANNER), "ssh", "payload",
+         "confirmed"),
+        (50007, tcp_conversation(50007, 80, HTTP_REQUEST, HTTP_RESPONSE), "http", "payload",
+         "confirmed"),
+        # no payload, or a payload nDPI does not know: never a mismatch
+        (50008, tcp_conversation(50008, 443, None, None), "tls", "port-guess", "unconfirmed"),
+        (50009, tcp_conversation(50009, 9100, b"\x8a\x01\x7f\x00\xff\xfe\x10\x20", b"\x00\x01"),
+         "", "none", "unconfirmed"),
+    ]
+    packets = [p for _, pkts, *_ in flows for p in pkts]
+    truth = {
+        str(cport): {"service": pkts[0].tag or "", "detected": detected,
+                     "confidence": confidence, "detection": verdict}
+        for cport, pkts, detected, confidence, verdict in flows
+    }
+    return packets, truth
+
+
 def sctp_init(sport: int) -> list[Pkt]:
     tag = f"sctp/{sport}"
     init = SCTPChunkInit(
@@ -787,6 +881,13 @@ def build_files() -> tuple[dict[str, bytes], dict[str, dict[str, object]]]:
     ]
     files["simple-and-unknown-blocks.pcapng"] = b"".join(blocks)
     truth["simple-and-unknown-blocks.pcapng"] = truth_of([*spb, *epb])
+
+    # Payloads nDPI recognises, on their assigned ports and on others (--detect).
+    detect, detections = detect_traffic()
+    files["detect.pcap"] = write_pcap(
+        list(zip(timestamps(len(detect)), [frame(LINKTYPE_ETHERNET, p.layer) for p in detect],
+                 strict=True)), LINKTYPE_ETHERNET, nano=True)
+    truth["detect.pcap"] = {**truth_of(detect), "detection": detections}
 
     # gzip-compressed classic pcap (fixed mtime so the bytes never change).
     files["eth-le-usec.pcap.gz"] = gzip.compress(files["eth-le-usec.pcap"], 9, mtime=0)

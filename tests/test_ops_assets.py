@@ -51,6 +51,7 @@ SPEC_METRICS = frozenset(
         "portwatch_registry_updated_timestamp_seconds",
         "portwatch_registry_info",
         "portwatch_build_info",
+        "portwatch_protocol_mismatch_flows_total",  # [detect] enabled (docs/detect.md)
     }
 )
 ALLOWED_METRICS = SPEC_METRICS | {"up"}
@@ -224,7 +225,8 @@ def test_the_required_alerts_exist() -> None:
     assert "portwatch_backend_restarts_total" in joined
     assert "time() - portwatch_registry_updated_timestamp_seconds > 90 * 86400" in joined
     assert 'up{job="portwatch"} == 0' in joined
-    assert len(exprs) == 6
+    assert "increase(portwatch_protocol_mismatch_flows_total[10m]) > 0" in joined
+    assert len(exprs) == 7
 
 
 def test_traffic_alerts_fire_once_per_port_with_the_reasons_in_a_label() -> None:
@@ -439,6 +441,11 @@ _SERIES = [
         "1x60",
     ),
     (f'portwatch_build_info{{{_LABELS}, version="0.1.0"}}', "1x60"),
+    (
+        f'portwatch_protocol_mismatch_flows_total{{{_LABELS}, transport="tcp", port="443", '
+        'assigned="https", detected="ssh"}',
+        "0+1x60",
+    ),
 ]
 
 

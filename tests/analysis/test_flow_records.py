@@ -22,7 +22,7 @@ from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.community_id import community_id
 from portwatch.analysis.conn_state import ConnState
 from portwatch.analysis.render import OutputFormat, render
-from portwatch.analysis.report import FlowReport, Report, merge_reports
+from portwatch.analysis.report import DETECTION_FIELDS, FlowReport, Report, merge_reports
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.porttable.table import PortTable
@@ -254,7 +254,8 @@ def test_json_keeps_every_existing_key_and_only_adds_the_new_fields(sample: Repo
     assert doc["flagged"]
     for record in doc["flagged"]:
         assert list(record) == LEGACY_FIELDS + NEW_FIELDS
-    assert list(FlowReport.__slots__) == LEGACY_FIELDS + NEW_FIELDS
+    # nDPI's fields come last and only when --detect ran (analysis/detect.py)
+    assert list(FlowReport.__slots__) == LEGACY_FIELDS + NEW_FIELDS + list(DETECTION_FIELDS)
     full = sample.as_dict(include_flows=True)
     assert [list(f) for f in full["flows"]] == [LEGACY_FIELDS + NEW_FIELDS] * 20
 

@@ -39,9 +39,10 @@ REMARK = "Known UNAUTHORIZED USE: Ports 44515 & 44516"
 
 def test_flag_reason_bits_keep_the_values_stored_arrays_hold() -> None:
     assert {r.name: int(r) for r in FlagReason} == {
-        "RESERVED": 1, "UNASSIGNED": 2, "UNLISTED": 4, "UNAUTHORIZED_USE": 8, "DYNAMIC": 16}
+        "RESERVED": 1, "UNASSIGNED": 2, "UNLISTED": 4, "UNAUTHORIZED_USE": 8, "DYNAMIC": 16,
+        "PROTOCOL_MISMATCH": 32}
     assert [r.label for r in FlagReason] == [
-        "reserved", "unassigned", "unlisted", "unauthorized-use", "dynamic"]
+        "reserved", "unassigned", "unlisted", "unauthorized-use", "dynamic", "protocol-mismatch"]
 
 
 def test_service_side_rules_keep_their_values_and_labels() -> None:

@@ -392,7 +392,10 @@ def _sample_captures() -> list[Path]:
 def test_plugin_agrees_with_flow_engine_on_sample_captures(
     plugin: Path, csv_table: PortTable, tmp_path: Path, two_pass: bool
 ) -> None:
-    captures = _sample_captures()
+    # detect.pcap carries payloads Wireshark recognises on foreign ports, which the
+    # plugin flags (protocol-mismatch) and the engine without --detect cannot:
+    # test_plugin_judges_wireshark_s_own_dissection_against_the_registry below.
+    captures = [c for c in _sample_captures() if c.name != "detect.pcap"]
     if not captures:
         pytest.skip("pcaps/ holds no sample captures yet")
     for source in captures:
@@ -403,6 +406,43 @@ def test_plugin_agrees_with_flow_engine_on_sample_captures(
         got = _fields(plugin, capture, two_pass=two_pass,
                       check_stderr=source.name != "truncated.pcap")
         assert got == expected, source.name
+
+
+@needs_tshark
+@pytest.mark.parametrize(("decode_as", "expected"), [
+    # Wireshark dissects by port, with heuristics: TLS on unassigned 8806 is found by
+    # them; SSH on 443 is "data" to it (nothing judged) until told to decode it
+    ((), {"50001": ("", "unconfirmed"), "50003": ("tls", "mismatch"),
+          "50004": ("dns", "confirmed"), "50005": ("tls", "confirmed"),
+          "50006": ("ssh", "confirmed"), "50007": ("http", "confirmed"),
+          "50008": ("", "unconfirmed"), "50009": ("", "unconfirmed")}),
+    (("-d", "tcp.port==443,ssh"), {"50001": ("ssh", "mismatch")}),
+])
+def test_plugin_judges_wireshark_s_own_dissection_against_the_registry(
+    plugin: Path, tmp_path: Path, decode_as: tuple[str, ...],
+    expected: dict[str, tuple[str, str]],
+) -> None:
+    source = REPO / "pcaps" / "detect.pcap"
+    if not source.exists():
+        pytest.skip("pcaps/detect.pcap is missing: run `make pcaps`")
+    capture = tmp_path / source.name
+    shutil.copyfile(source, capture)
+    rows = _tshark(plugin, capture, *decode_as, "-Y", "tcp.len > 0 || udp || tcp.flags.syn == 1",
+                   "-T", "fields", "-e", "tcp.srcport", "-e", "udp.srcport",
+                   "-e", "portwatch.detected", "-e", "portwatch.detection",
+                   "-e", "portwatch.reason")
+    got: dict[str, tuple[str, str]] = {}
+    reasons: dict[str, str] = {}
+    for tcp_port, udp_port, detected, detection, reason in rows:
+        client = tcp_port or udp_port
+        if client in expected and (client not in got or detection != "unconfirmed"):
+            got[client] = (detected, detection)
+            reasons[client] = reason
+    assert got == expected
+    if "50003" in expected:
+        assert reasons["50003"].endswith("tcp/8806 (unassigned) carries tls")
+    if decode_as:
+        assert reasons["50001"] == "tcp/443 https (assigned) carries ssh"
 
 
 # -- the generator and the CLI ----------------------------------------------------------------

@@ -31,8 +31,8 @@ from helpers.netns import Netns
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import LinkType
 from portwatch.capture.files.reader import open_capture
-from portwatch.capture.live import ebpf
 from portwatch.capture.live.replay import ReplaySource
+from portwatch.daemon import ebpf
 from portwatch.daemon.collector import PortwatchCollector
 from portwatch.daemon.counters import RegistryFacts, TrafficCounters
 from portwatch.errors import BackendError, CaptureError

@@ -16,7 +16,7 @@ a fresh pcapng for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.verdict import FlowDecisions
@@ -54,9 +54,15 @@ def write_annotated(
     *,
     only_flagged: bool = False,
     interfaces_of: CaptureReader | None = None,
+    flow_overrides: Mapping[int, tuple[str, bool]] | None = None,
 ) -> int:
-    """Second pass: write ``batches`` with comments; returns packets written."""
-    comment = _Commenter(first_pass, only_flagged)
+    """Second pass: write ``batches`` with comments; returns packets written.
+
+    ``flow_overrides``: flow row -> (comment, flagged) replacing the verdict's
+    own, for what the first pass learnt besides the ports (``--detect``:
+    ``portwatch.analysis.detect.annotation_comments``).
+    """
+    comment = _Commenter(first_pass, only_flagged, flow_overrides)
     written = 0
     for batch in batches:
         if interfaces_of is not None:
@@ -69,10 +75,14 @@ def write_annotated(
 class _Commenter:
     """The comment of every packet of a batch, from a replay of the first pass."""
 
-    def __init__(self, first_pass: Analyzer, only_flagged: bool) -> None:
+    def __init__(self, first_pass: Analyzer, only_flagged: bool,
+                 overrides: Mapping[int, tuple[str, bool]] | None = None) -> None:
         decisions = first_pass.decisions()
         self._of_flow = flow_comments(first_pass, decisions)
         self._flagged = (decisions.flags != 0).tolist()
+        for row, (text, flagged) in (overrides or {}).items():
+            self._of_flow[row] = text
+            self._flagged[row] = flagged
         self._only_flagged = only_flagged
         self._replay = Analyzer(first_pass.table)
 
@@ -95,6 +105,7 @@ def copy_annotated(
     writer: PcapngCopyWriter,
     *,
     only_flagged: bool = False,
+    flow_overrides: Mapping[int, tuple[str, bool]] | None = None,
 ) -> int:
     """Second pass over a pcapng source: every block copied, packets commented.
 
@@ -105,7 +116,7 @@ def copy_annotated(
     read soundly before it are still copied, then the damage is raised.
     Returns the packets written.
     """
-    comment = _Commenter(first_pass, only_flagged)
+    comment = _Commenter(first_pass, only_flagged, flow_overrides)
     try:
         for batch in batches:
             for offset, text in zip(batch.file_offsets.tolist(), comment(batch), strict=True):

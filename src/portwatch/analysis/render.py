@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from portwatch import __version__
 from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table
 from portwatch.analysis.report import (
+    DETECTION_FIELDS,
     PORTLESS_STATUSES,
     UNDECODABLE_STATUSES,
     FlowReport,
@@ -63,17 +64,23 @@ def _jsonl(report: Report) -> str:
     return "".join(json.dumps(f.as_dict()) + "\n" for f in report.flows)
 
 
-_CSV_FIELDS = tuple(FlowReport.__slots__)
+_CSV_FIELDS = tuple(f for f in FlowReport.__slots__ if f not in DETECTION_FIELDS)
+
+
+def _detected(report: Report) -> bool:
+    """Whether detection ran (``--detect``): its flows carry a ``detection``."""
+    return any(f.detection is not None for f in report.flows)
 
 
 def _csv(report: Report) -> str:
+    fields = _CSV_FIELDS + DETECTION_FIELDS if _detected(report) else _CSV_FIELDS
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_CSV_FIELDS)
+    writer.writerow(fields)
     for flow in report.flows:
         row = flow.as_dict()
         writer.writerow(
-            ";".join(v) if isinstance(v := row[name], list) else v for name in _CSV_FIELDS
+            ";".join(v) if isinstance(v := row.get(name), list) else v for name in fields
         )
     return buf.getvalue()
 
@@ -189,6 +196,18 @@ _FLAGGED_COLUMNS = (
 )
 
 
+_FLAGGED_DETECTED = Column("detected", priority=65, shrink=True, min_width=8)
+
+_DETECTION_COLUMNS = (
+    Column("port", priority=100),
+    Column("service", priority=80, shrink=True, min_width=8),
+    Column("detected", priority=90, shrink=True, min_width=8),
+    Column("confidence", priority=50),
+    Column("verdict", priority=95),
+    Column("flows", priority=70, align=Align.RIGHT),
+)
+
+
 def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
@@ -210,6 +229,7 @@ def _table(report: Report, width: int | None, color: bool) -> str:
     parts = [fit(title, width), render_table(_SERVICE_COLUMNS, services, width=width,
                                              color=color)]
     flagged = report.flagged
+    detected = _detected(report)
     if flagged:
         rows = [
             [f"{_endpoint(f.client, f.client_port)} -> {f.server}",
@@ -217,8 +237,15 @@ def _table(report: Report, width: int | None, color: bool) -> str:
              "; ".join(f.reasons)]
             for f in flagged
         ]
+        columns: tuple[Column, ...] = _FLAGGED_COLUMNS
+        if detected:
+            columns = (*_FLAGGED_COLUMNS[:-1], _FLAGGED_DETECTED, _FLAGGED_COLUMNS[-1])
+            for row, f in zip(rows, flagged, strict=True):
+                row.insert(len(row) - 1, f.detected or "-")
         parts += ["", fit(f"Flagged flows ({len(flagged)})", width),
-                  render_table(_FLAGGED_COLUMNS, rows, width=width, color=color)]
+                  render_table(columns, rows, width=width, color=color)]
+    if detected:
+        parts += ["", *_detection_table(report, width, color)]
     parts.append("")
     if report.decode:
         parts.append(fit("Packets without ports: " + ", ".join(
@@ -228,6 +255,24 @@ def _table(report: Report, width: int | None, color: bool) -> str:
                      f"{reg.get('last_updated') or 'unknown'}"
                      + (" (assigned ports only)" if reg.get("assigned_only") else ""), width))
     return "\n".join(parts) + "\n"
+
+
+def _detection_table(report: Report, width: int | None, color: bool) -> list[str]:
+    """Flows per (service port, detected protocol, verdict): what the payload says."""
+    counts: dict[tuple[str, int, str, str, str, str], int] = {}
+    for f in report.flows:
+        key = (f.transport, f.service_port, f.service, f.detected or "", f.confidence or "",
+               f.detection or "")
+        counts[key] = counts.get(key, 0) + 1
+    order = {"mismatch": 0, "confirmed": 1, "unconfirmed": 2}
+    rows = [
+        [f"{t}/{port}", service or "-", detected or "-", confidence, verdict, str(n)]
+        for (t, port, service, detected, confidence, verdict), n in sorted(
+            counts.items(), key=lambda kv: (order.get(kv[0][5], 3), -kv[1], kv[0]))
+    ]
+    mismatched = sum(n for key, n in counts.items() if key[5] == "mismatch")
+    return [fit(f"Protocol detection (nDPI): {mismatched} mismatched flows", width),
+            render_table(_DETECTION_COLUMNS, rows, width=width, color=color)]
 
 
 def _plain(fn: Callable[[Report], str]) -> Callable[[Report, int | None, bool], str]:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the analyzer calls build_report; only its type is needed he
     from portwatch.analysis.flows import FlowTable
 
 __all__ = [
+    "DETECTION_FIELDS",
     "PORTLESS_STATUSES",
     "UNDECODABLE_STATUSES",
     "FlowReport",
@@ -61,6 +62,8 @@ PORTLESS_STATUSES = (DecodeStatus.ICMP, DecodeStatus.NON_IP, DecodeStatus.FRAGME
 #: Packets that could not be decoded: the ``decode_errors`` metrics.
 UNDECODABLE_STATUSES = (DecodeStatus.TRUNCATED, DecodeStatus.MALFORMED,
                         DecodeStatus.UNSUPPORTED_LINK)
+#: ``FlowReport`` fields present only when detection ran.
+DETECTION_FIELDS = ("detected", "confidence", "detection")
 
 
 @dataclass(slots=True)
@@ -116,13 +119,23 @@ class FlowReport:
     #: Encapsulations the flow's first packet was found in, outermost first
     #: ("vxlan", "gre+mpls"); "" for none.
     encapsulation: str = ""
+    # Set only when nDPI ran (``--detect``, ``portwatch.analysis.detect``): the
+    # protocol in the payload ("" for none), ``Confidence`` and ``Detection`` labels.
+    detected: str | None = None
+    confidence: str | None = None
+    detection: str | None = None
 
     @property
     def flagged(self) -> bool:
         return bool(self.flags)
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """Every field; the detection fields only when detection ran."""
+        doc = {name: getattr(self, name) for name in self.__slots__}
+        if self.detection is None:
+            for name in DETECTION_FIELDS:
+                del doc[name]
+        return doc
 
 
 @dataclass(slots=True)

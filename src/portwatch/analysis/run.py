@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import BinaryIO
@@ -49,9 +49,19 @@ import numpy.typing as npt
 
 from portwatch._atomic import atomic_output
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.detect import (
+    DEFAULT_PACKETS,
+    FirstPackets,
+    FlowDetection,
+    annotation_comments,
+    apply_detections,
+    live_detection,
+    match,
+    require_ndpi,
+)
 from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.live import LiveSnapshot, LiveSummary
-from portwatch.analysis.report import Report, merge_reports
+from portwatch.analysis.report import Report, by_start, merge_reports
 from portwatch.analysis.retire import MAX_FLAGGED, RecordSink
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
@@ -76,6 +86,7 @@ from portwatch.porttable.table import PortTable
 __all__ = [
     "AnnotateRequest",
     "CaptureInput",
+    "DetectRequest",
     "IntervalRequest",
     "ProgressCallback",
     "RunResult",
@@ -152,6 +163,18 @@ class _Ticker:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@dataclass(frozen=True, slots=True)
+class DetectRequest:
+    """Ask nDPI what each flow's payload is (``--detect``), from its first ``packets``.
+
+    ``directory``: where the first packets of each flow are kept while the
+    capture is read (a private temporary directory under it; default $TMPDIR).
+    """
+
+    packets: int = DEFAULT_PACKETS
+    directory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,14 +451,17 @@ class _Bounds:
 
 def _analyze_native(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
                     stdin: BinaryIO | None, bounds: _Bounds, *,
-                    ticker: _Ticker | None = None) -> Analyzer:
+                    ticker: _Ticker | None = None,
+                    keeper: FirstPackets | None = None) -> Analyzer:
     analyzer = bounds.analyzer(table, inp.name)
     reader = _open(inp, stdin)
     try:
         for batch in _batches(reader, inp, progress):
-            decoded, _ = analyzer.feed(batch)
+            decoded, flows = analyzer.feed(batch)
             if ticker is not None:
                 ticker.feed(decoded, batch.timestamps_ns)
+            if keeper is not None:
+                keeper.add(batch, decoded, flows, analyzer.flows)
     except CaptureTruncatedError as exc:
         analyzer.note_damage(str(_named(exc, inp)))
     finally:
@@ -467,8 +493,41 @@ def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
     return _analyze_engine(table, inp, engine, bounds, ticker=ticker)
 
 
+@dataclass(slots=True)
+class _Detected:
+    """nDPI's answers for the live flow rows of an analyzer."""
+
+    rows: npt.NDArray[np.int64]
+    found: dict[int, FlowDetection]
+
+    def report(self, analyzer: Analyzer) -> Report:
+        report = analyzer.report()
+        apply_detections(report, self.found, self.rows, analyzer.table)
+        return report
+
+
+def _analyze_detected(table: PortTable, inp: CaptureInput, progress: ProgressCallback | None,
+                      stdin: BinaryIO | None, detect: DetectRequest) -> tuple[Analyzer, _Detected]:
+    """The native analysis, its flows' first packets kept aside, then nDPI on those.
+
+    nDPI reads the kept packets in a thread while the capture is analysed
+    (``LiveDetection``); SIGTERM and SIGHUP unwind the stack like a spool's,
+    so the private FIFO directory goes too. A link type nDPI cannot read leaves its flows
+    ``unconfirmed`` and says so in the report's warnings.
+    """
+    with _unwind_on_signals(), live_detection(detect.directory, detect.packets) as keeper:
+        analyzer = _analyze_native(table, inp, progress, stdin, _Bounds(), keeper=keeper)
+        ndpi = keeper.finish()
+        analyzer.warnings.extend(f"{inp.name}: nDPI could not read the first packets of some "
+                                 f"flows ({error}); they stay unconfirmed"
+                                 for error in keeper.errors)
+    # in the order the report lists flows (by start), which apply_detections relies on
+    live = by_start(analyzer.flows, np.flatnonzero(analyzer.flows.alive[: analyzer.flows.size]))
+    return analyzer, _Detected(live, match(ndpi, analyzer.flows, live))
+
+
 def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
-              stdout: BinaryIO | None) -> None:
+              stdout: BinaryIO | None, detected: _Detected | None = None) -> None:
     """The second pass over the (spooled) capture, written atomically (or to standard output).
 
     A pcapng source is copied block by block (nothing it holds is lost); a
@@ -476,9 +535,11 @@ def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
     """
     reader = _open(inp, None)
     try:
+        overrides = (annotation_comments(analyzer, detected.found, detected.rows)
+                     if detected is not None else None)
         if request.output == "-":
             out = stdout or sys.stdout.buffer
-            warnings = _write_copy(analyzer, inp, reader, request, out)
+            warnings = _write_copy(analyzer, inp, reader, request, out, overrides=overrides)
             try:
                 out.flush()
             except OSError as exc:
@@ -486,7 +547,7 @@ def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
                                   path="standard output") from exc
         else:
             with output_file(request.output) as out:
-                warnings = _write_copy(analyzer, inp, reader, request, out)
+                warnings = _write_copy(analyzer, inp, reader, request, out, overrides=overrides)
         # what the copy had to shorten (an option or a record past what readers accept)
         analyzer.warnings.extend(f"{request.output}: {w}" for w in warnings)
     finally:
@@ -494,7 +555,8 @@ def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
 
 
 def _write_copy(analyzer: Analyzer, inp: CaptureInput, reader: CaptureReader,
-                request: AnnotateRequest, out: BinaryIO) -> list[str]:
+                request: AnnotateRequest, out: BinaryIO, *,
+                overrides: Mapping[int, tuple[str, bool]] | None = None) -> list[str]:
     from portwatch.analysis import annotated_copy  # only --annotate pays
     from portwatch.capture.files import writer as writers
 
@@ -506,12 +568,14 @@ def _write_copy(analyzer: Analyzer, inp: CaptureInput, reader: CaptureReader,
         with decompressed_stream(inp.path) as read, \
                 contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
             annotated_copy.copy_annotated(analyzer, reader, iter_raw_blocks(read), copier,
-                                          only_flagged=request.only_flagged)
+                                          only_flagged=request.only_flagged,
+                                          flow_overrides=overrides)
         return copier.warnings
     writer = writers.PcapngWriter(out)
     with contextlib.suppress(CaptureTruncatedError):  # reported by the first pass
         annotated_copy.write_annotated(analyzer, reader, writer,
-                                       only_flagged=request.only_flagged, interfaces_of=reader)
+                                       only_flagged=request.only_flagged, interfaces_of=reader,
+                                       flow_overrides=overrides)
     return writer.warnings
 
 
@@ -532,18 +596,23 @@ def _init_worker(table_bytes: bytes) -> None:
     _worker.table = PortTable.from_bytes(table_bytes)
 
 
-def _work(inp: CaptureInput, engine: str, limits: FlowLimits | None) -> Report | CaptureError:
+def _work(inp: CaptureInput, engine: str, limits: FlowLimits | None,
+          detect: DetectRequest | None = None) -> Report | CaptureError:
     """A capture's report, or the typed error that made it unreadable (picklable)."""
     table = _worker.table
     assert table is not None, "worker started without _init_worker"
     try:
+        if detect is not None:
+            analyzer, detected = _analyze_detected(table, inp, None, None, detect)
+            return detected.report(analyzer)
         return _analyze_one(table, inp, engine, None, None, bounds=_Bounds(limits)).report()
     except CaptureError as exc:
         return exc
 
 
 def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
-             engine: str, limits: FlowLimits | None) -> list[Report | CaptureError]:
+             engine: str, limits: FlowLimits | None, *,
+             detect: DetectRequest | None = None) -> list[Report | CaptureError]:
     from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
 
     todo = [inp for inp in inputs if inp.failure is None]
@@ -551,7 +620,8 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
         return [inp.failure for inp in inputs if inp.failure is not None]
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
                              initargs=(table.to_bytes(),)) as pool:
-        done = iter(pool.map(_work, todo, [engine] * len(todo), [limits] * len(todo)))
+        done = iter(pool.map(_work, todo, [engine] * len(todo), [limits] * len(todo),
+                             [detect] * len(todo)))
         return [inp.failure if inp.failure is not None else next(done) for inp in inputs]
 
 
@@ -559,7 +629,8 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
 
 
 def _check(names: Sequence[str], jobs: int, engine: str,
-           annotate: AnnotateRequest | None, interval: IntervalRequest | None = None) -> None:
+           annotate: AnnotateRequest | None, interval: IntervalRequest | None = None, *,
+           detect: DetectRequest | None = None) -> None:
     if not names:
         raise UsageError("no capture to analyse")
     if jobs < 1:
@@ -579,6 +650,10 @@ def _check(names: Sequence[str], jobs: int, engine: str,
             raise UsageError("--annotate takes exactly one capture")
         if engine != "native":
             raise UsageError("--annotate works with the native engine only")
+    if detect is not None:
+        if engine != "native":
+            raise UsageError("--detect works with the native engine only")
+        require_ndpi()
 
 
 def _stream_held(outcomes: Sequence[Report | CaptureError], records: RecordSink) -> None:
@@ -617,6 +692,7 @@ def analyze_paths(
     interval: IntervalRequest | None = None,
     limits: FlowLimits | None = None,
     records: RecordSink | None = None,
+    detect: DetectRequest | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -632,8 +708,11 @@ def analyze_paths(
     read (a stream read for hours reports as it goes). ``limits`` bounds each
     capture's flow table; ``records`` receives every flow's record and the
     report then lists only the first flagged flows (see the module docstring).
+    ``detect`` adds nDPI's verdict to every flow (``portwatch.analysis.detect``);
+    it reads the first packets of each flow as the capture streams by, so it
+    needs no second pass and no spool of its own.
     """
-    _check(names, jobs, engine, annotate, interval)
+    _check(names, jobs, engine, annotate, interval, detect=detect)
     if annotate is not None and annotate.output != "-":
         refuse_overwriting_inputs(names, [annotate.output])
         check_output_path(annotate.output)
@@ -642,16 +721,18 @@ def analyze_paths(
     with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
         if parallel:
             # a worker cannot stream to the sink: it holds every flow for it
-            pooled = _in_pool(table, inputs, jobs, engine, limits if records is None else None)
+            pooled = _in_pool(table, inputs, jobs, engine,
+                              limits if records is None and detect is None else None, detect=detect)
             if records is not None:
                 _stream_held(pooled, records)
             return _merge(pooled)
-        bounds = _Bounds(None if annotate is not None else limits, records)
+        bounds = _Bounds(None if annotate is not None or detect is not None else limits,
+                         records)
         ticker = _Ticker(table, interval) if interval is not None else None
         with ticker if ticker is not None else contextlib.nullcontext():
             outcomes = [_one_outcome(table, inp, engine, progress=progress, stdin=stdin,
                                      ticker=ticker, annotate=annotate, stdout=stdout,
-                                     bounds=bounds)
+                                     bounds=bounds, detect=detect)
                         for inp in inputs]
         return _merge(outcomes)
 
@@ -659,16 +740,26 @@ def analyze_paths(
 def _one_outcome(table: PortTable, inp: CaptureInput, engine: str, *,
                  progress: ProgressCallback | None, stdin: BinaryIO | None,
                  ticker: _Ticker | None, annotate: AnnotateRequest | None,
-                 stdout: BinaryIO | None, bounds: _Bounds) -> Report | CaptureError:
+                 stdout: BinaryIO | None, bounds: _Bounds,
+                 detect: DetectRequest | None = None) -> Report | CaptureError:
     if inp.failure is not None:
         return inp.failure
+    detected: _Detected | None = None
     try:
-        analyzer = _analyze_one(table, inp, engine, progress, stdin, bounds=bounds,
-                                ticker=ticker)
+        if detect is not None:
+            analyzer, detected = _analyze_detected(table, inp, progress, stdin, detect)
+        else:
+            analyzer = _analyze_one(table, inp, engine, progress, stdin, bounds=bounds,
+                                    ticker=ticker)
     except CaptureError as exc:
         return exc
     if annotate is not None:
-        _annotate(analyzer, inp, annotate, stdout)
+        _annotate(analyzer, inp, annotate, stdout, detected)
+    if detected is not None:
+        report = detected.report(analyzer)
+        if bounds.records is not None:  # nDPI answers at the end: the records go out then
+            bounds.records(report.flows)
+        return report
     if bounds.records is not None:
         analyzer.finish()
     return analyzer.report()

@@ -24,6 +24,8 @@ from portwatch.porttable.table import PortInfo, PortTable
 __all__ = [
     "BOTH_DYNAMIC",
     "STATUS_REASONS",
+    "Confidence",
+    "Detection",
     "FlagReason",
     "FlowDecisions",
     "ServiceSideRule",
@@ -44,6 +46,23 @@ class FlagReason(LabelledEnum, IntFlag):
     UNLISTED = 4
     UNAUTHORIZED_USE = 8
     DYNAMIC = 16  # the service port is in 49152-65535: lower severity
+    PROTOCOL_MISMATCH = 32  # nDPI found another protocol in the payload (``--detect``)
+
+
+class Confidence(LabelledEnum, IntEnum):
+    """How the detected protocol of a flow was found (``--detect``)."""
+
+    NONE = 0  # nothing detected
+    PORT_GUESS = 1  # guessed from the port or an address, not read in this flow's payload
+    PAYLOAD = 2  # read in this flow's payload
+
+
+class Detection(LabelledEnum, IntEnum):
+    """The payload against the registry (``--detect``)."""
+
+    UNCONFIRMED = 0  # no payload detection, or nothing assigned to compare with
+    CONFIRMED = 1  # the payload protocol is the service IANA assigns (or an alias of it)
+    MISMATCH = 2  # the payload protocol is another one
 
 
 class ServiceSideRule(LabelledEnum, IntEnum):
@@ -89,7 +108,9 @@ def sentences(assigned_only: bool) -> dict[str, str]:
     """One sentence per reason label (and ``BOTH_DYNAMIC``), ``{where}`` and ``{remark}`` unfilled.
 
     ``{where}`` becomes ``transport/port``, ``{remark}`` IANA's unauthorized-use
-    text. ``assigned_only``: the loaded sources list assigned ports only, so
+    text, ``{head}`` the port with its service and status (``tcp/443 https
+    (assigned)``) and ``{detected}`` the protocol nDPI found in the payload.
+    ``assigned_only``: the loaded sources list assigned ports only, so
     "unlisted" says less than "unassigned" would.
     """
     scope = " (they list assigned ports only)" if assigned_only else ""
@@ -99,6 +120,7 @@ def sentences(assigned_only: bool) -> dict[str, str]:
         FlagReason.UNLISTED.label: "{where} is not listed by the loaded registry sources" + scope,
         FlagReason.UNAUTHORIZED_USE.label: "unauthorized use reported on {where}: {remark}",
         FlagReason.DYNAMIC.label: "{where} is in the dynamic range " + _RANGE,
+        FlagReason.PROTOCOL_MISMATCH.label: "{head} carries {detected}",
         BOTH_DYNAMIC: "both ports of the flow are in the dynamic range " + _RANGE + " ({where})",
     }
 
@@ -106,16 +128,26 @@ def sentences(assigned_only: bool) -> dict[str, str]:
 _SENTENCES = {assigned_only: sentences(assigned_only) for assigned_only in (False, True)}
 
 
+def _head(transport: str, port: int, service: str, status: str) -> str:
+    """``tcp/80 http (assigned)``, or ``tcp/8807 (reserved)`` for a port without a service."""
+    return f"{transport}/{port} {service} ({status})" if service else (
+        f"{transport}/{port} ({status})")
+
+
 def reasons(transport: str, port: int, bits: int, *, remark: str = "",
-            assigned_only: bool = False, client_port: int | None = None) -> list[str]:
+            assigned_only: bool = False, client_port: int | None = None,
+            service: str = "", status: str = "", detected: str = "") -> list[str]:
     """One sentence per reason in ``bits``, in ``FlagReason`` order.
 
     ``client_port`` is the flow's other port; ``None`` for a port on its own.
+    ``service``, ``status`` and ``detected`` word ``PROTOCOL_MISMATCH``:
+    ``tcp/443 https (assigned) carries ssh``.
     """
     if not bits:
         return []
     text = _SENTENCES[assigned_only]
     where = f"{transport}/{port}"
+    head = _head(transport, port, service, status)
     out = []
     for reason in _REASONS:
         if bits & reason:
@@ -123,15 +155,15 @@ def reasons(transport: str, port: int, bits: int, *, remark: str = "",
             if reason is FlagReason.DYNAMIC and client_port is not None and (
                     client_port >= _FIRST_DYNAMIC):
                 key = BOTH_DYNAMIC
-            out.append(text[key].format(where=where, remark=remark))
+            out.append(text[key].format(where=where, remark=remark, head=head,
+                                        detected=detected))
     return out
 
 
 def summary(transport: str, port: int, service: str, status: str,
             why: Sequence[str]) -> str:
     """One line: ``tcp/80 http (assigned)``, or ``FLAG tcp/8807 (reserved): <reasons>``."""
-    head = f"{transport}/{port} {service} ({status})" if service else (
-        f"{transport}/{port} ({status})")
+    head = _head(transport, port, service, status)
     return f"FLAG {head}: {'; '.join(why)}" if why else head
 
 
@@ -148,6 +180,7 @@ class Verdict:
     assigned_only: bool = False  # the loaded sources list assigned ports only
     client_port: int | None = None
     rule: ServiceSideRule | None = None
+    detected: str = ""  # the protocol nDPI found in the payload (``--detect``), or ""
 
     @classmethod
     def of_port(cls, info: PortInfo, *, assigned_only: bool) -> Verdict:
@@ -164,7 +197,8 @@ class Verdict:
 
     def reasons(self) -> list[str]:
         return reasons(self.transport.label, self.service_port, self.flags, remark=self.remark,
-                       assigned_only=self.assigned_only, client_port=self.client_port)
+                       assigned_only=self.assigned_only, client_port=self.client_port,
+                       service=self.service, status=self.status.label, detected=self.detected)
 
     def summary(self) -> str:
         return summary(self.transport.label, self.service_port, self.service,

@@ -24,6 +24,7 @@ from portwatch.analysis.render import OutputFormat, render
 from portwatch.analysis.report import FlowReport, Report
 from portwatch.analysis.run import (
     AnnotateRequest,
+    DetectRequest,
     IntervalRequest,
     analyze_paths,
     check_output_path,
@@ -79,6 +80,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "(--annotate, --jobs, --engine scapy/pyshark; default $TMPDIR)")
     p.add_argument("--engine", choices=ENGINES, default="native",
                    help="packet dissector: portwatch's own (fast), scapy or tshark (pyshark)")
+    p.add_argument("--detect", action="store_true",
+                   help="ask nDPI what each flow's payload is (its first packets) and flag "
+                   "flows whose protocol is not the one IANA assigns to the port "
+                   "(needs nfstream: pip install 'portwatch[detect]')")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--interval", type=float, metavar="SECONDS", default=None,
                    help="while reading, print a summary every SECONDS (rates over those "
@@ -200,6 +205,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     filters = parse_filters(args.filter, table)
     annotate = AnnotateRequest(args.annotate, args.annotate_only_flagged) \
         if args.annotate else None
+    detect = DetectRequest(directory=args.spool_dir) if args.detect else None
     bar = _ProgressBar(ctx.env) if not args.no_progress and sys.stderr.isatty() else None
     interval = _interval(ctx, args) if args.interval is not None else None
     if interval is not None:
@@ -212,7 +218,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         try:
             result = analyze_paths(args.captures, table, jobs=args.jobs, engine=args.engine,
                                    progress=bar, annotate=annotate, spool_dir=args.spool_dir,
-                                   stdout=capture_out, interval=interval,
+                                   stdout=capture_out, interval=interval, detect=detect,
                                    limits=FlowLimits(), records=records)
         finally:
             if bar is not None:

@@ -41,10 +41,23 @@ class PortwatchCollector(Collector):
         yield from _traffic_families(snap)
         yield from _health_families(snap)
         yield from _registry_families(snap.registry_facts)
+        yield _mismatch_family(snap)
         build = InfoMetricFamily("portwatch_build", "portwatch version and Python runtime.")
         build.add_metric([], {"version": __version__,
                               "python_version": platform.python_version()})
         yield build
+
+
+def _mismatch_family(snap: Snapshot) -> Metric:
+    """Flows whose payload is another protocol than the port's assignment (``[detect]``)."""
+    family = CounterMetricFamily(
+        "portwatch_protocol_mismatch_flows",
+        "Flows whose payload nDPI found to be another protocol than the one IANA assigns "
+        "to the service port ([detect] enabled; port capped like flagged traffic).",
+        labels=["transport", "port", "assigned", "detected"])
+    for labels, n in sorted(snap.mismatches.items()):
+        family.add_metric(list(labels), n)
+    return family
 
 
 def _traffic_families(snap: Snapshot) -> Iterable[Metric]:

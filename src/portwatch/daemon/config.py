@@ -34,6 +34,8 @@ from portwatch.ports import Transport
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "DETECT_BACKENDS",
+    "DETECT_MIN_SNAPLEN",
     "INT_RANGES",
     "MAX_TIMEOUT_S",
     "Backend",
@@ -85,6 +87,9 @@ class DaemonConfig:
     registry_sources: tuple[str, ...] = ()
     listen_address: str = DEFAULT_LISTEN
     web_config_file: str = ""
+    # [detect] enabled: nDPI names each flow's payload (portwatch.analysis.detect);
+    # mismatches with the registry are counted in portwatch_protocol_mismatch_flows_total
+    detect_enabled: bool = False
 
 
 _KEYS: dict[str, frozenset[str]] = {
@@ -93,7 +98,13 @@ _KEYS: dict[str, frozenset[str]] = {
     "metrics": frozenset({"max_flagged_ports"}),
     "registry": frozenset({"sources"}),
     "web": frozenset({"listen_address", "config_file"}),
+    "detect": frozenset({"enabled"}),
 }
+
+#: Backends whose packets carry their payload: the ones detection can use.
+DETECT_BACKENDS = frozenset({Backend.DUMPCAP, Backend.PYSHARK, Backend.REPLAY})
+#: Below this snapshot length the payload nDPI reads is mostly cut away.
+DETECT_MIN_SNAPLEN = 512
 
 
 def _get(section: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
@@ -207,6 +218,7 @@ def _config(doc: Mapping[str, Any]) -> DaemonConfig:
     )
     listen = _get(web, "listen_address", str, "web", DEFAULT_LISTEN)
     parse_listen_address(listen)
+    detect = _detect_enabled(doc.get("detect", {}), capture)
     return DaemonConfig(
         capture=capture,
         flows=limits,
@@ -214,7 +226,25 @@ def _config(doc: Mapping[str, Any]) -> DaemonConfig:
                                   "[registry] sources"),
         listen_address=listen,
         web_config_file=_get(web, "config_file", str, "web", ""),
+        detect_enabled=detect,
     )
+
+
+def _detect_enabled(section: Mapping[str, Any], capture: CaptureConfig) -> bool:
+    """``[detect] enabled``: a boolean, and only with a backend and snaplen that keep payload."""
+    enabled = section.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"[detect] enabled = {enabled!r}: expected true or false")
+    if not enabled:
+        return False
+    if capture.backend not in DETECT_BACKENDS:
+        raise ConfigError(f"[detect] enabled needs a backend that hands over payloads "
+                          f"({', '.join(sorted(b.value for b in DETECT_BACKENDS))}), "
+                          f"not {capture.backend.value}")
+    if capture.backend is not Backend.REPLAY and capture.snaplen < DETECT_MIN_SNAPLEN:
+        raise ConfigError(f"[detect] enabled needs [capture] snaplen >= {DETECT_MIN_SNAPLEN} "
+                          f"(nDPI reads payloads), not {capture.snaplen}")
+    return True
 
 
 def load_config(path: str | None) -> DaemonConfig:

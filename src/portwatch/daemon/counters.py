@@ -25,14 +25,23 @@ Packets that form no flow are counted by decoder status, in two families:
 ICMP, non-IP such as ARP, IP fragments not attributed to a flow, other IP
 protocols) and ``ERROR_REASONS`` (what could not be decoded: truncated,
 malformed, an unsupported link type).
+* with detection on (``enable_detection``, ``[detect] enabled``), a flow whose
+  payload nDPI names as another protocol than the one IANA assigns to its
+  service port counts once in ``mismatches`` by ``transport``, ``port`` (under
+  the same cap), ``assigned`` (the registry's service, or the port's status
+  when it has none) and ``detected`` (nDPI's name). nDPI reads the first
+  packets of each flow in its own thread (``analysis.detect.LiveDetection``)
+  and reports a flow once it is done with it; the count follows then.
 
 ``daemon.collector`` reads a snapshot of these counters at scrape time.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,11 +51,22 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.detect import (
+    DEFAULT_PACKETS,
+    FlowDetection,
+    FlowKey,
+    LiveDetection,
+    NdpiFlow,
+    flow_keys,
+    judge,
+    ndpi_key,
+    require_ndpi,
+)
 from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.report import PORTLESS_STATUSES, UNDECODABLE_STATUSES
-from portwatch.analysis.verdict import STATUS_REASONS, FlagReason
+from portwatch.analysis.verdict import STATUS_REASONS, Detection, FlagReason
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.live.ebpf import KernelCounts
+from portwatch.daemon.ebpf import KernelCounts
 from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
 from portwatch.registry.merge import Registry
@@ -75,6 +95,9 @@ PORTLESS_REASONS = PORTLESS_STATUSES
 #: Packets that could not be decoded: ``portwatch_decode_errors_total{reason}``.
 ERROR_REASONS = UNDECODABLE_STATUSES
 _NS = 1_000_000_000
+#: A flow with no packet for this long is judged on the first packets nDPI has
+#: (short flows end well before their 20th packet; nDPI never "completes" them).
+DETECT_IDLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +148,8 @@ class Snapshot:
     evictions: int
     registry_facts: RegistryFacts
     portless: dict[str, int] = field(default_factory=dict)
+    # (transport, port, assigned, detected) -> flows; only with detection on
+    mismatches: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
 
 
 class TrafficCounters:
@@ -148,6 +173,13 @@ class TrafficCounters:
         self.latest_ns = 0  # newest packet timestamp seen
         self._counted = np.zeros(0, dtype=np.bool_)  # flow row already in flows_total
         self.kernel_flows = 0  # flows the eBPF backend's kernel map holds (a level)
+        # protocol detection (enable_detection): nDPI's answers, and flow rows by 5-tuple
+        self.mismatches: dict[tuple[str, str, str, str], int] = {}
+        self.detector: LiveDetection | None = None
+        self._detect_dir = ""
+        self._detected: deque[NdpiFlow] = deque()
+        self._row_of_key: dict[FlowKey, int] = {}
+        self._key_of_row: dict[int, FlowKey] = {}
 
     # -- configuration ----------------------------------------------------------
     @property
@@ -162,6 +194,34 @@ class TrafficCounters:
             self.limits = limits
             self.registry_facts = registry_facts
             self._enforce_limit()
+
+    def enable_detection(self, directory: str | None = None,
+                         limit: int = DEFAULT_PACKETS) -> None:
+        """Ask nDPI about the first ``limit`` packets of every flow from now on.
+
+        Needs a backend that hands over packets with their payload (dumpcap,
+        pyshark, replay) and a snapshot length that keeps it. ``UsageError``
+        with the install hint when nDPI (nfstream) is missing.
+        """
+        require_ndpi()
+        with self.lock:
+            if self.detector is not None:
+                return
+            self._detect_dir = tempfile.mkdtemp(prefix="portwatch-detect-", dir=directory)
+            idle_ms = int(min(DETECT_IDLE_S, *self.limits.idle_s.values()) * 1000)
+            self.detector = LiveDetection(self._detect_dir, limit,
+                                          on_flow=self._detected.append, idle_ms=idle_ms)
+
+    def stop_detection(self) -> None:
+        """Let nDPI finish what it was given, count it, and remove its FIFOs."""
+        with self.lock:
+            detector, self.detector = self.detector, None
+        if detector is None:
+            return
+        detector.finish()
+        shutil.rmtree(self._detect_dir, ignore_errors=True)
+        with self.lock:
+            self._count_detections()
 
     # -- feeding ----------------------------------------------------------------
     def feed(self, batch: PacketBatch, interface_names: Sequence[str] = ()) -> None:
@@ -180,6 +240,9 @@ class TrafficCounters:
             keep = outer >= 0
             if keep.any():
                 self._count_flows(outer[keep], decoded.wirelen[packets[keep]])
+            if self.detector is not None:
+                self.detector.add(batch, decoded, flow_of_packet, self.analyzer.flows)
+                self._count_detections()
             self._enforce_limit()
 
     def _count_received(self, batch: PacketBatch, names: Sequence[str]) -> None:
@@ -199,6 +262,10 @@ class TrafficCounters:
             self._counted = grown
         new = ~self._counted[flows]
         self._counted[flows] = True
+        if self.detector is not None and new.any():  # one Python step per new flow
+            for row, five in zip(flows[new].tolist(), flow_keys(ft, flows[new]), strict=True):
+                self._row_of_key[five] = row
+                self._key_of_row[row] = five
         dec = ft.decide(table, flows)
         transport = ft.keys["t"][flows].astype(np.int64)
         per_flow_packets = np.bincount(inverse, minlength=flows.size)
@@ -245,6 +312,23 @@ class TrafficCounters:
                     acc = self.flagged.setdefault(labels, [0, 0])
                     acc[0] += int(pk[j])
                     acc[1] += int(fl[j])
+
+    def _count_detections(self) -> None:
+        """Judge what nDPI reported since the last call (its thread appends, this pops)."""
+        ft, table = self.analyzer.flows, self.analyzer.table
+        while self._detected:
+            flow = self._detected.popleft()
+            row = self._row_of_key.get(ndpi_key(flow))
+            if row is None:  # the flow was forgotten meanwhile
+                continue
+            verdict = ft.decide(table, np.asarray([row], dtype=np.int64)).verdict(0, table)
+            found = FlowDetection.of(flow)
+            aliases = table.lookup(verdict.transport, verdict.service_port).aliases
+            if judge(found, verdict.service, aliases, verdict.status) is not Detection.MISMATCH:
+                continue
+            labels = (verdict.transport.label, self._port_label(verdict.service_port),
+                      verdict.service or verdict.status.label, found.detected)
+            self.mismatches[labels] = self.mismatches.get(labels, 0) + 1
 
     def _port_label(self, port: int) -> str:
         """The port itself while fewer than the cap are in use, else ``"other"``."""
@@ -294,6 +378,11 @@ class TrafficCounters:
     def _forget(self, rows: I64) -> None:
         if rows.size:
             self._counted[rows[rows < self._counted.shape[0]]] = False
+        if self._key_of_row:
+            for row in rows.tolist():
+                key = self._key_of_row.pop(row, None)
+                if key is not None and self._row_of_key.get(key) == row:
+                    del self._row_of_key[key]
 
     def _enforce_limit(self) -> None:
         rows = self.analyzer.flows.enforce_limit(self.limits.max_flows)
@@ -331,6 +420,8 @@ class TrafficCounters:
     # -- reading ----------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         with self.lock:
+            if self.detector is not None:
+                self._count_detections()
             counts = self.analyzer.decode_counts
             return Snapshot(
                 traffic={k: (v[0], v[1], v[2]) for k, v in self.traffic.items()},
@@ -343,4 +434,5 @@ class TrafficCounters:
                 active_flows=len(self.analyzer.flows) + self.kernel_flows,
                 evictions=self.evictions,
                 registry_facts=self.registry_facts,
+                mismatches=dict(self.mismatches),
             )

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from portwatch.capture.live.dumpcap import DumpcapSource, Popen
-from portwatch.capture.live.ebpf import EbpfSource, KernelCounter
 from portwatch.capture.live.scapy import ScapySource
 from portwatch.capture.live.source import PacketSource
 from portwatch.daemon.config import Backend, DaemonConfig
+from portwatch.daemon.ebpf import EbpfSource, KernelCounter
 from portwatch.daemon.launcher import CaptureLauncher
 from portwatch.errors import BackendError
 

@@ -25,9 +25,9 @@ from enum import Enum
 from typing import Protocol, runtime_checkable
 
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.live.ebpf import KernelCounts
 from portwatch.capture.live.source import PacketSource
 from portwatch.daemon.config import Backend, DaemonConfig
+from portwatch.daemon.ebpf import KernelCounts
 from portwatch.errors import BackendError, PortwatchError
 from portwatch.porttable.table import PortTable
 
@@ -73,7 +73,7 @@ def make_source(config: DaemonConfig) -> PacketSource:
         raise BackendError("the ebpf backend counts every frame: [capture] bpf_filter "
                            f"{cap.bpf_filter!r} cannot be applied (remove it, or use dumpcap)")
     if cap.backend is Backend.EBPF or (cap.backend is Backend.AUTO and not cap.bpf_filter):
-        from portwatch.capture.live.ebpf import EbpfSource
+        from portwatch.daemon.ebpf import EbpfSource
         try:
             ebpf_source: PacketSource = EbpfSource(cap.interfaces, config.flows)
             return ebpf_source

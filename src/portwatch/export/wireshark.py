@@ -12,7 +12,10 @@ each run, answer) and looks ports up by binary search.
 
 The plugin words its verdicts with the sentences of
 ``portwatch.analysis.verdict``, embedded here, so Wireshark says what
-``portwatch analyze`` says.
+``portwatch analyze`` says. It also compares Wireshark's own dissection of a
+packet (the application protocol above the transport in ``frame.protocols``)
+with the registry's service, through the same nDPI-to-IANA table as
+``--detect`` (``analysis/data/ndpi_to_iana.tsv``), keyed by Wireshark's names.
 
 Everything here is pure: table in, Lua text out. Writing the file is the
 CLI's job.
@@ -29,6 +32,7 @@ from importlib import resources
 import numpy as np
 
 from portwatch import __version__
+from portwatch.analysis.ndpi_names import packaged_table
 from portwatch.analysis.verdict import BOTH_DYNAMIC, STATUS_REASONS, FlagReason, sentences
 from portwatch.ports import PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
@@ -158,14 +162,16 @@ def _lua_quoted(text: str) -> str:
     return '"' + _CONTROL.sub(" ", escaped) + '"'
 
 
-_SENTENCE_GAPS = re.compile(r"(\{where\}|\{remark\})")
+_SENTENCE_GAPS = re.compile(r"(\{where\}|\{remark\}|\{head\}|\{detected\})")
+_GAP_NAMES = {"{where}": "WHERE", "{remark}": "REMARK", "{head}": "HEAD",
+              "{detected}": "DETECTED"}
 
 
 def _lua_sentences(assigned_only: bool) -> str:
-    """``verdict.sentences()`` as a Lua table of pieces; WHERE and REMARK fill the gaps."""
+    """``verdict.sentences()`` as a Lua table of pieces; WHERE, REMARK, HEAD, DETECTED fill gaps."""
     entries = []
     for key, text in sentences(assigned_only).items():
-        pieces = [{"{where}": "WHERE", "{remark}": "REMARK"}.get(p) or _lua_quoted(p)
+        pieces = [_GAP_NAMES.get(p) or _lua_quoted(p)
                   for p in _SENTENCE_GAPS.split(text) if p]
         entries.append(f'  [{_lua_quoted(key)}] = {{ {", ".join(pieces)} }},')
     return "{\n" + "\n".join(entries) + "\n}"
@@ -178,6 +184,29 @@ def _lua_reasons() -> str:
     status = ", ".join(f"[{int(s)}] = {int(STATUS_REASONS[s])}" for s in PortStatus)
     return (f"local REASON_ORDER = {{ {order} }}\nlocal REASON = {{ {bits} }}\n"
             f"local STATUS_REASON = {{ {status} }}")
+
+
+#: Wireshark's name of a protocol where it is not nDPI's, lower-cased.
+_WIRESHARK_NAMES = {
+    "ftp_control": "ftp", "ftp_data": "ftp-data", "smbv1": "smb", "smbv23": "smb2",
+    "mssql-tds": "tds", "postgresql": "pgsql", "netbios": "nbns", "resp": "redis",
+    "ipsec": "isakmp", "jabber": "xmpp", "usenet": "nntp", "modbus": "mbtcp",
+    "iec60870": "iec60870_104", "ethernetip": "enip", "gtp_u": "gtp", "gtp_c": "gtp",
+    "h323": "h225", "doh_dot": "dot", "wsd": "wsdd",
+}
+
+
+def _lua_confirms() -> str:
+    """Wireshark protocol -> the IANA names that confirm it, from ``ndpi_to_iana.tsv``."""
+    merged: dict[str, set[str]] = {}
+    for ndpi, names in packaged_table().items():
+        key = _WIRESHARK_NAMES.get(ndpi.lower(), ndpi.lower())
+        merged.setdefault(key, set()).update(n.lower() for n in names)
+    entries = []
+    for key, iana in sorted(merged.items()):
+        members = ", ".join(f"[{_lua_quoted(n)}] = true" for n in sorted(iana))
+        entries.append(f"  [{_lua_quoted(key)}] = {{ {members} }},")
+    return "{\n" + "\n".join(entries) + "\n}"
 
 
 def _registry_date(table: PortTable) -> str:
@@ -214,6 +243,7 @@ def render_plugin(table: PortTable, *, version: str = __version__) -> str:
         "SENTENCES": _lua_sentences(table.assigned_only),
         "BOTH_DYNAMIC": _lua_quoted(BOTH_DYNAMIC),
         "REASONS": _lua_reasons(),
+        "CONFIRMS": _lua_confirms(),
         "ENTRIES": _lua_quoted(encode_numbers(v for a in data.answers for v in a)),
     }
     for transport in Transport:

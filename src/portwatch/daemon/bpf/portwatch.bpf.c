@@ -15,7 +15,7 @@
  * maps (5.2+), and it builds with any clang that targets BPF.
  *
  * Layout of every map and struct here is mirrored in
- * src/portwatch/capture/live/ebpf.py: change both together.
+ * src/portwatch/daemon/ebpf.py: change both together.
  */
 
 typedef unsigned char __u8;

@@ -25,8 +25,8 @@ import pytest
 from helpers.netns import Netns
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.live import ebpf
-from portwatch.capture.live._libbpf import LibbpfError
+from portwatch.daemon import ebpf
+from portwatch.daemon._libbpf import LibbpfError
 from portwatch.daemon.config import Backend, CaptureConfig, DaemonConfig, parse_config
 from portwatch.daemon.counters import RegistryFacts, TrafficCounters
 from portwatch.daemon.supervisor import make_source

@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.live._libbpf import LibbpfError, Map, Object
+from portwatch.daemon._libbpf import LibbpfError, Map, Object
 from portwatch.decode.native import DecodeStatus
 from portwatch.errors import BackendError
 from portwatch.ports import Transport

@@ -1,0 +1,829 @@
+"""What the traffic is, beside what the registry says: nDPI's detection per flow.
+
+portwatch names a flow by its port; nDPI (through nfstream, which bundles it)
+reads the first packets of a flow and names the protocol in the payload.
+This module puts the two side by side:
+
+1. ``FirstPackets`` rides along the fast path: for each batch the analyzer
+   counted, it keeps the first ``limit`` packets of every flow (numpy, no
+   per-packet Python) and appends them to a private nanosecond pcap, one per
+   link type. Later packets of a flow are never copied, so what nDPI reads is
+   bounded by the number of flows, not of packets.
+2. ``run_ndpi`` gives that file to ``nfstream.NFStreamer`` (``n_dissections``
+   = ``limit``) and returns nDPI's answer per flow.
+3. ``match`` joins nDPI's flows to portwatch's by 5-tuple (and, when a
+   5-tuple was reused, by time); ``judge`` compares the detected protocol
+   with what IANA assigns to the service port (``ndpi_names``), and
+   ``apply_detections`` writes ``detected``, ``confidence`` and
+   ``detection`` into the report's flows, a ``protocol-mismatch`` flag with
+   the sentence of ``verdict.reasons`` when the payload says another protocol.
+
+Rules: only a payload detection can confirm or contradict the registry; a
+guess from the port (or nothing) leaves the flow ``unconfirmed``, so a flow
+without payload is never a mismatch. A port with nothing to compare with
+(dynamic, or unlisted by sources that list assigned ports only) stays
+``unconfirmed`` too; an unassigned or reserved port that carries a detected
+protocol is a mismatch (something squats on it).
+
+nfstream is imported only here, inside functions: ``--detect`` without it is
+a ``UsageError`` carrying ``INSTALL_HINT`` (exit 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import ipaddress
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from portwatch.analysis.analyzer import Analyzer
+from portwatch.analysis.flows import FlowTable
+from portwatch.analysis.ndpi_names import confirms
+from portwatch.analysis.report import Report
+from portwatch.analysis.verdict import Confidence, Detection, FlagReason, reasons
+from portwatch.capture.batch import LinkType, PacketBatch
+from portwatch.decode.native import NO_TRANSPORT, TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
+from portwatch.errors import UsageError
+from portwatch.ports import PortStatus, Transport
+from portwatch.porttable.table import PortTable
+
+__all__ = [
+    "DEFAULT_PACKETS",
+    "INSTALL_HINT",
+    "FirstPackets",
+    "FlowDetection",
+    "LiveDetection",
+    "NdpiFlow",
+    "annotation_comments",
+    "apply_detections",
+    "detection_note",
+    "detector_version",
+    "first_packets",
+    "flow_keys",
+    "judge",
+    "live_detection",
+    "match",
+    "ndpi_key",
+    "ndpi_protocols",
+    "require_ndpi",
+    "run_ndpi",
+    "worth_reading",
+]
+
+#: Packets of each flow nDPI reads (nfstream's default ``n_dissections``).
+DEFAULT_PACKETS = 20
+INSTALL_HINT = ("--detect needs nDPI: pip install 'portwatch[detect]' "
+                "(nfstream, which bundles nDPI)")
+#: nDPI's ``ndpi_confidence_t`` values read in the flow's own payload; the others
+#: (by port, by IP, from a cache of earlier flows, a custom rule) are guesses.
+_PAYLOAD_CONFIDENCES = frozenset({3, 6, 8})  # DPI_PARTIAL, DPI, DPI_AGGRESSIVE
+_UNKNOWN = "unknown"
+#: Records longer than this are cut in the copy nDPI reads (libpcap refuses
+#: records beyond the file's snaplen; nDPI needs the first bytes only).
+_SNAPLEN = 65535
+_PCAP_NSEC_MAGIC = 0xA1B23C4D
+_RECORD = np.dtype([("sec", "<u4"), ("nsec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
+#: nfstream splits flows on timeouts; portwatch's analysis of a file never
+#: does, so nDPI's flows must not either (seconds, well inside uint64 ms).
+_NO_TIMEOUT_S = 10 ** 9
+
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+
+
+# -- nDPI's presence ------------------------------------------------------------------
+#
+# nfstream ships its engine as a top-level cffi module, ``_lib_engine``: its
+# libpcap reader, its flow meter and nDPI, statically linked. ``import
+# nfstream`` would also import pandas (0.4 s); the engine alone imports in 1 ms.
+
+_SINGLE_FILE = 0  # nfstream.utils.NFMode.SINGLE_FILE
+
+
+def _engine() -> tuple[Any, Any]:
+    """nfstream's compiled engine, ``(ffi, lib)``; ``UsageError`` with the hint if absent."""
+    try:
+        from _lib_engine import ffi, lib
+    except ImportError as exc:
+        raise UsageError(INSTALL_HINT) from exc
+    return ffi, lib
+
+
+def require_ndpi() -> None:
+    """Raise ``UsageError`` (exit 2) with the install hint unless nfstream's engine loads."""
+    _engine()
+    try:
+        import importlib.util
+
+        found = importlib.util.find_spec("nfstream") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (tests)
+        found = False
+    if not found:
+        raise UsageError(INSTALL_HINT)
+
+
+def detector_version() -> str:
+    """``nDPI 5.0.0-1-375f99e (nfstream 6.6.0)``: what detected, for reports and docs."""
+    ffi, lib = _engine()
+    ndpi = ffi.string(lib.engine_lib_ndpi_version()).decode()
+    return f"nDPI {ndpi} (nfstream {ffi.string(lib.engine_lib_version()).decode()})"
+
+
+def _dissector(ffi: Any, lib: Any) -> Any:
+    """An nDPI detection module with every protocol enabled, as nfstream's meter makes it."""
+    checker = ffi.new("struct dissector_checker *")
+    checker.flow_size = ffi.sizeof("struct ndpi_flow_struct")
+    checker.flow_tcp_size = ffi.sizeof("struct ndpi_flow_tcp_struct")
+    checker.flow_udp_size = ffi.sizeof("struct ndpi_flow_udp_struct")
+    dissector = lib.dissector_init(checker)
+    if dissector == ffi.NULL:
+        raise RuntimeError("nDPI's detection module could not be initialised "
+                           "(nfstream's engine and its nDPI headers disagree)")
+    lib.dissector_configure(dissector)
+    return dissector
+
+
+def ndpi_protocols() -> list[str]:
+    """Every protocol name the bundled nDPI knows, as it spells them (``ndpi_get_proto_name``).
+
+    The engine's cffi interface does not declare these two nDPI functions, but
+    the library exports them: they are called through ``ctypes``.
+    """
+    import ctypes
+
+    import _lib_engine
+
+    ffi, lib = _engine()
+    dissector = _dissector(ffi, lib)
+    try:
+        so = ctypes.CDLL(_lib_engine.__file__)
+        so.ndpi_get_num_protocols.restype = ctypes.c_uint
+        so.ndpi_get_num_protocols.argtypes = [ctypes.c_void_p]
+        so.ndpi_get_proto_name.restype = ctypes.c_char_p
+        so.ndpi_get_proto_name.argtypes = [ctypes.c_void_p, ctypes.c_uint16]
+        handle = int(ffi.cast("uintptr_t", dissector))
+        count = so.ndpi_get_num_protocols(handle)
+        return [so.ndpi_get_proto_name(handle, i).decode() for i in range(count)]
+    finally:
+        lib.dissector_cleanup(dissector)
+
+
+# -- the first packets of each flow --------------------------------------------------
+
+#: Where the network layer starts, by link type (before VLAN tags); -1: unknown.
+_L3_AT = np.full(512, -1, dtype=np.int64)
+for _linktype, _at in {LinkType.NULL: 4, LinkType.ETHERNET: 14, LinkType.RAW_DLT12: 0,
+                       LinkType.RAW_DLT14: 0, LinkType.RAW: 0, LinkType.LOOP: 4,
+                       LinkType.LINUX_SLL: 16, LinkType.IPV4: 0, LinkType.IPV6: 0,
+                       LinkType.LINUX_SLL2: 20}.items():
+    _L3_AT[_linktype] = _at
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+_TCP_OPENS_OR_CLOSES = 0x07  # FIN, SYN, RST
+
+
+def worth_reading(batch: PacketBatch, decoded: DecodedBatch, rows: I64) -> Bool:
+    """Which packets ``rows`` nDPI can learn from: a transport payload, or a SYN, FIN or RST.
+
+    nDPI reads nothing in a bare ACK (and nfstream spends ~25 us of Python on
+    every packet it is handed), so those are not kept; everything this cannot
+    tell (IP fragments, extension headers, a total length of 0 from TSO,
+    SCTP, DCCP, an unknown link) is kept. Lengths come from the IP and
+    transport headers, never from the frame length (Ethernet pads short frames).
+    """
+    keep = np.ones(rows.size, dtype=np.bool_)
+    ok = decoded.status[rows] == DecodeStatus.OK
+    proto = decoded.ip_proto[rows]
+    version = decoded.ip_version[rows]
+    linktypes = batch.linktypes[rows].astype(np.int64)
+    l3_at = np.where(linktypes < _L3_AT.size, _L3_AT[np.minimum(linktypes, _L3_AT.size - 1)],
+                     -1)
+    check = ok & ((proto == 6) | (proto == 17)) & (l3_at >= 0)
+    idx = np.flatnonzero(check)
+    if idx.size == 0:
+        return keep
+    data = batch.data
+    last = data.size - 1
+    start = batch.offsets[rows[idx]]
+    end = start + batch.caplens[rows[idx]].astype(np.int64)
+
+    def u8(pos: I64) -> I64:
+        return data[np.clip(pos, 0, last)].astype(np.int64)
+
+    def be16(pos: I64) -> I64:
+        return (u8(pos) << 8) | u8(pos + 1)
+
+    l3 = start + l3_at[idx]
+    ethernet = linktypes[idx] == LinkType.ETHERNET
+    for _ in range(2):  # 802.1Q, 802.1ad (QinQ)
+        tagged = ethernet & np.isin(be16(l3 - 2), _VLAN_TPIDS)
+        l3 = l3 + 4 * tagged
+    v4 = version[idx] == 4
+    ihl = (u8(l3) & 15) * 4
+    total = be16(l3 + 2)
+    ip_payload = np.where(v4, total - ihl, be16(l3 + 4))
+    l4 = np.where(v4, l3 + ihl, l3 + 40)
+    direct = v4 | (u8(l3 + 6) == proto[idx])  # IPv6 without extension headers
+    tcp = proto[idx] == 6
+    header = np.where(tcp, (u8(l4 + 12) >> 4) * 4, 8)
+    flags = decoded.tcp_flags[rows[idx]]
+    known = direct & (ip_payload > 0) & (l4 + header <= end)
+    bare = known & (ip_payload - header <= 0) & ~(tcp & ((flags & _TCP_OPENS_OR_CLOSES) != 0))
+    keep[idx[bare]] = False
+    return keep
+
+
+class FirstPackets:
+    """What nDPI reads of the first ``limit`` packets of every flow, one pcap per link type.
+
+    ``limit`` is nfstream's ``n_dissections``: the first packets of a flow,
+    bare ACKs included. Of those, the packets ``worth_reading`` rejects (bare
+    ACKs, empty datagrams) are not copied, as nDPI would learn nothing from
+    them, except the first packet of each flow, so nDPI still sees (and may
+    guess from the port) a flow without payload. Later packets of a flow cost
+    one array lookup. ``add`` is called with each batch, its decoding and the
+    flow row of each of its packets (``Analyzer.feed``'s answer). A row the
+    flow table reused for a new flow (its ``first_ns`` changed) starts again.
+    """
+
+    def __init__(self, directory: str, limit: int = DEFAULT_PACKETS) -> None:
+        if not 1 <= limit <= 255:
+            raise UsageError(f"nDPI reads 1-255 packets of a flow, not {limit}")
+        self.directory = directory
+        self.limit = limit
+        self.packets = 0  # written
+        self._seen = np.zeros(0, dtype=np.int64)  # packets of each flow row looked at
+        self._first_ns = np.zeros(0, dtype=np.int64)  # the flow each row held then
+        self._evicted = 0
+        self._files: dict[int, tuple[str, BinaryIO]] = {}
+
+    def _grow(self, size: int) -> None:
+        if size <= self._seen.size:
+            return
+        new = max(size, 2 * self._seen.size, 1024)
+        self._seen = np.concatenate([self._seen, np.zeros(new - self._seen.size, np.int64)])
+        self._first_ns = np.concatenate(
+            [self._first_ns, np.full(new - self._first_ns.size, np.iinfo(np.int64).min)])
+
+    def add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
+            flows: FlowTable) -> None:
+        """Keep what nDPI reads of this batch: ``Analyzer.feed``'s decoding and flow rows."""
+        rows = np.flatnonzero(flow_of_packet >= 0)
+        if rows.size == 0:
+            return
+        fid = flow_of_packet[rows]
+        self._grow(flows.size)
+        if flows.evicted != self._evicted:  # rows may have been reused for new flows
+            self._evicted = flows.evicted
+            renewed = np.unique(fid[self._first_ns[fid] != flows.first_ns[fid]])
+            self._seen[renewed] = 0
+            self._first_ns[renewed] = flows.first_ns[renewed]
+        room = self._seen[fid] < self.limit  # flows whose first packets are not all past
+        rows, fid = rows[room], fid[room]
+        if rows.size == 0:
+            return
+        # rank of each packet among its flow's packets in this batch (stable: in order)
+        order = np.argsort(fid, kind="stable")
+        sorted_fid = fid[order]
+        starts = np.flatnonzero(np.r_[True, sorted_fid[1:] != sorted_fid[:-1]])
+        lengths = np.diff(np.r_[starts, sorted_fid.size])
+        rank = np.empty(fid.size, dtype=np.int64)
+        rank[order] = np.arange(fid.size) - np.repeat(starts, lengths)
+        before = self._seen[fid]
+        flow_rows = sorted_fid[starts]
+        fresh = flow_rows[self._seen[flow_rows] == 0]
+        self._first_ns[fresh] = flows.first_ns[fresh]
+        self._seen[flow_rows] += lengths
+        first = rank + before < self.limit
+        rows, opens = rows[first], (rank + before == 0)[first]
+        chosen = rows[opens | worth_reading(batch, decoded, rows)]
+        if chosen.size:
+            for linktype in np.unique(batch.linktypes[chosen]).tolist():
+                self._write(batch, chosen[batch.linktypes[chosen] == linktype], linktype)
+
+    def _file(self, linktype: int) -> BinaryIO:
+        got = self._files.get(linktype)
+        if got is None:
+            path = os.path.join(self.directory, f"first-packets-{linktype}.pcap")
+            out = open(path, "xb")  # noqa: SIM115  # closed by close()
+            out.write(_pcap_header(linktype))
+            got = self._files[linktype] = (path, out)
+        return got[1]
+
+    def _sink(self, linktype: int) -> BinaryIO | None:
+        return self._file(linktype)
+
+    def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
+        """Records for packets ``idx`` of ``batch``: headers built with numpy, data sliced.
+
+        The one Python loop here runs per *kept* packet (at most ``limit`` per
+        flow), slicing a memoryview: a vectorised gather of variable-length
+        slices needs an 8-byte index per payload byte (or a mask over the
+        whole batch span), which measured 10-30x slower on the 1M-packet capture.
+        """
+        start = batch.offsets[idx]
+        incl = np.minimum(batch.caplens[idx].astype(np.int64), _SNAPLEN)
+        ts = np.maximum(batch.timestamps_ns[idx], 0)
+        head = np.empty(idx.size, dtype=_RECORD)
+        head["sec"], head["nsec"] = ts // 1_000_000_000, ts % 1_000_000_000
+        head["incl"], head["orig"] = incl, batch.wirelens[idx]
+        heads = memoryview(head.tobytes())
+        data = batch.data.data  # a memoryview of the (contiguous) batch buffer
+        size = _RECORD.itemsize
+        parts: list[memoryview] = []
+        for i, (a, n) in enumerate(zip(start.tolist(), incl.tolist(), strict=True)):
+            parts.append(heads[i * size:(i + 1) * size])
+            parts.append(data[a:a + n])
+        sink = self._sink(linktype)
+        if sink is not None:
+            sink.writelines(parts)
+            self.packets += int(idx.size)
+
+    def close(self) -> list[str]:
+        """Close the files; their paths, one per link type seen."""
+        for _, out in self._files.values():
+            out.close()
+        return [path for path, _ in self._files.values()]
+
+
+def _pcap_header(linktype: int) -> bytes:
+    return struct.pack("<IHHiIII", _PCAP_NSEC_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktype)
+
+
+class _Meter(threading.Thread):
+    """nDPI reading one FIFO until its writer closes it (``_meter_in_process``)."""
+
+    def __init__(self, path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
+                 idle_ms: int = 0) -> None:
+        super().__init__(name=f"portwatch-ndpi-{os.path.basename(path)}", daemon=True)
+        self.path = path
+        self.limit = limit
+        self.on_flow = on_flow
+        self.idle_ms = idle_ms
+        self.flows: list[NdpiFlow] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.flows = _meter_in_process(self.path, self.limit, self.on_flow, self.idle_ms)
+        except BaseException as exc:  # handed to the analysing thread by LiveDetection.finish
+            self.error = exc
+
+
+def _open_writer(path: str, meter: _Meter) -> BinaryIO:
+    """The FIFO's writing end, once nDPI's thread opened the reading end (or died)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            if not meter.is_alive():
+                raise ValueError(str(meter.error or "nDPI stopped before reading")) from None
+            time.sleep(0.001)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb", buffering=1 << 16)
+
+
+class LiveDetection(FirstPackets):
+    """``FirstPackets`` streamed through a FIFO to nDPI, which runs in a thread meanwhile.
+
+    nDPI's C code runs without the GIL, so on two cores the detection costs
+    little more than the longer of the two (the analysis, or nDPI on the
+    first packets). The FIFO's 64 KiB buffer paces the analysis when nDPI
+    falls behind; nothing reaches the disk. ``finish`` closes the streams and
+    returns nDPI's flows and, per link type nDPI could not read, why.
+    """
+
+    def __init__(self, directory: str, limit: int = DEFAULT_PACKETS, *,
+                 on_flow: Callable[[NdpiFlow], None] | None = None, idle_ms: int = 0) -> None:
+        """``on_flow``/``idle_ms``: report each flow as soon as nDPI is done with it
+        (``_meter_in_process``), from nDPI's thread, for a capture that never ends."""
+        super().__init__(directory, limit)
+        self.on_flow = on_flow
+        self.idle_ms = idle_ms
+        self._meters: dict[int, _Meter] = {}
+        self._sinks: dict[int, BinaryIO | None] = {}
+        self._flows: list[NdpiFlow] | None = None
+        self.errors: list[str] = []
+
+    def _sink(self, linktype: int) -> BinaryIO | None:
+        if linktype in self._sinks:
+            return self._sinks[linktype]
+        path = os.path.join(self.directory, f"first-packets-{linktype}.fifo")
+        os.mkfifo(path, 0o600)
+        meter = self._meters[linktype] = _Meter(path, self.limit, self.on_flow, self.idle_ms)
+        meter.start()
+        sink: BinaryIO | None = None
+        try:
+            sink = _open_writer(path, meter)
+            sink.write(_pcap_header(linktype))
+        except (ValueError, BrokenPipeError) as exc:
+            self.errors.append(f"link type {linktype}: {exc}")
+            sink = None
+        self._sinks[linktype] = sink
+        return sink
+
+    def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
+        try:
+            super()._write(batch, idx, linktype)
+            sink = self._sinks.get(linktype)
+            if sink is not None:
+                sink.flush()  # a live capture may pause: nDPI reads each batch as it comes
+        except BrokenPipeError:  # nDPI's thread stopped reading: its error says why
+            sink = self._sinks.pop(linktype, None)
+            with contextlib.suppress(OSError):
+                if sink is not None:
+                    sink.close()
+            self._sinks[linktype] = None
+
+    def close(self) -> list[str]:
+        for sink in self._sinks.values():
+            with contextlib.suppress(OSError):
+                if sink is not None:
+                    sink.close()
+        return [m.path for m in self._meters.values()]
+
+    def finish(self) -> list[NdpiFlow]:
+        """Close the streams, wait for nDPI, and return its flows (``errors`` say what failed)."""
+        if self._flows is None:
+            self.close()
+            self._flows = []
+            for linktype, meter in self._meters.items():
+                meter.join()
+                if meter.error is not None:
+                    self.errors.append(f"link type {linktype}: {meter.error}")
+                self._flows += meter.flows
+        return self._flows
+
+
+@contextlib.contextmanager
+def first_packets(directory: str | None, limit: int = DEFAULT_PACKETS) -> Iterator[FirstPackets]:
+    """A ``FirstPackets`` in a private temporary directory, removed on the way out."""
+    private = tempfile.mkdtemp(prefix="portwatch-detect-", dir=directory)
+    keeper = FirstPackets(private, limit)
+    try:
+        yield keeper
+    finally:
+        keeper.close()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def live_detection(directory: str | None,
+                   limit: int = DEFAULT_PACKETS) -> Iterator[LiveDetection]:
+    """A ``LiveDetection`` with its FIFOs in a private directory; nDPI stopped on the way out."""
+    private = tempfile.mkdtemp(prefix="portwatch-detect-", dir=directory)
+    keeper = LiveDetection(private, limit)
+    try:
+        yield keeper
+    finally:
+        keeper.finish()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+# -- nDPI's answer ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NdpiFlow:
+    """One flow as nDPI saw it (nfstream's ``NFlow``, the fields used here)."""
+
+    transport: int  # Transport value
+    a: tuple[int, int]  # (address as 128 bits, IPv4 mapped into ::ffff:0:0/96; port)
+    b: tuple[int, int]
+    first_ns: int
+    name: str  # nDPI's application name, ``master.app`` (``TLS.Google``), or "Unknown"
+    guessed: bool
+    confidence: int  # nDPI's ndpi_confidence_t value
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDetection:
+    """What nDPI says of one flow: the protocol (lower case, "" for none) and how sure."""
+
+    detected: str
+    confidence: Confidence
+
+    @classmethod
+    def of(cls, flow: NdpiFlow) -> FlowDetection:
+        if not flow.name or flow.name.lower() == _UNKNOWN:
+            return cls("", Confidence.NONE)
+        sure = not flow.guessed and flow.confidence in _PAYLOAD_CONFIDENCES
+        return cls(flow.name.lower(), Confidence.PAYLOAD if sure else Confidence.PORT_GUESS)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> int:
+    addr = ipaddress.ip_address(text)
+    return (0xFFFF << 32 | int(addr)) if addr.version == 4 else int(addr)
+
+
+def _ndpi_flow(f: Any) -> NdpiFlow | None:
+    transport = int(TRANSPORT_OF_PROTO[int(f.protocol) & 0xFF])
+    if transport == NO_TRANSPORT:
+        return None
+    return NdpiFlow(transport, (_address(f.src_ip), int(f.src_port)),
+                    (_address(f.dst_ip), int(f.dst_port)),
+                    int(f.bidirectional_first_seen_ms) * 1_000_000,
+                    str(f.application_name or ""), bool(f.application_is_guessed),
+                    int(f.application_confidence or 0))
+
+
+def run_ndpi(paths: Sequence[str], limit: int = DEFAULT_PACKETS) -> list[NdpiFlow]:
+    """nDPI's flows of each capture in ``paths`` (TCP, UDP, SCTP, DCCP only).
+
+    nfstream's engine (its libpcap reader, flow meter and nDPI) is driven in
+    this process, packet by packet, the way its meter process drives it:
+    ``NFStreamer`` would fork a meter and pickle every flow (some 100 fields)
+    through a queue, about 300 us a flow measured here, 15x the rest of the
+    work. Tunnels are not decoded (portwatch counts the outer flow) and flows
+    never time out (a file's flow is one flow). Should nfstream's engine
+    change shape, ``NFStreamer`` itself is used instead.
+    """
+    require_ndpi()
+    out: list[NdpiFlow] = []
+    for path in paths:
+        try:
+            out += _meter_in_process(path, limit)
+        except AttributeError:  # another nfstream than the 6.x this was written for
+            out += _meter_by_streamer(path, limit)
+    return out
+
+
+#: Flows a live meter finished early, remembered so their later packets are ignored.
+_DONE_KEYS = 1 << 20
+
+
+def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
+                      idle_ms: int = 0) -> list[NdpiFlow]:
+    """nDPI over the capture (or FIFO) at ``path``; its flows at the end of the input.
+
+    With ``on_flow`` (a live stream that may never end), each flow is handed
+    to it and freed as soon as nDPI is done with it (nfstream's
+    ``detection_completed``, which waits for nDPI's extra dissection, or
+    ``limit`` packets read), or when no packet of it came for ``idle_ms`` of
+    packet time (time moves with the packets of this stream); its later
+    packets are ignored. Nothing is then returned.
+    """
+    ffi, lib = _engine()
+    mode = _SINGLE_FILE
+    error = ffi.new("char[256]")
+    capture = lib.capture_open(path.encode(), mode, error, 0)
+    if capture == ffi.NULL:
+        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
+    if lib.capture_activate(capture, mode, error):
+        lib.capture_close(capture)
+        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
+    dissector = _dissector(ffi, lib)
+    meters: dict[tuple[int, ...], Any] = {}
+    done: OrderedDict[tuple[int, ...], None] = OrderedDict()
+    packet = ffi.new("struct nf_packet *")
+    tick = scanned = 0
+    forever = _NO_TIMEOUT_S * 1000
+
+    def finish(key: tuple[int, ...]) -> NdpiFlow | None:
+        meter = meters.pop(key)
+        try:
+            lib.meter_expire_flow(meter, limit, dissector)  # nDPI's last word (and guess)
+            return _ndpi_flow(_CFlow(ffi, meter))
+        finally:
+            lib.meter_free_flow(meter, limit, 0, 1)
+
+    try:
+        while True:
+            ret = lib.capture_next(capture, packet, 0, 1, 0, mode)
+            if ret < -1:  # end of input (-1: nothing read this time; 0: ignored)
+                break
+            if ret != 1:
+                continue
+            if packet.time > tick:
+                tick = packet.time
+            else:
+                packet.time = tick  # the meter wants time in order
+            a = (packet.src_ip[0], packet.src_ip[1], packet.src_port)
+            b = (packet.dst_ip[0], packet.dst_ip[1], packet.dst_port)
+            key = (*min(a, b), *max(a, b), packet.protocol, packet.vlan_id)
+            meter = meters.get(key)
+            if meter is None:
+                if key in done:
+                    continue
+                meter = lib.meter_initialize_flow(packet, 0, 0, 0, limit, dissector, 0)
+                if meter == ffi.NULL:
+                    raise MemoryError("nDPI could not allocate a flow")
+                meters[key] = meter
+            else:
+                lib.meter_update_flow(meter, packet, forever, forever, 0, 0, 0, limit,
+                                      dissector, 0)
+            if on_flow is None:
+                continue
+            if meter.detection_completed or meter.bidirectional_packets >= limit:
+                done[key] = None
+                if len(done) > _DONE_KEYS:
+                    done.popitem(last=False)
+                if (flow := finish(key)) is not None:
+                    on_flow(flow)
+            if idle_ms and tick - scanned >= min(idle_ms, 1000):  # at most once a second
+                scanned = tick
+                for old in [k for k, m in meters.items()
+                            if m.bidirectional_last_seen_ms + idle_ms < tick]:
+                    done[old] = None  # what comes later is past its first packets
+                    if (flow := finish(old)) is not None:
+                        on_flow(flow)
+        flows = [f for f in map(finish, list(meters)) if f is not None]
+        if on_flow is None:
+            return flows
+        for flow in flows:
+            on_flow(flow)
+        return []
+    finally:
+        for meter in meters.values():
+            lib.meter_free_flow(meter, limit, 0, 1)
+        lib.capture_close(capture)
+        lib.dissector_cleanup(dissector)
+
+
+class _CFlow:
+    """An ``nf_flow`` C struct read with ``NFlow``'s attribute names (for ``_ndpi_flow``)."""
+
+    def __init__(self, ffi: Any, c: Any) -> None:
+        text = ffi.string
+        self.protocol = c.protocol
+        self.src_ip = text(c.src_ip_str).decode("ascii", errors="replace")
+        self.dst_ip = text(c.dst_ip_str).decode("ascii", errors="replace")
+        self.src_port, self.dst_port = c.src_port, c.dst_port
+        self.bidirectional_first_seen_ms = c.bidirectional_first_seen_ms
+        self.application_name = text(c.application_name).decode("utf-8", errors="replace")
+        self.application_is_guessed = c.guessed
+        self.application_confidence = c.confidence
+
+
+def _meter_by_streamer(path: str, limit: int) -> list[NdpiFlow]:
+    """nfstream's public way: one forked meter, flows back through a queue.
+
+    nfstream pins the calling process's CPUs and may print warnings: the
+    affinity is restored and its prints go to standard error, never into a
+    report.
+    """
+    from nfstream import NFStreamer
+
+    out: list[NdpiFlow] = []
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            streamer = NFStreamer(source=path, decode_tunnels=False, n_dissections=limit,
+                                  statistical_analysis=False, splt_analysis=0, n_meters=1,
+                                  idle_timeout=_NO_TIMEOUT_S, active_timeout=_NO_TIMEOUT_S)
+            for f in streamer:
+                flow = _ndpi_flow(f)
+                if flow is not None:
+                    out.append(flow)
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+    return out
+
+
+# -- joining and judging -------------------------------------------------------------
+
+def _key(transport: int, a: tuple[int, int], b: tuple[int, int]) -> tuple[int, tuple[int, int],
+                                                                         tuple[int, int]]:
+    return (transport, a, b) if a <= b else (transport, b, a)
+
+
+FlowKey = tuple[int, tuple[int, int], tuple[int, int]]
+
+
+def ndpi_key(flow: NdpiFlow) -> FlowKey:
+    """The direction-free 5-tuple of one of nDPI's flows (``flow_keys`` spells them alike)."""
+    return _key(flow.transport, flow.a, flow.b)
+
+
+def flow_keys(flows: FlowTable, rows: I64) -> list[FlowKey]:
+    """The direction-free 5-tuple of each of ``rows`` of portwatch's flow table."""
+    keys = flows.keys[rows]
+    a_addr = [(h << 64) | lo for h, lo in zip(keys["ah"].tolist(), keys["al"].tolist(),
+                                             strict=True)]
+    b_addr = [(h << 64) | lo for h, lo in zip(keys["bh"].tolist(), keys["bl"].tolist(),
+                                             strict=True)]
+    return [_key(t, (a_addr[j], ap), (b_addr[j], bp)) for j, (t, ap, bp) in enumerate(
+        zip(keys["t"].tolist(), keys["ap"].tolist(), keys["bp"].tolist(), strict=True))]
+
+
+def match(ndpi: Sequence[NdpiFlow], flows: FlowTable,
+          rows: I64) -> dict[int, FlowDetection]:
+    """nDPI's answer for each of ``rows`` it saw, by 5-tuple, then by time.
+
+    When several nDPI flows share a row's 5-tuple, the row takes the one
+    whose start falls within it (else the closest start); of several answers
+    for one row, a payload detection wins over a guess.
+    """
+    by_key: dict[FlowKey, list[int]] = {}
+    for j, key in enumerate(flow_keys(flows, rows)):
+        by_key.setdefault(key, []).append(j)
+    first = flows.first_ns[rows].tolist()
+    last = flows.last_ns[rows].tolist()
+    out: dict[int, FlowDetection] = {}
+    for nf in ndpi:
+        candidates = by_key.get(ndpi_key(nf))
+        if not candidates:
+            continue
+        j = min(candidates, key=lambda c: (not first[c] - 1_000_000 <= nf.first_ns <= last[c],
+                                           abs(first[c] - nf.first_ns)))
+        row = int(rows[j])
+        found = FlowDetection.of(nf)
+        got = out.get(row)
+        if got is None or found.confidence > got.confidence:
+            out[row] = found
+    return out
+
+
+def judge(found: FlowDetection, service: str, aliases: Sequence[str],
+          status: PortStatus) -> Detection:
+    """``found`` against the registry's answer for the flow's service port."""
+    if found.confidence is not Confidence.PAYLOAD:
+        return Detection.UNCONFIRMED
+    if confirms(found.detected, service, aliases):
+        return Detection.CONFIRMED
+    if status in (PortStatus.ASSIGNED, PortStatus.RESERVED, PortStatus.UNASSIGNED):
+        return Detection.MISMATCH
+    return Detection.UNCONFIRMED
+
+
+_NOTHING = FlowDetection("", Confidence.NONE)
+
+
+def detection_note(found: FlowDetection, verdict: Detection) -> str:
+    """``[nDPI: ssh, mismatch]``, ``[nDPI: tls (port-guess), unconfirmed]``: for comments."""
+    what = found.detected or "nothing"
+    if found.confidence is Confidence.PORT_GUESS:
+        what += " (port-guess)"
+    return f"[nDPI: {what}, {verdict.label}]"
+
+
+def annotation_comments(analyzer: Analyzer, found: Mapping[int, FlowDetection],
+                        rows: I64) -> dict[int, tuple[str, bool]]:
+    """Each row's annotated-copy comment with nDPI's verdict, and whether it is flagged.
+
+    The verdict is worded by ``Verdict.summary`` like every other output; a
+    mismatch adds its reason there (``... carries ssh``).
+    """
+    decisions = analyzer.decisions()
+    table = analyzer.table
+    out: dict[int, tuple[str, bool]] = {}
+    for row in rows.tolist():
+        verdict = decisions.verdict(row, table)
+        got = found.get(row, _NOTHING)
+        aliases = table.lookup(verdict.transport, verdict.service_port).aliases
+        result = judge(got, verdict.service, aliases, verdict.status)
+        flags = verdict.flags | (FlagReason.PROTOCOL_MISMATCH if result is Detection.MISMATCH
+                                 else 0)
+        verdict = replace(verdict, flags=FlagReason(flags), detected=got.detected)
+        rule = verdict.rule.label if verdict.rule is not None else ""
+        out[row] = (f"portwatch: {verdict.summary()} [{rule}] {detection_note(got, result)}",
+                    verdict.flagged)
+    return out
+_TRANSPORT_BY_LABEL = {t.label: t for t in Transport}
+_STATUS_BY_LABEL = {s.label: s for s in PortStatus}
+
+
+def apply_detections(report: Report, detections: dict[int, FlowDetection], rows: I64,
+                     table: PortTable) -> int:
+    """Write each flow's detection into ``report`` (built from ``rows``, in order).
+
+    Returns the number of mismatches. A flow nDPI did not report (it had no
+    packet nDPI could read) is ``unconfirmed`` with confidence ``none``.
+    """
+    mismatches = 0
+    row_list = rows.tolist()
+    if len(row_list) != len(report.flows):
+        raise ValueError("the report's flows are not the rows detected")
+    for flow, row in zip(report.flows, row_list, strict=True):
+        found = detections.get(row, _NOTHING)
+        transport = _TRANSPORT_BY_LABEL[flow.transport]
+        status = _STATUS_BY_LABEL[flow.status]
+        aliases = table.lookup(transport, flow.service_port).aliases
+        verdict = judge(found, flow.service, aliases, status)
+        flow.detected = found.detected
+        flow.confidence = found.confidence.label
+        flow.detection = verdict.label
+        if verdict is Detection.MISMATCH:
+            mismatches += 1
+            flow.flags.append(FlagReason.PROTOCOL_MISMATCH.label)
+            flow.reasons.extend(reasons(flow.transport, flow.service_port,
+                                        FlagReason.PROTOCOL_MISMATCH, service=flow.service,
+                                        status=flow.status, detected=found.detected))
+    return mismatches
