@@ -240,3 +240,16 @@ def test_a_bad_web_config_on_reload_keeps_the_old_settings(harness: Harness) -> 
     assert daemon._web.settings is settings
     assert daemon.web_settings is settings
 
+
+
+def test_protocol_detection_follows_the_config_across_reloads(harness: Harness) -> None:
+    pytest.importorskip("nfstream", reason="nfstream (nDPI) is not installed")
+    plain = harness.config.read_text().replace(
+        'backend = "scapy"', 'backend = "dumpcap"\nsnaplen = 1024')
+    harness.config.write_text(plain + "[detect]\nenabled = true\n")
+    daemon = harness.start(held(udp_batch(53, 3)))
+    assert daemon.counters.detector is not None
+    harness.config.write_text(plain)
+    assert daemon.reload()
+    assert daemon.counters.detector is None
+    assert any("protocol detection off" in line for line in harness.lines())

@@ -162,6 +162,8 @@ class Daemon:
         self.web_settings = _web_settings(self.config)
         table, facts = deps.load_table(self.config)
         self.counters = TrafficCounters(table, self.config.flows, facts)
+        if self.config.detect_enabled:
+            self.counters.enable_detection()
         self.supervisor = CaptureSupervisor(
             make_source, lambda: self.config, self.counters, backoff=deps.backoff,
             clock=deps.monotonic, sleep=deps.sleep, on_start=self._capture_started,
@@ -277,6 +279,7 @@ class Daemon:
                 self.supervisor.stop()
                 self._capture_thread.join(STOP_CAPTURE_S * 2 / 3)
         self.supervisor.poll_drops()
+        self.counters.stop_detection()  # nDPI finishes what it was given; counted in the summary
         if self._web is not None:
             self._web.stop()
         self._wakeup.close()
@@ -316,8 +319,15 @@ class Daemon:
         if config.listen_address != self.config.listen_address:
             self.log("web listen address changes take effect on restart only")
         old_capture, old_settings = self.config.capture, self.web_settings
+        was_detecting = self.config.detect_enabled
         self.config, self.web_settings = config, settings
         self.counters.reload(table, config.flows, facts)
+        if config.detect_enabled != was_detecting:
+            if config.detect_enabled:
+                self.counters.enable_detection()
+            else:
+                self.counters.stop_detection()
+            self.log(f"protocol detection {'on' if config.detect_enabled else 'off'}")
         self.log(f"reloaded: registry {', '.join(p for p, _, _ in facts.sources)}, "
                  f"{sum(facts.records.values())} records")
         if settings != old_settings:
