@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -14,9 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.rotated import PCAP_HEADER, records_of, rotate, traffic
+from portwatch.analysis import run as run_module
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.analysis.merge import CapturePartial, merge_partials, partial_of
+from portwatch.analysis.merge import CapturePartial, load_state, merge_partials, partial_of
 from portwatch.analysis.report import Report, merge_reports
+from portwatch.analysis.run import analyze_paths, expand_inputs
 from portwatch.capture.files.reader import open_capture, read_capture_path
 from portwatch.ports import Transport
 from portwatch.porttable.table import PortTable
@@ -189,3 +192,73 @@ def test_any_cut_of_a_capture_merges_back_to_it(table: PortTable, small_capture:
                 for i, data in enumerate(pieces)]
     whole = analyze_bytes(table, small_capture, "whole.pcap").report()
     assert_same_report(merge_partials(partials).report(table), whole)
+
+
+# -- through analyze_paths: one process, the process pool, resume, failures -----------
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_analyze_paths_over_rotated_files_gives_the_uncut_report(
+        table: PortTable, archive: tuple[Path, list[Path]], jobs: int) -> None:
+    uncut, parts = archive
+    result = analyze_paths([str(p) for p in parts], table, jobs=jobs)
+    assert result.report is not None
+    assert not result.failures
+    assert_same_report(result.report, analyze(table, uncut).report())
+
+
+def test_globs_and_file_urls_name_the_same_captures(
+        table: PortTable, archive: tuple[Path, list[Path]]) -> None:
+    uncut, parts = archive
+    directory = parts[0].parent
+    assert expand_inputs([str(directory / "part_*.pcap")]) == [str(p) for p in parts]
+    urls = expand_inputs([f"file://{directory}/part_*.pcap"])
+    assert urls == [f"file://{p}" for p in parts]
+    result = analyze_paths(urls, table)
+    assert result.report is not None
+    assert_same_report(result.report, analyze(table, uncut).report())
+    assert result.report.captures == urls
+
+
+def test_a_failing_capture_is_named_and_the_rest_still_merge(
+        table: PortTable, archive: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    _, parts = archive
+    bad = tmp_path / "not-a-capture.pcap"
+    bad.write_bytes(b"hello, world")
+    names = [str(parts[0]), str(bad), *(str(p) for p in parts[1:])]
+    result = analyze_paths(names, table, jobs=2)
+    assert [f.path for f in result.failures] == [str(bad)]
+    assert result.report is not None
+    assert result.partial
+    assert any(str(bad) in w and "not a capture" in w for w in result.report.warnings)
+    whole = analyze_paths([str(p) for p in parts], table).report
+    assert whole is not None
+    assert by_flow(result.report) == by_flow(whole)
+
+
+def test_resume_reads_only_the_captures_whose_state_is_missing_or_stale(
+        table: PortTable, archive: tuple[Path, list[Path]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    uncut, parts = archive
+    copies = []
+    for p in parts:
+        copies.append(tmp_path / p.name)
+        copies[-1].write_bytes(p.read_bytes())
+    names = [str(p) for p in copies]
+    state = str(tmp_path / "out")
+    analyze_paths(names[:6], table, resume_dir=state)  # an earlier run, cut short
+    copies[2].write_bytes(parts[2].read_bytes())  # rewritten: new mtime, read again
+    os.utime(copies[2], ns=(1, 1))
+    read: list[str] = []
+    real = run_module._analyze_one
+
+    def counting(*args: Any) -> Analyzer:
+        read.append(args[1].name)
+        return real(*args)
+
+    monkeypatch.setattr(run_module, "_analyze_one", counting)
+    result = analyze_paths(names, table, resume_dir=state)
+    assert read == [names[2], *names[6:]]
+    assert result.report is not None
+    assert_same_report(result.report, analyze(table, uncut).report())
+    assert load_state(state, names[0], "wrong fingerprint") is None

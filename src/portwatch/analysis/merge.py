@@ -30,6 +30,10 @@ first fragments at the end of a capture).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from portwatch._atomic import atomic_write_bytes
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowTable
 from portwatch.analysis.report import Report, build_report
@@ -44,7 +49,16 @@ from portwatch.decode.native import DecodeStatus
 from portwatch.ports import Transport
 from portwatch.porttable.table import PortTable
 
-__all__ = ["COLUMN_MERGE", "CapturePartial", "MergedCapture", "merge_partials", "partial_of"]
+__all__ = [
+    "COLUMN_MERGE",
+    "CapturePartial",
+    "MergedCapture",
+    "load_state",
+    "merge_partials",
+    "partial_of",
+    "save_state",
+    "state_path",
+]
 
 I64 = npt.NDArray[np.int64]
 
@@ -244,3 +258,50 @@ def _reduce(how: str, values: npt.NDArray[Any], starts: I64) -> npt.NDArray[Any]
         last = np.maximum.reduceat(pos, starts)
         return np.where(last >= 0, values[np.maximum(last, 0)], 0).astype(values.dtype)
     raise ValueError(f"unknown merge rule {how!r}")
+
+
+# -- saved state (``--resume``) -----------------------------------------------------
+
+_STATE_VERSION = 1
+STATE_DIR = "_state"
+
+
+def state_path(directory: str, capture: str) -> str:
+    """Where the state of ``capture`` is kept under ``directory`` (one file per capture)."""
+    digest = hashlib.sha256(capture.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return os.path.join(directory, STATE_DIR, f"{digest}.npz")
+
+
+def save_state(directory: str, capture: str, fingerprint: str, partial: CapturePartial) -> None:
+    """Keep ``partial`` (atomically): a later run with the same fingerprint skips the capture."""
+    meta = {"version": _STATE_VERSION, "capture": capture, "fingerprint": fingerprint,
+            "packets": partial.packets, "bytes": partial.bytes,
+            "fragments_attributed": partial.fragments_attributed,
+            "warnings": partial.warnings, "partial": partial.partial}
+    arrays: dict[str, Any] = {f"col_{name}": values for name, values in partial.columns.items()}
+    arrays.update(meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                  keys=partial.keys, decode_counts=partial.decode_counts)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(state_path(directory, capture), buf.getvalue())
+
+
+def load_state(directory: str, capture: str, fingerprint: str) -> CapturePartial | None:
+    """The saved state of ``capture``, or None when absent, stale, or unreadable."""
+    try:
+        with np.load(state_path(directory, capture), allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            if (meta.get("version"), meta.get("capture"), meta.get("fingerprint")) != (
+                    _STATE_VERSION, capture, fingerprint):
+                return None
+            keys = data["keys"]
+            columns = {name: data[f"col_{name}"] for name in COLUMN_MERGE}
+            if keys.dtype != FlowTable().keys.dtype or any(
+                    c.shape != keys.shape for c in columns.values()):
+                return None
+            return CapturePartial(capture, keys, columns, int(meta["packets"]),
+                                  int(meta["bytes"]), data["decode_counts"].astype(np.int64),
+                                  int(meta["fragments_attributed"]), list(meta["warnings"]),
+                                  bool(meta["partial"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
