@@ -8,7 +8,8 @@ when dask is installed): ``dask.distributed`` is an optional extra
   must see the captures under the names given (a shared file system) or read
   them by URL (``s3://``, ``gs://`` need ``s3fs``/``gcsfs`` on the workers).
 - ``--scheduler local:N`` starts N single-threaded worker processes on
-  127.0.0.1 (no dashboard) for the run and stops them after.
+  127.0.0.1 for the run (the scheduler's HTTP server on a free port) and
+  stops them after.
 
 One task per capture. A task returns the capture's ``CapturePartial`` (about
 100 bytes per flow, no port table), or the ``CaptureError`` that made it
@@ -141,7 +142,7 @@ def _client(scheduler: Scheduler) -> Iterator[Any]:
             yield client
         return
     with LocalCluster(n_workers=scheduler.local_workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, \
+                      host="127.0.0.1", dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         yield client
 
