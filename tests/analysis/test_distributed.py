@@ -11,10 +11,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("distributed", reason="the dask extra is not installed")
-
-from distributed import Client, LocalCluster
-
 from helpers.rotated import rotate, traffic
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.distributed import (
@@ -30,6 +26,8 @@ from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import CaptureError, UsageError
 from portwatch.porttable.table import PortTable
 
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+Client = Any
 LOCAL2 = Scheduler(local_workers=2)
 
 
@@ -70,8 +68,9 @@ def uncut_report(table: PortTable, archive: tuple[Path, list[Path]]) -> Report:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     """Two single-threaded worker processes on loopback, shared by this module's tests."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as cluster, Client(cluster) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
         yield c
 
 
