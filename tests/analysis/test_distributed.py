@@ -160,3 +160,25 @@ def test_bad_scheduler_specs_are_usage_errors(spec: str) -> None:
 def test_standard_input_cannot_go_to_a_cluster(table: PortTable) -> None:
     with pytest.raises(UsageError, match="standard input"):
         analyze_paths(["-"], table, scheduler="local:1")
+
+
+def test_cli_scheduler_local_gives_the_jsonl_of_one_process_and_shows_progress(
+        archive: tuple[Path, list[Path]], official_csv: Path, warm_cache: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from portwatch.cli import main
+
+    monkeypatch.setenv("PORTWATCH_REGISTRY", str(official_csv))
+    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(warm_cache))
+    pattern = str(archive[1][0].parent / "part_*.pcap")
+    assert main(["analyze", "-f", "jsonl", pattern]) == 0
+    alone = capsys.readouterr()
+    assert main(["analyze", "-f", "jsonl", "--scheduler", "local:2", pattern]) == 0
+    clustered = capsys.readouterr()
+    assert sorted(clustered.out.splitlines()) == sorted(alone.out.splitlines())
+    assert "portwatch: 40/40 captures" in clustered.err
+    assert "packets/s" in clustered.err
+
+
+def test_jobs_and_scheduler_together_are_a_usage_error(table: PortTable) -> None:
+    with pytest.raises(UsageError, match="exclude each other"):
+        analyze_paths(["a.pcap", "b.pcap"], table, jobs=2, scheduler="local:2")

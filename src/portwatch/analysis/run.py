@@ -644,6 +644,9 @@ def analyze_paths(
         refuse_overwriting_inputs(names, [annotate.output])
         check_output_path(annotate.output)
     if scheduler is not None:
+        if jobs > 1:
+            raise UsageError("--jobs and --scheduler exclude each other: give local:N "
+                             "to run N Dask workers on this machine")
         return _on_cluster(names, table, scheduler, engine=engine, progress=cluster_progress,
                            resume_dir=resume_dir, idle_s=idle_s)
     resumed = _resumed(names, resume_dir)
@@ -674,12 +677,12 @@ def analyze_paths(
                 continue
             if annotate is not None:
                 _annotate(analyzer, inp, annotate)
+            if resume_dir is not None or len(inputs) > 1:
+                outcome = partial_of(analyzer)
+                save(i, outcome)
+                outcomes.append(outcome)
             if len(inputs) == 1:  # one capture: its own report, flows in the order seen
-                failures: list[CaptureError] = []
-                return _with_failures(analyzer.report(), failures)
-            outcome = partial_of(analyzer)
-            save(i, outcome)
-            outcomes.append(outcome)
+                return RunResult(analyzer.report())
         return _merge(outcomes, table, idle_s)
 
 

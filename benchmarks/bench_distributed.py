@@ -1,0 +1,148 @@
+"""Rotated archives on a Dask cluster: 2 workers against 1, and the cluster against ``--jobs``.
+
+Builds an archive of ``--files`` rotated captures (copies of one generated
+capture of ``--packets`` packets, 300 flows crossing every file, as in the
+tests), then times ``analyze_paths`` over all of it, best of ``--runs``:
+
+- one process (no pool, no cluster);
+- ``--jobs 1`` / ``--jobs 2`` (the process pool);
+- ``--scheduler local:1`` / ``local:2``, each starting its own cluster
+  (what a user pays end to end);
+- the same work on an already running LocalCluster of 1 and of 2 worker
+  processes (the scaling of the work itself, cluster start excluded).
+
+Every variant's merged report is checked equal (flows and services) to the
+one-process report before its time is printed.
+
+``--series`` instead prints the worst-case number of series one daemon
+exports (docs/operations.md): a flood with one flow on every port of every
+transport, scraped, for the packaged registry snapshot and two flagged-port
+caps.
+
+    .venv/bin/python benchmarks/bench_distributed.py [--packets 200000] [--files 40] [--runs 3]
+    .venv/bin/python benchmarks/bench_distributed.py --series
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
+
+from helpers.rotated import traffic  # noqa: E402
+from portwatch.analysis.distributed import Scheduler, analyze_on_cluster  # noqa: E402
+from portwatch.analysis.merge import CapturePartial, merge_partials  # noqa: E402
+from portwatch.analysis.report import Report  # noqa: E402
+from portwatch.analysis.run import analyze_paths  # noqa: E402
+from portwatch.porttable.cache import load_table  # noqa: E402
+from portwatch.porttable.table import PortTable  # noqa: E402
+from portwatch.registry.packaged import packaged_snapshot  # noqa: E402
+
+
+def best(runs: int, fn: Callable[[], Report]) -> tuple[float, Report]:
+    times, report = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        report = fn()
+        times.append(time.perf_counter() - start)
+    assert report is not None
+    return min(times), report
+
+
+def signature(report: Report) -> tuple[object, ...]:
+    flows = sorted((f.transport, f.client, f.client_port, f.server, f.service_port, f.packets,
+                    f.bytes, f.method, f.status) for f in report.flows)
+    return report.packets, report.bytes, tuple(flows)
+
+
+def on_cluster(names: list[str], table: PortTable, client: object) -> Report:
+    outcomes = analyze_on_cluster(names, table, Scheduler(local_workers=0), client=client)
+    return merge_partials([o for o in outcomes if isinstance(o, CapturePartial)]).report(table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=200_000, help="packets per capture file")
+    ap.add_argument("--files", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--series", action="store_true",
+                    help="print one daemon's worst-case series count instead")
+    args = ap.parse_args()
+    if args.series:
+        series()
+        return
+    from distributed import Client, LocalCluster
+
+    table = load_table([str(packaged_snapshot())], cache=None).table
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    try:
+        one = traffic(tmp / "one.pcap", args.packets)
+        names = []
+        for i in range(args.files):
+            path = tmp / f"ring_{i:05d}.pcap"
+            shutil.copyfile(one, path)
+            names.append(str(path))
+        size = sum(os.path.getsize(n) for n in names)
+        total_packets = args.packets * args.files
+        print(f"# {args.files} files x {args.packets:,} packets = {total_packets:,} packets, "
+              f"{size / 1e6:,.0f} MB; {os.cpu_count()} CPUs; Python {platform.python_version()}")
+
+        def result(**kw: object) -> Report:
+            rep = analyze_paths(names, table, **kw).report  # type: ignore[arg-type]
+            assert rep is not None
+            return rep
+
+        t_seq, reference = best(args.runs, result)
+        rows = [("one process", t_seq)]
+        want = signature(reference)
+        for label, kw in [("--jobs 1", {"jobs": 1}), ("--jobs 2", {"jobs": 2}),
+                          ("--scheduler local:1", {"scheduler": "local:1"}),
+                          ("--scheduler local:2", {"scheduler": "local:2"})]:
+            t, rep = best(args.runs, lambda kw=kw: result(**kw))
+            assert signature(rep) == want, label
+            rows.append((label, t))
+        for workers in (1, 2):
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                              host="127.0.0.1", dashboard_address=":0") as cluster, \
+                    Client(cluster) as client:
+                on_cluster(names[:2], table, client)  # warm: table shipped, imports done
+                t, rep = best(args.runs, lambda c=client: on_cluster(names, table, c))
+                assert signature(rep) == want
+                rows.append((f"running cluster, {workers} worker(s)", t))
+        print(f"{'variant':<34} {'seconds':>8} {'M packets/s':>12}")
+        for label, t in rows:
+            print(f"{label:<34} {t:8.2f} {total_packets / t / 1e6:12.2f}")
+        by = dict(rows)
+        print(f"speed-up, running cluster 2 vs 1 workers: "
+              f"{by['running cluster, 1 worker(s)'] / by['running cluster, 2 worker(s)']:.2f}x")
+        print(f"speed-up, --scheduler local:2 vs local:1: "
+              f"{by['--scheduler local:1'] / by['--scheduler local:2']:.2f}x")
+        print(f"cluster overhead, local:2 - --jobs 2: "
+              f"{by['--scheduler local:2'] - by['--jobs 2']:+.2f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def series() -> None:
+    from portwatch.analysis.flows import FlowLimits
+    from test_fleet_rules import series_of_one_daemon
+
+    table = load_table([str(packaged_snapshot())], cache=None).table
+    for cap in (100, 1000):
+        got = series_of_one_daemon(table, FlowLimits(max_flows=300_000, max_flagged_ports=cap))
+        print(f"max_flagged_ports={cap}: total {sum(got.values()):,} series")
+        for name, n in got.items():
+            print(f"  {name:<48} {n:>7,}")
+
+
+if __name__ == "__main__":
+    main()
