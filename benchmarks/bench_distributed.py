@@ -39,7 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
 from helpers.rotated import traffic  # noqa: E402
-from portwatch.analysis.distributed import Scheduler, analyze_on_cluster  # noqa: E402
+from portwatch.analysis.distributed import (  # noqa: E402
+    Scheduler,
+    analyze_on_cluster,
+    local_cluster,
+)
 from portwatch.analysis.merge import CapturePartial, merge_partials  # noqa: E402
 from portwatch.analysis.report import Report  # noqa: E402
 from portwatch.analysis.run import analyze_paths  # noqa: E402
@@ -80,7 +84,7 @@ def main() -> None:
     if args.series:
         series()
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     table = load_table([str(packaged_snapshot())], cache=None).table
     tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
@@ -111,9 +115,7 @@ def main() -> None:
             assert signature(rep) == want, label
             rows.append((label, t))
         for workers in (1, 2):
-            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                              host="127.0.0.1", dashboard_address=":0") as cluster, \
-                    Client(cluster) as client:
+            with local_cluster(workers) as cluster, Client(cluster) as client:
                 on_cluster(names[:2], table, client)  # warm: table shipped, imports done
                 t, rep = best(args.runs, lambda c=client: on_cluster(names, table, c))
                 assert signature(rep) == want

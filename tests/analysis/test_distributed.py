@@ -17,6 +17,7 @@ from portwatch.analysis.distributed import (
     ClusterProgress,
     Scheduler,
     analyze_on_cluster,
+    local_cluster,
     parse_scheduler,
 )
 from portwatch.analysis.merge import CapturePartial, merge_partials
@@ -68,9 +69,7 @@ def uncut_report(table: PortTable, archive: tuple[Path, list[Path]]) -> Report:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     """Two single-threaded worker processes on loopback, shared by this module's tests."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c:
+    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -182,3 +181,10 @@ def test_cli_scheduler_local_gives_the_jsonl_of_one_process_and_shows_progress(
 def test_jobs_and_scheduler_together_are_a_usage_error(table: PortTable) -> None:
     with pytest.raises(UsageError, match="exclude each other"):
         analyze_paths(["a.pcap", "b.pcap"], table, jobs=2, scheduler="local:2")
+
+
+def test_local_workers_run_without_dask_malloc_trim_setting(client: Client) -> None:
+    """Dask's MALLOC_TRIM_THRESHOLD_ makes numpy batches page-fault (see the docstring)."""
+    environ = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                  os.environ.get("OMP_NUM_THREADS")))
+    assert set(environ.values()) == {(None, "1")}

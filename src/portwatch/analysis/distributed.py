@@ -40,6 +40,7 @@ __all__ = [
     "Scheduler",
     "analyze_on_cluster",
     "dask_available",
+    "local_cluster",
     "parse_scheduler",
 ]
 
@@ -130,7 +131,7 @@ def _analyze_task(name: str, engine: str, table_key: str,
 
 @contextlib.contextmanager
 def _client(scheduler: Scheduler) -> Iterator[Any]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler.address is not None:
         try:
@@ -141,10 +142,43 @@ def _client(scheduler: Scheduler) -> Iterator[Any]:
         with client:
             yield client
         return
-    with LocalCluster(n_workers=scheduler.local_workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with local_cluster(scheduler.local_workers) as cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A ``LocalCluster`` of single-threaded worker processes on 127.0.0.1, for one run.
+
+    The scheduler's HTTP server takes a free port; workers start without
+    Dask's ``MALLOC_TRIM_THRESHOLD_`` (``_numpy_friendly_environ``).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({_PRE_SPAWN: _numpy_friendly_environ()}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         host="127.0.0.1", dashboard_address=":0") as cluster:
+        yield cluster
+
+
+_PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+
+
+def _numpy_friendly_environ() -> dict[str, Any]:
+    """Dask's worker environment without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Setting that variable turns off glibc's adaptive mmap threshold, so every
+    batch-sized numpy array is mmap'd and unmapped again: on 1.6 M packets a
+    worker took 380,000 page faults and 0.5 s of system time against 25,000
+    and 0.05 s without it (same user time as one process). The thread limits
+    (``OMP_NUM_THREADS=1``...) are kept.
+    """
+    import dask
+
+    environ = dict(dask.config.get(_PRE_SPAWN, default={}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
 
 
 def analyze_on_cluster(
