@@ -262,3 +262,23 @@ def test_resume_reads_only_the_captures_whose_state_is_missing_or_stale(
     assert result.report is not None
     assert_same_report(result.report, analyze(table, uncut).report())
     assert load_state(state, names[0], "wrong fingerprint") is None
+
+
+def test_fsspec_urls_are_streamed_and_a_missing_backend_is_a_named_failure(
+        table: PortTable, archive: tuple[Path, list[Path]]) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    uncut, parts = archive
+    memory = fsspec.filesystem("memory")
+    for p in parts:
+        memory.pipe(f"/rotated/{p.name}", p.read_bytes())
+    try:
+        urls = expand_inputs(["memory://rotated/part_*.pcap"])
+        assert urls == [f"memory:///rotated/{p.name}" for p in parts]
+        result = analyze_paths([*urls, "nosuchfs://bucket/ring.pcap"], table)
+    finally:
+        memory.rm("/rotated", recursive=True)
+    assert result.report is not None
+    assert_same_report(result.report, analyze(table, uncut).report())
+    [failure] = result.failures
+    assert failure.path == "nosuchfs://bucket/ring.pcap"
+    assert "cannot read" in str(failure)
