@@ -5,14 +5,14 @@ capture of ``--packets`` packets, 300 flows crossing every file, as in the
 tests), then times ``analyze_paths`` over all of it, best of ``--runs``:
 
 - one process (no pool, no cluster);
-- ``--jobs 1`` / ``--jobs 2`` (the process pool);
+- ``--jobs 2`` (the process pool);
 - ``--scheduler local:1`` / ``local:2``, each starting its own cluster
   (what a user pays end to end);
 - the same work on an already running LocalCluster of 1 and of 2 worker
   processes (the scaling of the work itself, cluster start excluded).
 
-Every variant's merged report is checked equal (flows and services) to the
-one-process report before its time is printed.
+Variants run interleaved, best of ``--runs`` rounds; every variant's merged
+report is checked equal (flows, counts, decisions) to the one-process report.
 
 ``--series`` instead prints the worst-case number of series one daemon
 exports (docs/operations.md): a flood with one flow on every port of every
@@ -26,6 +26,7 @@ caps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -52,16 +53,6 @@ from portwatch.porttable.table import PortTable  # noqa: E402
 from portwatch.registry.packaged import packaged_snapshot  # noqa: E402
 
 
-def best(runs: int, fn: Callable[[], Report]) -> tuple[float, Report]:
-    times, report = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        report = fn()
-        times.append(time.perf_counter() - start)
-    assert report is not None
-    return min(times), report
-
-
 def signature(report: Report) -> tuple[object, ...]:
     flows = sorted((f.transport, f.client, f.client_port, f.server, f.service_port, f.packets,
                     f.bytes, f.method, f.status) for f in report.flows)
@@ -80,9 +71,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--series", action="store_true",
                     help="print one daemon's worst-case series count instead")
+    ap.add_argument("--merge", action="store_true",
+                    help="time the client's merge of 40 partials of 50,000 flows instead")
     args = ap.parse_args()
     if args.series:
         series()
+        return
+    if args.merge:
+        merge_cost()
         return
     from distributed import Client
 
@@ -105,21 +101,32 @@ def main() -> None:
             assert rep is not None
             return rep
 
-        t_seq, reference = best(args.runs, result)
-        rows = [("one process", t_seq)]
-        want = signature(reference)
-        for label, kw in [("--jobs 1", {"jobs": 1}), ("--jobs 2", {"jobs": 2}),
-                          ("--scheduler local:1", {"scheduler": "local:1"}),
-                          ("--scheduler local:2", {"scheduler": "local:2"})]:
-            t, rep = best(args.runs, lambda kw=kw: result(**kw))
-            assert signature(rep) == want, label
-            rows.append((label, t))
-        for workers in (1, 2):
-            with local_cluster(workers) as cluster, Client(cluster) as client:
-                on_cluster(names[:2], table, client)  # warm: table shipped, imports done
-                t, rep = best(args.runs, lambda c=client: on_cluster(names, table, c))
-                assert signature(rep) == want
-                rows.append((f"running cluster, {workers} worker(s)", t))
+        want = signature(result())
+        with contextlib.ExitStack() as stack:
+            clients = {}
+            for workers in (1, 2):
+                cluster = stack.enter_context(local_cluster(workers))
+                clients[workers] = stack.enter_context(Client(cluster))
+                on_cluster(names[:2], table, clients[workers])  # warm: table shipped, imports
+            variants: list[tuple[str, Callable[[], Report]]] = [
+                ("one process", result),
+                ("--jobs 2", lambda: result(jobs=2)),
+                ("--scheduler local:1", lambda: result(scheduler="local:1")),
+                ("--scheduler local:2", lambda: result(scheduler="local:2")),
+                ("running cluster, 1 worker(s)", lambda: on_cluster(names, table, clients[1])),
+                ("running cluster, 2 worker(s)", lambda: on_cluster(names, table, clients[2])),
+            ]
+            # Interleaved (each round runs every variant once) so that the load other
+            # users put on a shared machine drifts over all variants alike; best of rounds.
+            times: dict[str, list[float]] = {label: [] for label, _ in variants}
+            for _ in range(args.runs):
+                for label, fn in variants:
+                    start = time.perf_counter()
+                    rep = fn()
+                    times[label].append(time.perf_counter() - start)
+                    assert signature(rep) == want, label
+        rows = [(label, min(ts)) for label, ts in times.items()]
+        print(f"# load average after the runs: {os.getloadavg()[0]:.2f}")
         print(f"{'variant':<34} {'seconds':>8} {'M packets/s':>12}")
         for label, t in rows:
             print(f"{label:<34} {t:8.2f} {total_packets / t / 1e6:12.2f}")
@@ -132,6 +139,42 @@ def main() -> None:
               f"{by['--scheduler local:2'] - by['--jobs 2']:+.2f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge_cost(captures: int = 40, flows: int = 50_000) -> None:
+    """The merge on the client: 40 rotated files each continuing 50,000 flows (2 M rows)."""
+    import numpy as np
+
+    from portwatch.analysis.analyzer import Analyzer
+    from portwatch.analysis.merge import COLUMN_MERGE, partial_of
+
+    table = load_table([str(packaged_snapshot())], cache=None).table
+    template = partial_of(Analyzer(table))
+    rng = np.random.default_rng(1)
+    keys = np.zeros(flows, dtype=template.keys.dtype)
+    keys["t"] = rng.integers(0, 2, flows)
+    keys["ah"], keys["bh"] = 0, 0
+    keys["al"] = 0xFFFF_0A00_0000 + rng.integers(0, 1 << 16, flows)
+    keys["bl"] = 0xFFFF_C000_0200 + rng.integers(0, 256, flows)
+    keys["ap"], keys["bp"] = rng.integers(1024, 65535, flows), rng.integers(1, 1024, flows)
+    keys = np.unique(keys)
+    n = keys.shape[0]
+    parts = []
+    for c in range(captures):
+        cols = {name: np.ones(n, dtype=template.columns[name].dtype) for name in COLUMN_MERGE}
+        cols["first_ns"] = np.full(n, c * 1_000_000_000, dtype=np.int64)
+        cols["last_ns"] = cols["first_ns"] + 999
+        cols["handshake_side"] = np.full(n, 1 if c == 0 else 0, dtype=np.uint8)
+        parts.append(CapturePartial(f"ring_{c:05d}.pcap", keys.copy(), cols, n, n,
+                                    template.decode_counts.copy()))
+    start = time.perf_counter()
+    merged = merge_partials(parts)
+    t_merge = time.perf_counter() - start
+    start = time.perf_counter()
+    report = merged.report(table)
+    t_report = time.perf_counter() - start
+    print(f"merge of {captures} partials x {n:,} flows ({captures * n:,} rows): "
+          f"{t_merge:.2f} s; deciding and wording {len(report.flows):,} flows: {t_report:.2f} s")
 
 
 def series() -> None:
