@@ -21,6 +21,7 @@ caps.
 
     .venv/bin/python benchmarks/bench_distributed.py [--packets 200000] [--files 40] [--runs 3]
     .venv/bin/python benchmarks/bench_distributed.py --series
+    .venv/bin/python benchmarks/bench_distributed.py --rusage   # one worker's CPU and faults
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--series", action="store_true",
                     help="print one daemon's worst-case series count instead")
+    ap.add_argument("--rusage", action="store_true",
+                    help="CPU time and page faults of one worker with and without Dask's "
+                    "MALLOC_TRIM_THRESHOLD_, against one process, on 8 files")
     ap.add_argument("--merge", action="store_true",
                     help="time the client's merge of 40 partials of 50,000 flows instead")
     args = ap.parse_args()
@@ -79,6 +83,9 @@ def main() -> None:
         return
     if args.merge:
         merge_cost()
+        return
+    if args.rusage:
+        rusage(args.packets)
         return
     from distributed import Client
 
@@ -137,6 +144,51 @@ def main() -> None:
               f"{by['--scheduler local:1'] / by['--scheduler local:2']:.2f}x")
         print(f"cluster overhead, local:2 - --jobs 2: "
               f"{by['--scheduler local:2'] - by['--jobs 2']:+.2f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _usage() -> tuple[float, float, int]:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
+def rusage(packets: int, files: int = 8) -> None:
+    """User/system seconds and minor faults of the same work in-process and in one worker."""
+    from distributed import Client, LocalCluster
+
+    table = load_table([str(packaged_snapshot())], cache=None).table
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    try:
+        one = traffic(tmp / "one.pcap", packets)
+        names = []
+        for i in range(files):
+            shutil.copyfile(one, tmp / f"r{i}.pcap")
+            names.append(str(tmp / f"r{i}.pcap"))
+        analyze_paths(names[:1], table)
+        before = _usage()
+        analyze_paths(names, table)
+        after = _usage()
+        print(f"one process: user {after[0] - before[0]:.2f} s, system "
+              f"{after[1] - before[1]:.2f} s, {after[2] - before[2]:,} minor faults")
+        # local_cluster() first: Dask's nanny writes its environment into this
+        # process's os.environ, where later workers would inherit it.
+        for label, cluster in [
+                ("worker, local_cluster()", lambda: local_cluster(1)),
+                ("worker, Dask's environment", lambda: LocalCluster(
+                    n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                    dashboard_address=":0"))]:
+            with cluster() as c, Client(c) as client:
+                on_cluster(names[:1], table, client)
+                trim = next(iter(client.run(
+                    lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()))
+                w0 = next(iter(client.run(_usage).values()))
+                on_cluster(names, table, client)
+                w1 = next(iter(client.run(_usage).values()))
+                print(f"{label} (MALLOC_TRIM_THRESHOLD_={trim}): user {w1[0] - w0[0]:.2f} s, "
+                      f"system {w1[1] - w0[1]:.2f} s, {w1[2] - w0[2]:,} minor faults")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -172,7 +172,9 @@ def _numpy_friendly_environ() -> dict[str, Any]:
     batch-sized numpy array is mmap'd and unmapped again: on 1.6 M packets a
     worker took 380,000 page faults and 0.5 s of system time against 25,000
     and 0.05 s without it (same user time as one process). The thread limits
-    (``OMP_NUM_THREADS=1``...) are kept.
+    (``OMP_NUM_THREADS=1``...) are kept. Dask's nanny also copies its
+    environment into this process's ``os.environ``, which workers inherit:
+    after a default ``LocalCluster`` in the same process the variable is back.
     """
     import dask
 
