@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -61,8 +61,15 @@ from portwatch.analysis.detect import (
 )
 from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.live import LiveSnapshot, LiveSummary
+from portwatch.analysis.merge import (
+    CapturePartial,
+    load_state,
+    merge_partials,
+    partial_of,
+    save_state,
+)
 from portwatch.analysis.report import Report, by_start, merge_reports
-from portwatch.analysis.retire import MAX_FLAGGED, RecordSink
+from portwatch.analysis.retire import RecordSink
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
@@ -81,7 +88,11 @@ from portwatch.errors import (
     OutputError,
     UsageError,
 )
+from portwatch.ports import Transport
 from portwatch.porttable.table import PortTable
+
+if TYPE_CHECKING:  # dask is optional: only its progress record's type is needed here
+    from portwatch.analysis.distributed import ClusterProgress
 
 __all__ = [
     "AnnotateRequest",
@@ -90,9 +101,12 @@ __all__ = [
     "IntervalRequest",
     "ProgressCallback",
     "RunResult",
+    "analyze_capture",
     "analyze_paths",
     "check_capture_magic",
     "check_output_path",
+    "expand_inputs",
+    "is_url",
     "output_file",
     "refuse_overwriting_inputs",
     "spooled_inputs",
@@ -412,11 +426,45 @@ def _named(exc: CaptureError, inp: CaptureInput) -> CaptureError:
     return exc
 
 
+def is_url(name: str) -> bool:
+    """``scheme://...``: read through fsspec (``file://`` is mapped to the local path)."""
+    scheme, sep, _ = name.partition("://")
+    return bool(sep) and scheme.replace("+", "").isalnum()
+
+
+def _local(name: str) -> str:
+    return name[len("file://"):] if name.startswith("file://") else name
+
+
+def _open_url(name: str) -> CaptureReader:
+    """A capture by fsspec URL, streamed (s3://, gs://... need their fsspec backends)."""
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise CaptureFormatError("reading URLs needs fsspec: pip install portwatch[dask]",
+                                 path=name) from exc
+    try:
+        fileobj = fsspec.open(name, "rb").open()
+    except ImportError as exc:  # the scheme's backend (s3fs, gcsfs) is not installed
+        raise CaptureFormatError(f"cannot read: {exc}", path=name) from exc
+    except (OSError, ValueError) as exc:
+        raise CaptureFormatError(f"cannot read: {exc}", path=name) from exc
+    try:
+        reader = open_capture(fileobj, name)
+    except BaseException:
+        fileobj.close()
+        raise
+    reader._on_close = fileobj.close
+    return reader
+
+
 def _open(inp: CaptureInput, stdin: BinaryIO | None) -> CaptureReader:
     try:
         if inp.path == "-":
             return open_capture(stdin or sys.stdin.buffer, "-")
-        return read_capture_path(inp.path)
+        if is_url(inp.path) and not inp.path.startswith("file://"):
+            return _open_url(inp.path)
+        return read_capture_path(_local(inp.path))
     except OSError as exc:
         raise CaptureFormatError(f"cannot read: {exc.strerror or exc}", path=inp.name) from exc
     except CaptureError as exc:
@@ -474,7 +522,9 @@ def _analyze_engine(table: PortTable, inp: CaptureInput, engine: str,
     analyzer = bounds.analyzer(table, inp.name)
     iter_decoded = decoder_for(engine)
     try:
-        for decoded, ts in iter_decoded(inp.path, 4096):
+        if is_url(inp.path) and not inp.path.startswith("file://"):
+            raise CaptureFormatError(f"the {engine} engine reads local files only", path=inp.name)
+        for decoded, ts in iter_decoded(_local(inp.path), 4096):
             analyzer.feed_decoded(decoded, ts)
             if ticker is not None:
                 ticker.feed(decoded, ts)
@@ -491,6 +541,40 @@ def _analyze_one(table: PortTable, inp: CaptureInput, engine: str,
     if engine == "native":
         return _analyze_native(table, inp, progress, stdin, bounds, ticker=ticker)
     return _analyze_engine(table, inp, engine, bounds, ticker=ticker)
+
+
+def analyze_capture(table: PortTable, name: str, engine: str = "native") -> Analyzer:
+    """One capture by path or URL, counted (what a pool or cluster worker runs)."""
+    return _analyze_one(table, CaptureInput(name, name), engine, None, None)
+
+
+def expand_inputs(names: Sequence[str]) -> list[str]:
+    """Globs expanded (sorted: rotated files sort in time order), URLs' globs by fsspec.
+
+    A name that exists, ``-``, or a pattern that matches nothing is kept as
+    given (reading it then reports the error with its name).
+    """
+    import glob
+
+    out: list[str] = []
+    for name in names:
+        if name == "-" or not any(c in name for c in "*?["):
+            out.append(name)
+            continue
+        if is_url(name):
+            try:
+                import fsspec
+            except ImportError as exc:
+                raise UsageError(f"{name}: URL globs need fsspec: pip install "
+                                 "portwatch[dask]") from exc
+            fs, _, paths = fsspec.get_fs_token_paths(name)
+            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            found = sorted(fs.unstrip_protocol(p) if protocol != "file" else f"file://{p}"
+                           for p in paths)
+        else:
+            found = sorted(glob.glob(name)) if not os.path.exists(name) else [name]
+        out.extend(found or [name])
+    return out
 
 
 @dataclass(slots=True)
@@ -596,23 +680,21 @@ def _init_worker(table_bytes: bytes) -> None:
     _worker.table = PortTable.from_bytes(table_bytes)
 
 
-def _work(inp: CaptureInput, engine: str, limits: FlowLimits | None,
-          detect: DetectRequest | None = None) -> Report | CaptureError:
-    """A capture's report, or the typed error that made it unreadable (picklable)."""
+def _work(inp: CaptureInput, engine: str) -> CapturePartial | CaptureError:
+    """A capture's partial state, or the typed error that made it unreadable (picklable)."""
     table = _worker.table
     assert table is not None, "worker started without _init_worker"
     try:
-        if detect is not None:
-            analyzer, detected = _analyze_detected(table, inp, None, None, detect)
-            return detected.report(analyzer)
-        return _analyze_one(table, inp, engine, None, None, bounds=_Bounds(limits)).report()
+        return partial_of(_analyze_one(table, inp, engine, None, None))
     except CaptureError as exc:
         return exc
 
 
+Outcome = CapturePartial | CaptureError
+
+
 def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
-             engine: str, limits: FlowLimits | None, *,
-             detect: DetectRequest | None = None) -> list[Report | CaptureError]:
+             engine: str) -> list[Outcome]:
     from concurrent.futures import ProcessPoolExecutor  # only --jobs pays for it
 
     todo = [inp for inp in inputs if inp.failure is None]
@@ -620,8 +702,7 @@ def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
         return [inp.failure for inp in inputs if inp.failure is not None]
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
                              initargs=(table.to_bytes(),)) as pool:
-        done = iter(pool.map(_work, todo, [engine] * len(todo), [limits] * len(todo),
-                             [detect] * len(todo)))
+        done = iter(pool.map(_work, todo, [engine] * len(todo)))
         return [inp.failure if inp.failure is not None else next(done) for inp in inputs]
 
 
@@ -656,26 +737,64 @@ def _check(names: Sequence[str], jobs: int, engine: str,
         require_ndpi()
 
 
-def _stream_held(outcomes: Sequence[Report | CaptureError], records: RecordSink) -> None:
-    """Hand the flows of reports made elsewhere (workers) to ``records``, keeping the
-    first flagged ones as a streamed run's report does."""
-    for rep in outcomes:
-        if isinstance(rep, Report):
-            records(rep.flows)
-            rep.flow_total = rep.flow_count
-            rep.flows = [f for f in rep.flows if f.flagged][:MAX_FLAGGED]
-
-
-def _merge(outcomes: Sequence[Report | CaptureError]) -> RunResult:
-    reports = [o for o in outcomes if isinstance(o, Report)]
+def _merge(outcomes: Sequence[Outcome], table: PortTable,
+           idle_s: Mapping[Transport, float] | None) -> RunResult:
+    """Partial states merged into one report; failures become warnings (partial report)."""
+    partials = [o for o in outcomes if isinstance(o, CapturePartial)]
     failures = [o for o in outcomes if isinstance(o, CaptureError)]
-    if not reports:
+    if not partials:
         return RunResult(None, failures)
-    merged = merge_reports(reports) if len(reports) > 1 else reports[0]
+    merged = merge_partials(partials, idle_s=idle_s).report(table)
+    return _with_failures(merged, failures)
+
+
+def _with_failures(report: Report, failures: list[CaptureError]) -> RunResult:
     for failure in failures:
-        merged.warnings.append(f"skipped: {failure}")
-        merged.partial = True
-    return RunResult(merged, failures)
+        report.warnings.append(f"skipped: {failure}")
+        report.partial = True
+    return RunResult(report, failures)
+
+
+def _sizes(names: Sequence[str]) -> list[int]:
+    sizes = []
+    for name in names:
+        try:
+            sizes.append(os.path.getsize(_local(name)) if not is_url(name) or
+                         name.startswith("file://") else 0)
+        except OSError:
+            sizes.append(0)
+    return sizes
+
+
+def _resumed(names: Sequence[str], resume_dir: str | None) -> dict[int, CapturePartial]:
+    """Captures of an earlier run of ``resume_dir`` already read, by input position."""
+    if resume_dir is None:
+        return {}
+    found = {}
+    for i, name in enumerate(names):
+        saved = load_state(resume_dir, name, _fingerprint(name))
+        if saved is not None:
+            found[i] = saved
+    return found
+
+
+def _fingerprint(name: str) -> str:
+    """What says a capture is unchanged since its state was saved (size and mtime)."""
+    if is_url(name) and not name.startswith("file://"):
+        return name
+    try:
+        st = os.stat(_local(name))
+    except OSError:
+        return name
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _saver(names: Sequence[str], resume_dir: str | None) -> Callable[[int, Outcome], None]:
+    def save(i: int, outcome: Outcome) -> None:
+        if resume_dir is not None and isinstance(outcome, CapturePartial) and \
+                not outcome.partial:  # a damaged capture is read again next time
+            save_state(resume_dir, names[i], _fingerprint(names[i]), outcome)
+    return save
 
 
 def analyze_paths(
@@ -693,6 +812,10 @@ def analyze_paths(
     limits: FlowLimits | None = None,
     records: RecordSink | None = None,
     detect: DetectRequest | None = None,
+    scheduler: str | None = None,
+    cluster_progress: Callable[[ClusterProgress], None] | None = None,
+    resume_dir: str | None = None,
+    idle_s: Mapping[Transport, float] | None = None,
 ) -> RunResult:
     """Analyse captures by name (``-`` is ``stdin``, default standard input).
 
@@ -711,21 +834,44 @@ def analyze_paths(
     ``detect`` adds nDPI's verdict to every flow (``portwatch.analysis.detect``);
     it reads the first packets of each flow as the capture streams by, so it
     needs no second pass and no spool of its own.
+
+    Several captures (``jobs``, ``scheduler`` or one after another) merge
+    exactly: each gives its partial state, and the states merge as if one
+    process had read them all in time order (``portwatch.analysis.merge``;
+    ``idle_s`` splits a 5-tuple silent longer than its transport's timeout).
+    With ``scheduler`` (``tcp://HOST:PORT`` or ``local:N``) the captures are
+    read on a Dask cluster. ``resume_dir`` saves each capture's state there as
+    it completes and skips captures an earlier run saved (same name, size,
+    mtime). ``detect`` reads each capture on its own (nDPI answers per
+    capture) and their reports add up.
     """
     _check(names, jobs, engine, annotate, interval, detect=detect)
+    if scheduler is not None:
+        if annotate is not None or detect is not None or interval is not None:
+            raise UsageError("--scheduler reads captures on the cluster: it takes no "
+                             "--annotate, --detect or --interval")
+        if jobs > 1:
+            raise UsageError("--jobs and --scheduler exclude each other: give local:N "
+                             "to run N Dask workers on this machine")
+        result = _on_cluster(names, table, scheduler, engine=engine,
+                             progress=cluster_progress, resume_dir=resume_dir, idle_s=idle_s)
+        return _send_records(result, records)
     if annotate is not None and annotate.output != "-":
         refuse_overwriting_inputs(names, [annotate.output])
         check_output_path(annotate.output)
-    parallel = jobs > 1 and len(names) > 1
+    parallel = jobs > 1 and len(names) > 1 and detect is None
     needed = annotate is not None or parallel or engine != "native"
     with spooled_inputs(names, needed=needed, directory=spool_dir, stdin=stdin) as inputs:
         if parallel:
-            # a worker cannot stream to the sink: it holds every flow for it
-            pooled = _in_pool(table, inputs, jobs, engine,
-                              limits if records is None and detect is None else None, detect=detect)
-            if records is not None:
-                _stream_held(pooled, records)
-            return _merge(pooled)
+            return _send_records(_several(table, inputs, jobs=jobs, engine=engine,
+                                          resume_dir=resume_dir, idle_s=idle_s), records)
+        if len(inputs) > 1 and detect is None:
+            ticker = _Ticker(table, interval) if interval is not None else None
+            with ticker if ticker is not None else contextlib.nullcontext():
+                result = _several(table, inputs, jobs=1, engine=engine, progress=progress,
+                                  stdin=stdin, ticker=ticker, resume_dir=resume_dir,
+                                  idle_s=idle_s)
+            return _send_records(result, records)
         bounds = _Bounds(None if annotate is not None or detect is not None else limits,
                          records)
         ticker = _Ticker(table, interval) if interval is not None else None
@@ -734,7 +880,78 @@ def analyze_paths(
                                      ticker=ticker, annotate=annotate, stdout=stdout,
                                      bounds=bounds, detect=detect)
                         for inp in inputs]
-        return _merge(outcomes)
+        return _merge_reports(outcomes)
+
+
+def _several(table: PortTable, inputs: Sequence[CaptureInput], *, jobs: int, engine: str,
+             resume_dir: str | None, idle_s: Mapping[Transport, float] | None,
+             progress: ProgressCallback | None = None, stdin: BinaryIO | None = None,
+             ticker: _Ticker | None = None) -> RunResult:
+    """Several captures, one after another or in a pool, their partial states merged."""
+    names = [inp.name for inp in inputs]
+    resumed = _resumed(names, resume_dir)
+    save = _saver(names, resume_dir)
+    slots: dict[int, Outcome] = dict(resumed)
+    todo = [(i, inp) for i, inp in enumerate(inputs) if i not in resumed]
+    if jobs > 1:
+        for (i, _), outcome in zip(todo, _in_pool(table, [t for _, t in todo], jobs, engine),
+                                   strict=True):
+            save(i, outcome)
+            slots[i] = outcome
+        return _merge([slots[i] for i in range(len(inputs))], table, idle_s)
+    for i, inp in todo:
+        if inp.failure is not None:
+            slots[i] = inp.failure
+            continue
+        try:
+            analyzer = _analyze_one(table, inp, engine, progress, stdin, ticker=ticker)
+        except CaptureError as exc:
+            slots[i] = exc
+            continue
+        outcome = partial_of(analyzer)
+        save(i, outcome)
+        slots[i] = outcome
+    return _merge([slots[i] for i in range(len(inputs))], table, idle_s)
+
+
+def _send_records(result: RunResult, records: RecordSink | None) -> RunResult:
+    """A merged run's flows to the record sink (they exist only once all are merged)."""
+    if records is not None and result.report is not None:
+        records(result.report.flows)
+    return result
+
+
+def _merge_reports(outcomes: Sequence[Report | CaptureError]) -> RunResult:
+    """Reports of captures read on their own (one capture, or ``--detect``) added up."""
+    reports = [o for o in outcomes if isinstance(o, Report)]
+    failures = [o for o in outcomes if isinstance(o, CaptureError)]
+    if not reports:
+        return RunResult(None, failures)
+    merged = merge_reports(reports) if len(reports) > 1 else reports[0]
+    return _with_failures(merged, failures)
+
+
+def _on_cluster(names: Sequence[str], table: PortTable, scheduler: str, *, engine: str,
+                progress: Callable[[ClusterProgress], None] | None, resume_dir: str | None,
+                idle_s: Mapping[Transport, float] | None) -> RunResult:
+    """The run on Dask: only files and URLs the workers can read (no standard input)."""
+    from portwatch.analysis.distributed import analyze_on_cluster, parse_scheduler
+
+    where = parse_scheduler(scheduler)
+    if "-" in names:
+        raise UsageError("standard input ('-') cannot be sent to a Dask cluster")
+    resumed = _resumed(names, resume_dir)
+    todo = [i for i in range(len(names)) if i not in resumed]
+    save = _saver(names, resume_dir)
+    slots: dict[int, Outcome] = dict(resumed)
+    if todo:
+        sizes = _sizes(names)
+        got = analyze_on_cluster(
+            [names[i] for i in todo], table, where, engine=engine,
+            sizes=[sizes[i] for i in todo], progress=progress,
+            on_result=lambda j, outcome: save(todo[j], outcome))
+        slots.update(zip(todo, got, strict=True))
+    return _merge([slots[i] for i in range(len(names))], table, idle_s)
 
 
 def _one_outcome(table: PortTable, inp: CaptureInput, engine: str, *,
