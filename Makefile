@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
-	systemd-container debootstrap
+	systemd-container debootstrap gcc libc6-dev python3-dev
 SAMPLE := pcaps/sample.pcapng
 
 .PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall
@@ -17,14 +17,16 @@ test: system-deps venv lint typecheck pytest
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The editable install also compiles the capture framing (Cython, in place next to
+# _core.pyx); without a compiler it warns and portwatch frames with numpy.
+$(STAMP): pyproject.toml setup.py src/portwatch/capture/files/_core.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 # Debian packages: python3-venv (Debian's python3 cannot make a venv without
-# it), and what the tests drive for real: tshark/dumpcap, Prometheus and
+# it), gcc, libc6-dev and python3-dev (to compile the capture framing), and what the tests drive for real: tshark/dumpcap, Prometheus and
 # promtool, tcpreplay, ip(8), and systemd-nspawn + debootstrap for the
 # real-systemd test (tests/integration/test_nspawn.py). Installed only when
 # missing, and only as root.
@@ -70,6 +72,7 @@ pcaps: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -f src/portwatch/capture/files/_core.c src/portwatch/capture/files/_core*.so
 
 # ---------------------------------------------------------------- install
 # `make install` (as root) deploys this checkout as a service; docs/install.md.

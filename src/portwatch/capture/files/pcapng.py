@@ -411,14 +411,16 @@ class PcapngFramer:
         Only the bytes from the first packet block on are copied: blocks
         skipped before it (interfaces, statistics) are not the batch's.
         """
-        first = framed.positions[0]
+        first = int(framed.positions[0])
         region = copy_region(buf, first, framed.end)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         assert framed.kinds is not None
         is_spb = np.frombuffer(framed.kinds, dtype=np.uint8) == _KIND_SPB
         rel = pos - first
         # EPB: type, length, interface, ts high, ts low, captured, original
-        words = gather_words(region, rel, 7, self._order)
+        words = (
+            framed.words if framed.words is not None else gather_words(region, rel, 7, self._order)
+        )
         local = np.where(is_spb, 0, words[:, 2]).astype(np.int64)
         table = self._section_ifaces
         caplens = words[:, 5].copy()

@@ -40,8 +40,10 @@ from portwatch.capture.files.pcapng import PcapngFramer
 from portwatch.errors import CaptureFormatError, CaptureTruncatedError
 
 __all__ = [
+    "COMPILED",
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
+    "FRAMINGS",
     "CaptureReader",
     "open_capture",
     "read_capture_path",
@@ -53,6 +55,40 @@ CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+try:
+    from portwatch.capture.files._compiled import CompiledPcapFramer, CompiledPcapngFramer
+except ImportError as _exc:  # the extension was not built (no compiler): numpy frames
+    COMPILED = False
+    _WHY_NOT = f"the compiled framing is not built ({_exc})"
+else:
+    COMPILED = True
+    _WHY_NOT = ""
+
+#: ``open_capture(framing=...)``: ``"auto"`` is compiled when built, else numpy.
+FRAMINGS = ("auto", "compiled", "numpy")
+_said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
+
+
+def _choose(framing: str | None) -> bool:
+    """Whether to frame with the compiled walk; says which once under PORTWATCH_VERBOSE=1.
+
+    ``framing=None`` reads ``PORTWATCH_FRAMING`` (``numpy`` forces the
+    reference framers, for comparisons and benchmarks).
+    """
+    if framing is None:
+        framing = os.environ.get("PORTWATCH_FRAMING", "auto") or "auto"
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
+    if framing == "compiled" and not COMPILED:
+        raise ValueError(_WHY_NOT)
+    compiled = COMPILED and framing != "numpy"
+    if "framing" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
+        _said.add("framing")
+        which = "compiled (_core)" if compiled else "numpy"
+        why = f"; {_WHY_NOT}" if not COMPILED else ""
+        print(f"portwatch: capture framing: {which}{why}", file=sys.stderr)
+    return compiled
 
 
 class _Framer(Protocol):
@@ -196,6 +232,8 @@ class CaptureReader:
         self._framer = framer
         self._on_close = on_close
         self._started = False
+        #: ``"compiled"`` or ``"numpy"``: which walk frames this capture.
+        self.framing = "numpy"
 
     @property
     def format(self) -> str:
@@ -227,7 +265,7 @@ class CaptureReader:
         while True:
             start = feed.pos
             framed = framer.frame(feed.buf, start, feed.end, self.batch_size, self.batch_bytes)
-            if framed.positions:
+            if len(framed.positions):
                 batch = framer.build(feed.buf, start, framed, feed.base)
                 feed.pos = framed.end
                 feed.release()  # the batch owns a copy: drop the mapped pages before it is used
@@ -291,7 +329,7 @@ class _ViewReader:
 
 
 def _sniff(
-    feed: _Feed, name: str, batch_size: int, batch_bytes: int, compressed: bool
+    feed: _Feed, name: str, batch_size: int, batch_bytes: int, *, compressed: bool, compiled: bool
 ) -> CaptureReader:
     have = _need(feed, 4)
     head = bytes(feed.buf[feed.pos : feed.pos + 4])
@@ -304,10 +342,11 @@ def _sniff(
     if head in MAGICS:
         if not _need(feed, FILE_HEADER_LEN):
             raise CaptureFormatError("pcap file header is cut short", path=name, offset=0)
-        framer = PcapFramer(parse_header(feed.buf[feed.pos : feed.pos + FILE_HEADER_LEN], name))
+        header = parse_header(feed.buf[feed.pos : feed.pos + FILE_HEADER_LEN], name)
+        framer = CompiledPcapFramer(header) if compiled else PcapFramer(header)
         feed.pos += FILE_HEADER_LEN
     elif head == PCAPNG_MAGIC:
-        ng = PcapngFramer()
+        ng = CompiledPcapngFramer() if compiled else PcapngFramer()
         while (taken := ng.start(feed.buf, feed.pos, feed.end, name)) is None:
             if not feed.fill():
                 raise CaptureFormatError("pcapng section header is cut short", path=name, offset=0)
@@ -319,9 +358,11 @@ def _sniff(
             path=name,
             offset=0,
         )
-    return CaptureReader(
+    reader = CaptureReader(
         feed, framer, name, batch_size, batch_bytes=batch_bytes, compressed=compressed
     )
+    reader.framing = "compiled" if compiled else "numpy"
+    return reader
 
 
 def open_capture(
@@ -330,12 +371,15 @@ def open_capture(
     batch_size: int = DEFAULT_BATCH_SIZE,
     *,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    framing: str | None = None,
 ) -> CaptureReader:
     """Sniff ``source`` and return a reader; ``name`` is what errors call it.
 
     Reads (and for gzip, decompresses) only the file header here; packets are
     read while iterating. Raises :class:`CaptureFormatError` for non-captures.
+    ``framing`` picks the walk (:data:`FRAMINGS`); both give the same batches.
     """
+    compiled = _choose(framing)
     feed: _Feed
     if isinstance(source, bytes | bytearray | memoryview | mmap.mmap):
         feed = _Feed(source)
@@ -345,14 +389,19 @@ def open_capture(
         feed = _StreamFeed(read, _no_error)
         raw = read
     if not _need(feed, 2) or bytes(feed.buf[feed.pos : feed.pos + 2]) != GZIP_MAGIC:
-        return _sniff(feed, name, batch_size, batch_bytes, compressed=False)
+        return _sniff(feed, name, batch_size, batch_bytes, compressed=False, compiled=compiled)
     if isinstance(feed, _StreamFeed):
         # The sniffed bytes were already taken from the stream: hand them back first.
         prefix = bytes(feed.buf[feed.pos : feed.end])
         raw = _Prefixed(prefix, raw).read
     gunzip = _Gunzip(raw)
     return _sniff(
-        _StreamFeed(gunzip.read, gunzip.error), name, batch_size, batch_bytes, compressed=True
+        _StreamFeed(gunzip.read, gunzip.error),
+        name,
+        batch_size,
+        batch_bytes,
+        compressed=True,
+        compiled=compiled,
     )
 
 
@@ -371,7 +420,11 @@ class _Prefixed:
 
 
 def read_capture_path(
-    path: str, batch_size: int = DEFAULT_BATCH_SIZE, *, batch_bytes: int = DEFAULT_BATCH_BYTES
+    path: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    *,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    framing: str | None = None,
 ) -> CaptureReader:
     """Open a capture by path: mmap a regular file, stream anything else; ``-`` is stdin.
 
@@ -380,17 +433,21 @@ def read_capture_path(
     refuses zero-length maps) and so reports a format error.
     """
     if path == "-":
-        return open_capture(sys.stdin.buffer, "-", batch_size, batch_bytes=batch_bytes)
+        return open_capture(
+            sys.stdin.buffer, "-", batch_size, batch_bytes=batch_bytes, framing=framing
+        )
     fileobj = open(path, "rb")  # noqa: SIM115 - owned by the reader, closed by it
     try:
         info = os.fstat(fileobj.fileno())
         if not stat.S_ISREG(info.st_mode):
-            reader = open_capture(fileobj, path, batch_size, batch_bytes=batch_bytes)
+            reader = open_capture(
+                fileobj, path, batch_size, batch_bytes=batch_bytes, framing=framing
+            )
             reader._on_close = fileobj.close
             return reader
         if info.st_size == 0:
             fileobj.close()
-            return open_capture(b"", path, batch_size, batch_bytes=batch_bytes)
+            return open_capture(b"", path, batch_size, batch_bytes=batch_bytes, framing=framing)
         mapped = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
     except BaseException:
         fileobj.close()
@@ -404,7 +461,7 @@ def read_capture_path(
         fileobj.close()
 
     try:
-        reader = open_capture(mapped, path, batch_size, batch_bytes=batch_bytes)
+        reader = open_capture(mapped, path, batch_size, batch_bytes=batch_bytes, framing=framing)
     except BaseException:
         release()
         raise
