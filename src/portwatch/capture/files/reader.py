@@ -1,8 +1,9 @@
 """Open any capture portwatch reads and iterate it as bounded :class:`PacketBatch`es.
 
 ``open_capture`` sniffs the first bytes: classic pcap (either byte order,
-micro- or nanosecond), pcapng, or gzip around either (decompressed as a
-stream, never whole). A buffer (``bytes``, ``mmap``) is framed in place; a
+micro- or nanosecond), pcapng, or either inside gzip, zstd or lz4 (told by
+magic bytes, never by name; decompressed as a stream, never whole; see
+``_compression``). A buffer (``bytes``, ``mmap``) is framed in place; a
 file object is read in chunks into a rolling buffer, so ``tcpdump -w - |
 portwatch analyze -`` works and memory stays bounded by the batch size.
 
@@ -27,12 +28,13 @@ import mmap
 import os
 import stat
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
 from portwatch.capture.batch import PacketBatch
+from portwatch.capture.files._compression import MAGICS as COMPRESSED_MAGICS
+from portwatch.capture.files._compression import open_decompressor
 from portwatch.capture.files._framing import DEFAULT_BATCH_BYTES, Framed, Interface, Stop
 from portwatch.capture.files.pcap import FILE_HEADER_LEN, MAGICS, PcapFramer, parse_header
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
@@ -45,13 +47,15 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "FRAMINGS",
     "CaptureReader",
+    "looks_like_capture",
     "open_capture",
     "read_capture_path",
 ]
 
 DEFAULT_BATCH_SIZE = 65536
-#: Bytes asked of a stream per read; also the decompression step for gzip.
+#: Bytes asked of a stream per read.
 CHUNK = 1 << 20
+#: gzip's magic (``_compression.MAGICS`` lists every compressed format read).
 GZIP_MAGIC = b"\x1f\x8b"
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
@@ -155,46 +159,6 @@ class _StreamFeed(_Feed):
         self._buf += chunk
         self.end = len(self._buf)
         return True
-
-
-class _Gunzip:
-    """Streaming gzip (several members allowed) with at most ``n`` bytes out per read.
-
-    Output is bounded per call, so a small file that inflates enormously
-    cannot exhaust memory. Damage ends the stream and is kept in ``error``.
-    """
-
-    def __init__(self, raw: Callable[[int], bytes]) -> None:
-        self._raw = raw
-        self._d = zlib.decompressobj(31)
-        self._error: str | None = None
-
-    def error(self) -> str | None:
-        return self._error
-
-    def read(self, n: int) -> bytes:
-        while self._error is None:
-            d = self._d
-            if d.eof:
-                data = d.unused_data or self._raw(CHUNK)
-                if not data:
-                    return b""
-                self._d = d = zlib.decompressobj(31)
-            elif d.unconsumed_tail:
-                data = d.unconsumed_tail
-            else:
-                data = self._raw(CHUNK)
-                if not data:
-                    self._error = "gzip stream ends before its end marker"
-                    return b""
-            try:
-                out = d.decompress(data, n)
-            except zlib.error as exc:
-                self._error = f"gzip data is damaged ({exc})"
-                return b""
-            if out:
-                return out
-        return b""
 
 
 def _no_error() -> str | None:
@@ -388,20 +352,34 @@ def open_capture(
         read = getattr(source, "read1", source.read)
         feed = _StreamFeed(read, _no_error)
         raw = read
-    if not _need(feed, 2) or bytes(feed.buf[feed.pos : feed.pos + 2]) != GZIP_MAGIC:
+    _need(feed, 4)
+    inflate = open_decompressor(bytes(feed.buf[feed.pos : feed.pos + 4]), raw, name)
+    if inflate is None:
         return _sniff(feed, name, batch_size, batch_bytes, compressed=False, compiled=compiled)
     if isinstance(feed, _StreamFeed):
         # The sniffed bytes were already taken from the stream: hand them back first.
         prefix = bytes(feed.buf[feed.pos : feed.end])
-        raw = _Prefixed(prefix, raw).read
-    gunzip = _Gunzip(raw)
+        inflate = open_decompressor(prefix, _Prefixed(prefix, raw).read, name)
+        assert inflate is not None
     return _sniff(
-        _StreamFeed(gunzip.read, gunzip.error),
+        _StreamFeed(inflate.read, inflate.error),
         name,
         batch_size,
         batch_bytes,
         compressed=True,
         compiled=compiled,
+    )
+
+
+def looks_like_capture(head: bytes) -> bool:
+    """Whether ``head`` (the first four bytes) starts a capture :func:`open_capture` reads.
+
+    pcap, pcapng, or any compressed format read (gzip, zstd, lz4), by magic bytes.
+    """
+    return (
+        head[:4] in MAGICS
+        or head[:4] == PCAPNG_MAGIC
+        or any(head.startswith(magic) for magic in COMPRESSED_MAGICS)
     )
 
 
