@@ -429,7 +429,8 @@ class PcapngFramer:
         ticks = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
         ts = np.zeros(pos.shape[0], dtype=np.int64)
         late = np.zeros(pos.shape[0], dtype=np.bool_)
-        for idx in np.unique(local[~is_spb]).tolist():
+        # bincount, not np.unique: unique imports numpy.ma (tens of ms of start-up)
+        for idx in np.flatnonzero(np.bincount(local[~is_spb])).tolist():
             sel = (local == idx) & ~is_spb
             iface = table[idx]
             late |= sel & (ticks > np.uint64(max(max_ticks(iface.tsresol, iface.tsoffset), 0)))
