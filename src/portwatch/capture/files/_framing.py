@@ -101,6 +101,8 @@ def copy_region(
     Batches own their bytes so a consumer may keep them after the reader moved
     on (or the mmap closed); one memcpy per batch is cheap next to framing.
     """
-    region = np.zeros(stop - start + REGION_SLACK, dtype=np.uint8)
-    region[: stop - start] = np.frombuffer(buf, dtype=np.uint8, count=stop - start, offset=start)
+    size = stop - start
+    region = np.empty(size + REGION_SLACK, dtype=np.uint8)  # zeroing all of it would cost a pass
+    region[:size] = np.frombuffer(buf, dtype=np.uint8, count=size, offset=start)
+    region[size:] = 0
     return region

@@ -98,6 +98,8 @@ class DumpcapSource:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._final: dict[str, int] = {}
+        #: Which walk frames dumpcap's pcapng stream ("compiled" when ``_core`` is built).
+        self.framing: str | None = None
         self._sys_start: dict[str, int] = {}
 
     @property
@@ -124,6 +126,7 @@ class DumpcapSource:
         drain.start()
         try:
             reader = open_capture(cast(BinaryIO, proc.stdout), "dumpcap")
+            self.framing = reader.framing
             for batch in reader:
                 self._names = [i.name or f"if{n}" for n, i in enumerate(reader.interfaces)]
                 yield batch
