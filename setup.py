@@ -40,7 +40,7 @@ def extensions() -> list[Extension]:
     ext = Extension(
         "portwatch.capture.files._core",
         [SOURCE],
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", "-g0"],
         optional=True,
     )
     return cythonize([ext], language_level=3, quiet=True)
