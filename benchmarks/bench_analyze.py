@@ -133,7 +133,8 @@ print(fed - start, time.perf_counter() - fed)
 
 
 # Framing alone: ``walk`` calls the framer over the mapped file (record headers only, no
-# batch is built); ``read`` iterates the reader (framing, the batch copy and its arrays).
+# batch is built); ``walk x2`` does it in two threads at once (the compiled walk releases
+# the GIL); ``read`` iterates the reader (framing, the batch copy and its arrays).
 FRAMING = """
 import sys, time
 from portwatch.capture.files._framing import Stop
@@ -141,15 +142,34 @@ from portwatch.capture.files.reader import read_capture_path
 path, framing, what = sys.argv[1:4]
 start, cpu = time.perf_counter(), time.process_time()
 n = 0
-with read_capture_path(path, framing=framing) as reader:
-    if what == "walk":
-        feed, framer = reader._feed, reader._framer
-        pos, stop = feed.pos, Stop.LIMIT
-        while stop is Stop.LIMIT:
-            framed = framer.frame(feed.buf, pos, feed.end, 65536, 64 << 20)
-            n += len(framed.positions)
-            pos, stop = framed.end, framed.stop
-    else:
+
+
+def walk(reader):
+    feed, framer, count = reader._feed, reader._framer, 0
+    pos, stop = feed.pos, Stop.LIMIT
+    while stop is Stop.LIMIT:
+        framed = framer.frame(feed.buf, pos, feed.end, 65536, 64 << 20)
+        count += len(framed.positions)
+        pos, stop = framed.end, framed.stop
+    return count
+
+
+if what == "walk":
+    with read_capture_path(path, framing=framing) as reader:
+        n = walk(reader)
+elif what == "walk x2":  # two threads, each walking its own reader of the file
+    import threading
+    readers = [read_capture_path(path, framing=framing) for _ in range(2)]
+    counts = []
+    threads = [threading.Thread(target=lambda r=r: counts.append(walk(r))) for r in readers]
+    start, cpu = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = sum(counts) // 2
+else:
+    with read_capture_path(path, framing=framing) as reader:
         for batch in reader:
             n += len(batch)
 print(time.perf_counter() - start, time.process_time() - cpu, n)
@@ -198,8 +218,8 @@ def framing_main(args: argparse.Namespace, cap: Path, workdir: Path) -> None:
     print("| input | what | framing | seconds | CPU s | packets/s (CPU) | peak RSS |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, path in copies:
-        for what in ("walk", "read"):
-            if what == "walk" and label.endswith(".gz"):
+        for what in ("walk", "walk x2", "read"):
+            if what.startswith("walk") and label.endswith(".gz"):
                 continue
             for framing in ("compiled", "numpy"):
                 out: list[str] = []
