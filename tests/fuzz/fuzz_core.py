@@ -18,9 +18,13 @@ Three ways to run it, from the repository root:
 
       PYTHONPATH=src python tests/fuzz/fuzz_core.py --asan --seconds 1800 --only pcap
 
-* under atheris (libFuzzer drives the mutations; ``pip install atheris``)::
+* under atheris (libFuzzer drives the mutations, steered by the Python coverage of the
+  reader; ``pip install atheris``). libFuzzer writes new inputs into the first
+  directory, so give it a scratch one before the corpus::
 
-      PYTHONPATH=src python tests/fuzz/fuzz_core.py --atheris tests/fuzz/corpus -max_len=65536
+      mkdir -p /tmp/core-corpus
+      PYTHONPATH=src python tests/fuzz/fuzz_core.py --atheris /tmp/core-corpus tests/fuzz/corpus \
+          -max_len=65536 -max_total_time=1800
 
 Failing inputs are saved under ``tests/fuzz/crashes/``.
 """
