@@ -301,3 +301,25 @@ def test_records_claiming_lengths_past_the_buffer_stop_inside_it() -> None:
     n, end, stop, _ = _core.frame_pcap(buf, 0, len(buf), 8, 1 << 20, 1 << 20, False, pos, words)
     assert (n, end, stop) == (1, 20, _core.PARTIAL)
     assert words[:4].tolist() == [1, 0, 4, 4]
+
+
+# -- whole reports ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_json_report_of_every_sample_is_the_same_with_either_framing(
+    name: str, official_csv: Path, warm_cache: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from portwatch.cli import main
+
+    monkeypatch.setenv("PORTWATCH_REGISTRY", str(official_csv))
+    monkeypatch.setenv("PORTWATCH_CACHE_DIR", str(warm_cache))
+    reports = {}
+    for framing in ("compiled", "numpy"):
+        monkeypatch.setenv("PORTWATCH_FRAMING", framing)
+        code = main(["analyze", "--format", "json", "--no-progress", str(PCAPS / name)])
+        out = capsys.readouterr()
+        reports[framing] = (code, out.out, out.err)
+    assert reports["compiled"] == reports["numpy"]
+    assert '"flows"' in reports["compiled"][1]
