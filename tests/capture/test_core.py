@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from portwatch.capture.files import reader as reader_module
 from portwatch.capture.files.reader import COMPILED, open_capture, read_capture_path
-from portwatch.errors import CaptureError
+from portwatch.errors import CaptureError, UsageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 
@@ -249,6 +249,14 @@ def test_portwatch_framing_numpy_forces_the_reference_framers(
 def test_an_unknown_framing_is_refused() -> None:
     with pytest.raises(ValueError, match="framing must be one of auto, compiled, numpy"):
         open_capture(b"", "x", framing="fast")
+
+
+def test_a_wrong_portwatch_framing_is_a_usage_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PORTWATCH_FRAMING", "fast")
+    with pytest.raises(UsageError, match="PORTWATCH_FRAMING: framing must be one of"):
+        open_capture(b"", "x")
 
 
 def test_asking_for_the_compiled_framing_when_it_is_not_built_says_so(

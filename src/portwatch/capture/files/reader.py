@@ -39,7 +39,7 @@ from portwatch.capture.files._framing import DEFAULT_BATCH_BYTES, Framed, Interf
 from portwatch.capture.files.pcap import FILE_HEADER_LEN, MAGICS, PcapFramer, parse_header
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
 from portwatch.capture.files.pcapng import PcapngFramer
-from portwatch.errors import CaptureFormatError, CaptureTruncatedError
+from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
 
 __all__ = [
     "COMPILED",
@@ -80,12 +80,18 @@ def _choose(framing: str | None) -> bool:
     ``framing=None`` reads ``PORTWATCH_FRAMING`` (``numpy`` forces the
     reference framers, for comparisons and benchmarks).
     """
+    from_env = framing is None
     if framing is None:
         framing = os.environ.get("PORTWATCH_FRAMING", "auto") or "auto"
+    problem = ""
     if framing not in FRAMINGS:
-        raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
-    if framing == "compiled" and not COMPILED:
-        raise ValueError(_WHY_NOT)
+        problem = f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}"
+    elif framing == "compiled" and not COMPILED:
+        problem = _WHY_NOT
+    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
+        raise UsageError(f"PORTWATCH_FRAMING: {problem}")
+    if problem:
+        raise ValueError(problem)
     compiled = COMPILED and framing != "numpy"
     if "framing" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
         _said.add("framing")
