@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := python3-venv tshark prometheus tcpreplay iproute2 netbase libcap2-bin \
-	systemd-container debootstrap tmux zsh clang llvm libbpf1 libbpf-dev bpftool netsniff-ng
+	systemd-container debootstrap tmux zsh clang llvm libbpf1 libbpf-dev bpftool netsniff-ng \
+	gcc libc6-dev python3-dev
 SAMPLE := pcaps/sample.pcapng
 
 .PHONY: run test system-deps venv lint typecheck pytest bench pcaps clean install uninstall bpf
@@ -36,17 +37,21 @@ $(BPF_OBJ): $(BPF_SRC)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The editable install also compiles the capture framing (Cython, in place next to
+# _core.pyx); without a compiler it warns and portwatch frames with numpy.
+$(STAMP): pyproject.toml setup.py src/portwatch/capture/files/_core.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 # Debian packages: python3-venv (Debian's python3 cannot make a venv without
-# it), and what the tests drive for real: tshark/dumpcap, Prometheus and
-# promtool, tcpreplay, ip(8), systemd-nspawn + debootstrap for the
-# real-systemd test (tests/integration/test_nspawn.py), and tmux for the
-# full-screen `portwatch top` test (tests/cli/test_top.py). Installed only when
+# it), gcc, libc6-dev and python3-dev (to compile the capture framing), and
+# what the tests drive for real: tshark/dumpcap, Prometheus and promtool,
+# tcpreplay, ip(8), systemd-nspawn + debootstrap for the real-systemd test
+# (tests/integration/test_nspawn.py), tmux and zsh for the `portwatch top` and
+# completion tests, clang/libbpf/bpftool to build the eBPF program and
+# netsniff-ng (trafgen) to drive it. Installed only when
 # missing, and only as root.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -90,6 +95,7 @@ pcaps: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -f src/portwatch/capture/files/_core.c src/portwatch/capture/files/_core*.so
 
 # ---------------------------------------------------------------- install
 # `make install` (as root) deploys this checkout as a service; docs/install.md.

@@ -11,6 +11,13 @@ process so that peak memory (ru_maxrss from wait4) is that tool's alone:
 - scapy's PcapReader over the first 50,000 packets (its rate is extrapolated).
 
     .venv/bin/python benchmarks/bench_analyze.py [--packets 1000000] [--keep FILE]
+
+``--framing`` instead measures the capture framing alone, compiled (``_core``)
+against numpy, on the same capture as classic pcap, as a pcapng copy, as a
+gzip copy and (``--vary``) with frames of random length (where numpy's run
+prediction cannot help), plus ``analyze -f json`` end to end with each::
+
+    .venv/bin/python benchmarks/bench_analyze.py --framing [--vary] [--keep FILE]
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ def _templates() -> list[tuple[bytes, int]]:
     return out
 
 
-def generate(path: Path, packets: int, flows: int = 20000) -> None:
+def generate(path: Path, packets: int, flows: int = 20000, *, vary: bool = False) -> None:
+    """The mixed capture; ``vary`` cuts every frame to a random length (60 to 514 bytes)."""
     rng = np.random.default_rng(42)
     templates = _templates()
     tmpl = np.frombuffer(b"".join(t[0] for t in templates), dtype=np.uint8).reshape(-1, FRAME)
@@ -81,7 +89,12 @@ def generate(path: Path, packets: int, flows: int = 20000) -> None:
             rows, cols = np.arange(n), 16 + port_at[which]
             rec[rows, cols] = (client >> 8).astype(np.uint8)
             rec[rows, cols + 1] = (client & 0xFF).astype(np.uint8)
-            out.write(rec.tobytes())
+            if vary:
+                cut = rng.integers(60, FRAME + 1, n).astype(np.uint32)
+                hdr[:, 2] = cut
+                out.write(rec[np.arange(16 + FRAME) < (16 + cut)[:, None]].tobytes())
+            else:
+                out.write(rec.tobytes())
 
 
 def measure(argv: list[str], output: list[str] | None = None) -> tuple[float, float]:
@@ -119,6 +132,130 @@ print(fed - start, time.perf_counter() - fed)
 """
 
 
+# Framing alone: ``walk`` calls the framer over the mapped file (record headers only, no
+# batch is built); ``walk x2`` does it in two threads at once (the compiled walk releases
+# the GIL); ``read`` iterates the reader (framing, the batch copy and its arrays).
+FRAMING = """
+import sys, time
+from portwatch.capture.files._framing import Stop
+from portwatch.capture.files.reader import read_capture_path
+path, framing, what = sys.argv[1:4]
+start, cpu = time.perf_counter(), time.process_time()
+n = 0
+
+
+def walk(reader):
+    feed, framer, count = reader._feed, reader._framer, 0
+    pos, stop = feed.pos, Stop.LIMIT
+    while stop is Stop.LIMIT:
+        framed = framer.frame(feed.buf, pos, feed.end, 65536, 64 << 20)
+        count += len(framed.positions)
+        pos, stop = framed.end, framed.stop
+    return count
+
+
+if what == "walk":
+    with read_capture_path(path, framing=framing) as reader:
+        n = walk(reader)
+elif what == "walk x2":  # two threads, each walking its own reader of the file
+    import threading
+    readers = [read_capture_path(path, framing=framing) for _ in range(2)]
+    counts = []
+    threads = [threading.Thread(target=lambda r=r: counts.append(walk(r))) for r in readers]
+    start, cpu = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = sum(counts) // 2
+else:
+    with read_capture_path(path, framing=framing) as reader:
+        for batch in reader:
+            n += len(batch)
+print(time.perf_counter() - start, time.process_time() - cpu, n)
+"""
+
+
+def to_pcapng(src: Path, dst: Path) -> None:
+    """The same packets as one-interface pcapng (EPBs), written a batch at a time."""
+    sys.path.insert(0, str(REPO / "src"))
+    from portwatch.capture.files.reader import read_capture_path
+    from portwatch.capture.files.writer import PcapngWriter
+
+    with read_capture_path(str(src)) as reader, dst.open("wb") as out:
+        writer = PcapngWriter(out)
+        for batch in reader:
+            writer.sync_interfaces(reader.interfaces)
+            writer.write_batch(batch)
+
+
+def to_gzip(src: Path, dst: Path) -> None:
+    try:
+        from isal import igzip as gz
+    except ImportError:
+        import gzip as gz  # type: ignore[no-redef]
+    with src.open("rb") as raw, gz.open(dst, "wb", compresslevel=1) as out:
+        shutil.copyfileobj(raw, out, 1 << 20)
+
+
+def framing_main(args: argparse.Namespace, cap: Path, workdir: Path) -> None:
+    python = sys.executable
+    copies = [("pcap", cap)]
+    ng = workdir / "mixed.pcapng"
+    if not ng.exists():
+        to_pcapng(cap, ng)
+    copies.append(("pcapng", ng))
+    gzc = workdir / "mixed.pcap.gz"
+    if not gzc.exists():
+        to_gzip(cap, gzc)
+    copies.append(("pcap.gz", gzc))
+    print(f"Machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}")
+    print(f"Capture: {args.packets} packets, "
+          f"{'random-length' if args.vary else f'{FRAME}-byte'} frames; "
+          f"median of {args.repeat}; CPU is user+sys (for walk/read: in the child, after "
+          "start-up; for analyze: the whole process)\n")
+    print("| input | what | framing | seconds | CPU s | packets/s (CPU) | peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, path in copies:
+        for what in ("walk", "walk x2", "read"):
+            if what.startswith("walk") and label.endswith(".gz"):
+                continue
+            for framing in ("compiled", "numpy"):
+                out: list[str] = []
+                rss = max(measure([python, "-c", FRAMING, str(path), framing, what], out)[1]
+                          for _ in range(args.repeat))
+                timed = [[float(x) for x in line.split()] for line in out]
+                assert all(int(t[2]) == args.packets for t in timed), timed
+                wall = statistics.median(t[0] for t in timed)
+                cpu = statistics.median(t[1] for t in timed)
+                print(f"| {label} ({path.stat().st_size / 1e6:.0f} MB) | {what} | {framing} | "
+                      f"{wall:.3f} | {cpu:.3f} | {args.packets / cpu:,.0f} | {rss:.0f} MiB |")
+    portwatch = [python, "-m", "portwatch", "--registry", args.registry]
+    subprocess.run([*portwatch, "lookup", "80"], check=True, stdout=subprocess.DEVNULL)
+    for label, path in copies:
+        for framing in ("compiled", "numpy"):
+            os.environ["PORTWATCH_FRAMING"] = framing
+            runs = [measure_cpu([*portwatch, "analyze", "-f", "json", "--no-progress",
+                                 str(path)]) for _ in range(args.repeat)]
+            wall = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            print(f"| {label} | analyze -f json | {framing} | {wall:.3f} | {cpu:.3f} | "
+                  f"{args.packets / cpu:,.0f} | {max(r[2] for r in runs):.0f} MiB |")
+    os.environ.pop("PORTWATCH_FRAMING", None)
+
+
+def measure_cpu(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user+sys) and peak RSS (MiB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise RuntimeError(f"{argv[:4]} failed with status {status}")
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
 DPKT_LOOP = """
 import sys, collections, dpkt
 counts = collections.Counter()
@@ -153,11 +290,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each portwatch row")
     ap.add_argument("--registry", default=str(REPO.parent / "shared/registry/"
                                               "service-names-port-numbers.csv"))
+    ap.add_argument("--framing", action="store_true",
+                    help="measure the framing alone, compiled against numpy")
+    ap.add_argument("--vary", action="store_true", help="frames of random length")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="portwatch-bench-"))
     cap = Path(args.keep) if args.keep else workdir / "mixed.pcap"
     if not cap.exists():
-        generate(cap, args.packets)
+        generate(cap, args.packets, vary=args.vary)
+    if args.framing:
+        os.environ["PORTWATCH_CACHE_DIR"] = str(workdir / "cache")
+        framing_main(args, cap, cap.parent if args.keep else workdir)
+        if not args.keep:
+            shutil.rmtree(workdir)
+        return
     n = args.packets
     python = sys.executable
     portwatch = [python, "-m", "portwatch", "--registry", args.registry]

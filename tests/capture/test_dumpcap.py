@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.capture.files.reader import open_capture
+from portwatch.capture.files.reader import COMPILED, open_capture
 from portwatch.capture.live.dumpcap import DumpcapSource, dumpcap_argv, parse_drop_lines
 from portwatch.errors import BackendError
 
@@ -63,6 +63,7 @@ def test_batches_stream_from_the_child_and_its_final_drops_are_counted(
             source.close()
     assert received == expected
     assert source.dropped() == {"lo": 3}
+    assert source.framing == ("compiled" if COMPILED else "numpy")
 
 
 def test_a_child_that_dies_is_a_backend_error_with_its_last_words(tmp_path: Path) -> None:

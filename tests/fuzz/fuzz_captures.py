@@ -123,10 +123,11 @@ def fuzz(
     seconds: float | None,
     seed: int,
     target: Callable[[bytes], int] = one_input,
+    pool: Sequence[bytes] | None = None,
 ) -> tuple[int, list[tuple[bytes, str]]]:
-    """Mutate the corpus for ``runs`` inputs or ``seconds``; (inputs run, failures)."""
+    """Mutate ``pool`` (the corpus) for ``runs`` inputs or ``seconds``; (inputs run, failures)."""
     rng = random.Random(seed)
-    pool = seeds()
+    pool = seeds() if pool is None else pool
     failures: list[tuple[bytes, str]] = []
     started = time.monotonic()
     done = 0

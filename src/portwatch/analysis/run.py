@@ -71,11 +71,9 @@ from portwatch.analysis.merge import (
 from portwatch.analysis.report import Report, by_start, merge_reports
 from portwatch.analysis.retire import RecordSink
 from portwatch.capture.batch import PacketBatch
-from portwatch.capture.files.pcap import MAGICS as PCAP_MAGICS
-from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
 from portwatch.capture.files.reader import (
-    GZIP_MAGIC,
     CaptureReader,
+    looks_like_capture,
     open_capture,
     read_capture_path,
 )
@@ -276,14 +274,15 @@ def refuse_overwriting_inputs(inputs: Sequence[str], outputs: Sequence[str]) -> 
 
 
 def check_capture_magic(head: bytes, name: str) -> None:
-    """Raise ``CaptureFormatError`` unless ``head`` starts a pcap, pcapng or gzip file."""
-    if head[:2] == GZIP_MAGIC or head[:4] in PCAP_MAGICS or head[:4] == PCAPNG_MAGIC:
+    """Raise ``CaptureFormatError`` unless ``head`` starts a capture (maybe compressed)."""
+    if looks_like_capture(head):
         return
     if len(head) < 4:
         what = "empty" if not head else f"only {len(head)} bytes long"
         raise CaptureFormatError(f"not a capture: the input is {what}", path=name, offset=0)
     raise CaptureFormatError(
-        f"not a capture: first bytes {head[:4].hex()!r} are not pcap, pcapng or gzip",
+        f"not a capture: first bytes {head[:4].hex()!r} are not pcap, pcapng, or a "
+        "gzip, zstd or lz4 compressed capture",
         path=name, offset=0)
 
 

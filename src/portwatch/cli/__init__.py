@@ -8,23 +8,19 @@ one line on standard error, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from portwatch import __version__
-from portwatch.cli import analyze as analyze_cmd
-from portwatch.cli import completion, lookup
-from portwatch.cli import daemon as daemon_cmd
-from portwatch.cli import export as export_cmd
-from portwatch.cli import registry as registry_cmds
-from portwatch.cli import top as top_cmd
+from portwatch.cli import completion
 from portwatch.cli.common import Context, PortwatchArgumentParser
 from portwatch.errors import PortwatchError, UsageError
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "command_of", "main"]
 
 Runner = Callable[[Context, argparse.Namespace], int]
 
@@ -78,19 +74,54 @@ def _max_age(args: argparse.Namespace) -> int:
         raise UsageError(f"PORTWATCH_REGISTRY_MAX_AGE_DAYS: {exc}") from None
 
 
-def _commands() -> dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]]:
-    commands: dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]] = {
-        "lookup": (lookup.add_parser, lookup.run),
-        "registry": (registry_cmds.add_parser, registry_cmds.run),
-        "export": (export_cmd.add_parser, export_cmd.run),
-        "daemon": (daemon_cmd.add_parser, daemon_cmd.run),
-    }
-    commands["analyze"] = (analyze_cmd.add_parser, analyze_cmd.run)
-    commands["top"] = (top_cmd.add_parser, top_cmd.run)
+#: Subcommand -> its module, in ``--help`` order. A module is imported only when its
+#: command runs (or for the full help): ``analyze`` need not load the daemon, the
+#: Wireshark exporter or the registry tools (start-up is part of every run).
+_MODULES = {
+    "lookup": "portwatch.cli.lookup",
+    "registry": "portwatch.cli.registry",
+    "export": "portwatch.cli.export",
+    "daemon": "portwatch.cli.daemon",
+    "analyze": "portwatch.cli.analyze",
+    "top": "portwatch.cli.top",
+}
+#: Global options that take a value as the next argument.
+_VALUED = frozenset({"--registry", "--registry-max-age"})
+
+
+def _commands(
+    only: str | None = None,
+) -> dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]]:
+    commands: dict[str, tuple[Callable[[Any, list[argparse.ArgumentParser]], None], Runner]] = {}
+    for name, module_name in _MODULES.items():
+        if only is None or name == only:
+            module = importlib.import_module(module_name)
+            commands[name] = (module.add_parser, module.run)
     return commands
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, or None when unsure (help, unknown): then load all.
+
+    Skips the global options before it (and the values of those that take one);
+    any doubt answers None, which only costs the imports of the other commands.
+    """
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUED:
+            next(args, None)
+        elif arg == "--":
+            command = next(args, "")
+            return command if command in _MODULES else None
+        elif arg in ("-h", "--help"):
+            return None
+        elif not arg.startswith("-"):
+            return arg if arg in _MODULES else None
+    return None
+
+
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
+    """The parser and runners; with ``only``, just that subcommand (it must exist)."""
     parser = PortwatchArgumentParser(
         prog="portwatch",
         description="Name every flow by the IANA service registry; flag unassigned and "
@@ -102,7 +133,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
                                 parser_class=PortwatchArgumentParser)
     runners: dict[str, Runner] = {}
     after = [_global_options(suppress=True)]
-    for name, (add, runner) in _commands().items():
+    for name, (add, runner) in _commands(only).items():
         add(sub, after)
         runners[name] = runner
     completion.add_parsers(sub, after)
@@ -123,7 +154,7 @@ def _print_manpage(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, runners = build_parser()
+    parser, runners = build_parser(command_of(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
         ctx = Context(

@@ -18,12 +18,16 @@ import numpy.typing as npt
 __all__ = [
     "DEFAULT_BATCH_BYTES",
     "REGION_SLACK",
+    "Buffer",
     "Framed",
     "Interface",
     "Stop",
     "copy_region",
     "gather_words",
 ]
+
+#: What a framer walks: a whole file (bytes, mmap) or a stream's rolling buffer.
+Buffer = bytes | bytearray | memoryview
 
 #: Gathering fixed-width headers may read past the last record; regions get this slack.
 REGION_SLACK = 32
@@ -64,11 +68,15 @@ class Interface:
 class Framed:
     """The outcome of one framing call: records start at ``positions``."""
 
-    positions: array[int]
+    positions: array[int] | npt.NDArray[np.int64]
     end: int
     stop: Stop
     message: str = ""
-    kinds: array[int] | None = None  # pcapng: which block type each position is
+    # pcapng: which block type each position is
+    kinds: array[int] | npt.NDArray[np.uint8] | None = None
+    #: The header words of each record in host order, when the compiled walk read them
+    #: (pcap: 4 per record, pcapng: 7); None means build() gathers them itself.
+    words: npt.NDArray[np.uint32] | None = None
 
 
 def gather_words(
@@ -93,6 +101,8 @@ def copy_region(
     Batches own their bytes so a consumer may keep them after the reader moved
     on (or the mmap closed); one memcpy per batch is cheap next to framing.
     """
-    region = np.zeros(stop - start + REGION_SLACK, dtype=np.uint8)
-    region[: stop - start] = np.frombuffer(buf, dtype=np.uint8, count=stop - start, offset=start)
+    size = stop - start
+    region = np.empty(size + REGION_SLACK, dtype=np.uint8)  # zeroing all of it would cost a pass
+    region[:size] = np.frombuffer(buf, dtype=np.uint8, count=size, offset=start)
+    region[size:] = 0
     return region

@@ -196,11 +196,15 @@ class PcapFramer:
 
         ``base`` is the file offset of ``buf[0]`` (non-zero when streaming).
         """
-        first = framed.positions[0]
+        first = int(framed.positions[0])
         region = copy_region(buf, first, framed.end)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         rel = pos - first
-        words = gather_words(region, rel, 4, self.header.byteorder)
+        words = (
+            framed.words
+            if framed.words is not None
+            else gather_words(region, rel, 4, self.header.byteorder)
+        )
         n = rel.shape[0]
         ts = words[:, 0].astype(np.int64) * 1_000_000_000 + words[:, 1].astype(np.int64) * (
             self._frac_ns

@@ -416,14 +416,16 @@ class PcapngFramer:
         Only the bytes from the first packet block on are copied: blocks
         skipped before it (interfaces, statistics) are not the batch's.
         """
-        first = framed.positions[0]
+        first = int(framed.positions[0])
         region = copy_region(buf, first, framed.end)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         assert framed.kinds is not None
         is_spb = np.frombuffer(framed.kinds, dtype=np.uint8) == _KIND_SPB
         rel = pos - first
         # EPB: type, length, interface, ts high, ts low, captured, original
-        words = gather_words(region, rel, 7, self._order)
+        words = (
+            framed.words if framed.words is not None else gather_words(region, rel, 7, self._order)
+        )
         local = np.where(is_spb, 0, words[:, 2]).astype(np.int64)
         table = self._section_ifaces
         caplens = words[:, 5].copy()
@@ -432,7 +434,8 @@ class PcapngFramer:
         ticks = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
         ts = np.zeros(pos.shape[0], dtype=np.int64)
         late = np.zeros(pos.shape[0], dtype=np.bool_)
-        for idx in np.unique(local[~is_spb]).tolist():
+        # bincount, not np.unique: unique imports numpy.ma (tens of ms of start-up)
+        for idx in np.flatnonzero(np.bincount(local[~is_spb])).tolist():
             sel = (local == idx) & ~is_spb
             iface = table[idx]
             late |= sel & (ticks > np.uint64(max(max_ticks(iface.tsresol, iface.tsoffset), 0)))

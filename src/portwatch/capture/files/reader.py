@@ -1,8 +1,9 @@
 """Open any capture portwatch reads and iterate it as bounded :class:`PacketBatch`es.
 
 ``open_capture`` sniffs the first bytes: classic pcap (either byte order,
-micro- or nanosecond), pcapng, or gzip around either (decompressed as a
-stream, never whole). A buffer (``bytes``, ``mmap``) is framed in place; a
+micro- or nanosecond), pcapng, or either inside gzip, zstd or lz4 (told by
+magic bytes, never by name; decompressed as a stream, never whole; see
+``_compression``). A buffer (``bytes``, ``mmap``) is framed in place; a
 file object is read in chunks into a rolling buffer, so ``tcpdump -w - |
 portwatch analyze -`` works and memory stays bounded by the batch size.
 
@@ -27,33 +28,78 @@ import mmap
 import os
 import stat
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
 from portwatch.capture.batch import PacketBatch
+from portwatch.capture.files._compression import MAGICS as COMPRESSED_MAGICS
+from portwatch.capture.files._compression import open_decompressor
 from portwatch.capture.files._framing import DEFAULT_BATCH_BYTES, Framed, Interface, Stop
 from portwatch.capture.files.pcap import FILE_HEADER_LEN, MAGICS, PcapFramer, parse_header
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
 from portwatch.capture.files.pcapng import PcapngFramer
-from portwatch.errors import CaptureFormatError, CaptureTruncatedError
+from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
 
 __all__ = [
+    "COMPILED",
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
+    "FRAMINGS",
     "CaptureReader",
     "decompressed_stream",
+    "looks_like_capture",
     "open_capture",
     "read_capture_path",
 ]
 
 DEFAULT_BATCH_SIZE = 65536
-#: Bytes asked of a stream per read; also the decompression step for gzip.
+#: Bytes asked of a stream per read.
 CHUNK = 1 << 20
+#: gzip's magic (``_compression.MAGICS`` lists every compressed format read).
 GZIP_MAGIC = b"\x1f\x8b"
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+try:
+    from portwatch.capture.files._compiled import CompiledPcapFramer, CompiledPcapngFramer
+except ImportError as _exc:  # the extension was not built (no compiler): numpy frames
+    COMPILED = False
+    _WHY_NOT = f"the compiled framing is not built ({_exc})"
+else:
+    COMPILED = True
+    _WHY_NOT = ""
+
+#: ``open_capture(framing=...)``: ``"auto"`` is compiled when built, else numpy.
+FRAMINGS = ("auto", "compiled", "numpy")
+_said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
+
+
+def _choose(framing: str | None) -> bool:
+    """Whether to frame with the compiled walk; says which once under PORTWATCH_VERBOSE=1.
+
+    ``framing=None`` reads ``PORTWATCH_FRAMING`` (``numpy`` forces the
+    reference framers, for comparisons and benchmarks).
+    """
+    from_env = framing is None
+    if framing is None:
+        framing = os.environ.get("PORTWATCH_FRAMING", "auto") or "auto"
+    problem = ""
+    if framing not in FRAMINGS:
+        problem = f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}"
+    elif framing == "compiled" and not COMPILED:
+        problem = _WHY_NOT
+    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
+        raise UsageError(f"PORTWATCH_FRAMING: {problem}")
+    if problem:
+        raise ValueError(problem)
+    compiled = COMPILED and framing != "numpy"
+    if "framing" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
+        _said.add("framing")
+        which = "compiled (_core)" if compiled else "numpy"
+        why = f"; {_WHY_NOT}" if not COMPILED else ""
+        print(f"portwatch: capture framing: {which}{why}", file=sys.stderr)
+    return compiled
 
 
 class _Framer(Protocol):
@@ -122,46 +168,6 @@ class _StreamFeed(_Feed):
         return True
 
 
-class _Gunzip:
-    """Streaming gzip (several members allowed) with at most ``n`` bytes out per read.
-
-    Output is bounded per call, so a small file that inflates enormously
-    cannot exhaust memory. Damage ends the stream and is kept in ``error``.
-    """
-
-    def __init__(self, raw: Callable[[int], bytes]) -> None:
-        self._raw = raw
-        self._d = zlib.decompressobj(31)
-        self._error: str | None = None
-
-    def error(self) -> str | None:
-        return self._error
-
-    def read(self, n: int) -> bytes:
-        while self._error is None:
-            d = self._d
-            if d.eof:
-                data = d.unused_data or self._raw(CHUNK)
-                if not data:
-                    return b""
-                self._d = d = zlib.decompressobj(31)
-            elif d.unconsumed_tail:
-                data = d.unconsumed_tail
-            else:
-                data = self._raw(CHUNK)
-                if not data:
-                    self._error = "gzip stream ends before its end marker"
-                    return b""
-            try:
-                out = d.decompress(data, n)
-            except zlib.error as exc:
-                self._error = f"gzip data is damaged ({exc})"
-                return b""
-            if out:
-                return out
-        return b""
-
-
 def _no_error() -> str | None:
     return None
 
@@ -197,6 +203,8 @@ class CaptureReader:
         self._framer = framer
         self._on_close = on_close
         self._started = False
+        #: ``"compiled"`` or ``"numpy"``: which walk frames this capture.
+        self.framing = "numpy"
 
     @property
     def format(self) -> str:
@@ -228,7 +236,7 @@ class CaptureReader:
         while True:
             start = feed.pos
             framed = framer.frame(feed.buf, start, feed.end, self.batch_size, self.batch_bytes)
-            if framed.positions:
+            if len(framed.positions):
                 batch = framer.build(feed.buf, start, framed, feed.base)
                 feed.pos = framed.end
                 feed.release()  # the batch owns a copy: drop the mapped pages before it is used
@@ -292,7 +300,7 @@ class _ViewReader:
 
 
 def _sniff(
-    feed: _Feed, name: str, batch_size: int, batch_bytes: int, compressed: bool
+    feed: _Feed, name: str, batch_size: int, batch_bytes: int, *, compressed: bool, compiled: bool
 ) -> CaptureReader:
     have = _need(feed, 4)
     head = bytes(feed.buf[feed.pos : feed.pos + 4])
@@ -305,10 +313,11 @@ def _sniff(
     if head in MAGICS:
         if not _need(feed, FILE_HEADER_LEN):
             raise CaptureFormatError("pcap file header is cut short", path=name, offset=0)
-        framer = PcapFramer(parse_header(feed.buf[feed.pos : feed.pos + FILE_HEADER_LEN], name))
+        header = parse_header(feed.buf[feed.pos : feed.pos + FILE_HEADER_LEN], name)
+        framer = CompiledPcapFramer(header) if compiled else PcapFramer(header)
         feed.pos += FILE_HEADER_LEN
     elif head == PCAPNG_MAGIC:
-        ng = PcapngFramer()
+        ng = CompiledPcapngFramer() if compiled else PcapngFramer()
         while (taken := ng.start(feed.buf, feed.pos, feed.end, name)) is None:
             if not feed.fill():
                 raise CaptureFormatError("pcapng section header is cut short", path=name, offset=0)
@@ -320,9 +329,11 @@ def _sniff(
             path=name,
             offset=0,
         )
-    return CaptureReader(
+    reader = CaptureReader(
         feed, framer, name, batch_size, batch_bytes=batch_bytes, compressed=compressed
     )
+    reader.framing = "compiled" if compiled else "numpy"
+    return reader
 
 
 def open_capture(
@@ -331,12 +342,15 @@ def open_capture(
     batch_size: int = DEFAULT_BATCH_SIZE,
     *,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    framing: str | None = None,
 ) -> CaptureReader:
     """Sniff ``source`` and return a reader; ``name`` is what errors call it.
 
     Reads (and for gzip, decompresses) only the file header here; packets are
     read while iterating. Raises :class:`CaptureFormatError` for non-captures.
+    ``framing`` picks the walk (:data:`FRAMINGS`); both give the same batches.
     """
+    compiled = _choose(framing)
     feed: _Feed
     if isinstance(source, bytes | bytearray | memoryview | mmap.mmap):
         feed = _Feed(source)
@@ -345,15 +359,34 @@ def open_capture(
         read = getattr(source, "read1", source.read)
         feed = _StreamFeed(read, _no_error)
         raw = read
-    if not _need(feed, 2) or bytes(feed.buf[feed.pos : feed.pos + 2]) != GZIP_MAGIC:
-        return _sniff(feed, name, batch_size, batch_bytes, compressed=False)
+    _need(feed, 4)
+    inflate = open_decompressor(bytes(feed.buf[feed.pos : feed.pos + 4]), raw, name)
+    if inflate is None:
+        return _sniff(feed, name, batch_size, batch_bytes, compressed=False, compiled=compiled)
     if isinstance(feed, _StreamFeed):
         # The sniffed bytes were already taken from the stream: hand them back first.
         prefix = bytes(feed.buf[feed.pos : feed.end])
-        raw = _Prefixed(prefix, raw).read
-    gunzip = _Gunzip(raw)
+        inflate = open_decompressor(prefix, _Prefixed(prefix, raw).read, name)
+        assert inflate is not None
     return _sniff(
-        _StreamFeed(gunzip.read, gunzip.error), name, batch_size, batch_bytes, compressed=True
+        _StreamFeed(inflate.read, inflate.error),
+        name,
+        batch_size,
+        batch_bytes,
+        compressed=True,
+        compiled=compiled,
+    )
+
+
+def looks_like_capture(head: bytes) -> bool:
+    """Whether ``head`` (the first four bytes) starts a capture :func:`open_capture` reads.
+
+    pcap, pcapng, or any compressed format read (gzip, zstd, lz4), by magic bytes.
+    """
+    return (
+        head[:4] in MAGICS
+        or head[:4] == PCAPNG_MAGIC
+        or any(head.startswith(magic) for magic in COMPRESSED_MAGICS)
     )
 
 
@@ -372,7 +405,11 @@ class _Prefixed:
 
 
 def read_capture_path(
-    path: str, batch_size: int = DEFAULT_BATCH_SIZE, *, batch_bytes: int = DEFAULT_BATCH_BYTES
+    path: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    *,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    framing: str | None = None,
 ) -> CaptureReader:
     """Open a capture by path: mmap a regular file, stream anything else; ``-`` is stdin.
 
@@ -381,17 +418,21 @@ def read_capture_path(
     refuses zero-length maps) and so reports a format error.
     """
     if path == "-":
-        return open_capture(sys.stdin.buffer, "-", batch_size, batch_bytes=batch_bytes)
+        return open_capture(
+            sys.stdin.buffer, "-", batch_size, batch_bytes=batch_bytes, framing=framing
+        )
     fileobj = open(path, "rb")  # noqa: SIM115 - owned by the reader, closed by it
     try:
         info = os.fstat(fileobj.fileno())
         if not stat.S_ISREG(info.st_mode):
-            reader = open_capture(fileobj, path, batch_size, batch_bytes=batch_bytes)
+            reader = open_capture(
+                fileobj, path, batch_size, batch_bytes=batch_bytes, framing=framing
+            )
             reader._on_close = fileobj.close
             return reader
         if info.st_size == 0:
             fileobj.close()
-            return open_capture(b"", path, batch_size, batch_bytes=batch_bytes)
+            return open_capture(b"", path, batch_size, batch_bytes=batch_bytes, framing=framing)
         mapped = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
     except BaseException:
         fileobj.close()
@@ -405,7 +446,7 @@ def read_capture_path(
         fileobj.close()
 
     try:
-        reader = open_capture(mapped, path, batch_size, batch_bytes=batch_bytes)
+        reader = open_capture(mapped, path, batch_size, batch_bytes=batch_bytes, framing=framing)
     except BaseException:
         release()
         raise
@@ -415,16 +456,15 @@ def read_capture_path(
 
 @contextlib.contextmanager
 def decompressed_stream(path: str) -> Iterator[Callable[[int], bytes]]:
-    """``read(n)`` over the bytes of a capture file, gunzipped when it is gzip.
+    """``read(n)`` over the bytes of a capture file, inflated when it is compressed.
 
     For walks that need the stored blocks themselves (``pcapng.iter_raw_blocks``),
     beside a :class:`CaptureReader` over the same file. Damage in the gzip
     stream ends it early; the reader reports it.
     """
     with open(path, "rb") as fileobj:
+        head = fileobj.read(4)
         read = getattr(fileobj, "read1", fileobj.read)
-        head = read(2)
-        if head != GZIP_MAGIC:
-            yield _Prefixed(head, read).read
-            return
-        yield _Gunzip(_Prefixed(head, read).read).read
+        stream = _Prefixed(head, read).read
+        inflater = open_decompressor(head, stream, path)  # gzip, zstd, lz4 alike
+        yield inflater.read if inflater is not None else stream

@@ -98,6 +98,8 @@ class DumpcapSource:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._final: dict[str, int] = {}
+        #: Which walk frames dumpcap's pcapng stream ("compiled" when ``_core`` is built).
+        self.framing: str | None = None
         self._sys_start: dict[str, int] = {}
 
     @property
@@ -124,6 +126,7 @@ class DumpcapSource:
         drain.start()
         try:
             reader = open_capture(cast(BinaryIO, proc.stdout), "dumpcap")
+            self.framing = reader.framing
             for batch in reader:
                 self._names = [i.name or f"if{n}" for n, i in enumerate(reader.interfaces)]
                 yield batch
@@ -134,6 +137,8 @@ class DumpcapSource:
         finally:
             self._stop(proc)
             drain.join(timeout=2)
+            if not drain.is_alive():  # closing it under a running readline() races
+                proc.stderr.close()
             self._final = parse_drop_lines(list(self._stderr), self.interfaces)
         if not self._closing.is_set():
             raise BackendError(self._death(proc, "stopped"))
@@ -160,9 +165,8 @@ class DumpcapSource:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc.stdout is not None:  # stderr is closed once the drain thread has finished
+            proc.stdout.close()
 
     def interface_names(self) -> Sequence[str]:
         return self._names

@@ -1,0 +1,68 @@
+"""Start-up: a subcommand imports only what it uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from portwatch.cli import build_parser, command_of
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["analyze", "x.pcap"], "analyze"),
+    (["--registry", "analyze", "lookup", "80"], "lookup"),
+    (["--registry", "a.csv", "--strict", "--registry-max-age", "3", "daemon"], "daemon"),
+    (["--registry=a.csv", "--no-cache", "export", "-o", "x"], "export"),
+    (["--", "registry", "info"], "registry"),
+    (["-h", "analyze"], None),
+    (["--help"], None),
+    (["--version"], None),
+    (["analyse", "x.pcap"], None),
+    (["--registry-max", "5", "analyze"], None),
+    ([], None),
+])
+def test_the_subcommand_is_found_past_the_global_options(
+    argv: list[str], command: str | None
+) -> None:
+    assert command_of(argv) == command
+
+
+def test_a_parser_for_one_command_parses_it_as_the_full_parser_does() -> None:
+    argv = ["--strict", "analyze", "--format", "json", "a.pcap", "--registry", "r.csv"]
+    full, _ = build_parser()
+    one, runners = build_parser("analyze")
+    assert list(runners) == ["analyze"]
+    assert vars(one.parse_args(argv)) == vars(full.parse_args(argv))
+
+
+def _modules_after(argv: list[str], env: dict[str, str]) -> set[str]:
+    code = (
+        "import json, sys\n"
+        "from portwatch.cli import main\n"
+        f"main({argv!r})\n"
+        "sys.stderr.write(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env, "PYTHONPATH": str(SRC)}, check=False,
+                         cwd=ROOT)
+    return set(json.loads(out.stderr.strip().splitlines()[-1]))
+
+
+def test_analyze_loads_neither_the_daemon_nor_the_exporter_nor_numpy_ma(
+    official_csv: Path, warm_cache: Path
+) -> None:
+    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
+           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    assert "portwatch.analysis.analyzer" in loaded
+    assert not {m for m in loaded if m.startswith(("portwatch.cli.daemon", "portwatch.daemon",
+                                                   "portwatch.export", "portwatch.cli.export"))}
+    assert "numpy.ma" not in loaded
