@@ -353,7 +353,7 @@ def test_yes_piped_into_analyze_fails_at_once_with_one_line(
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr == "portwatch: error: -: byte 0: not a capture: first bytes " \
-        "'790a790a' are not pcap, pcapng or gzip\n"
+        "'790a790a' are not pcap, pcapng or gzip (nor zstd or lz4)\n"
     assert list(tmp.iterdir()) == []
     assert not (tmp_path / "out.pcapng").exists()
 
@@ -458,7 +458,7 @@ def test_errors_from_workers_keep_their_file_and_offset(
     assert code == 1
     assert json.loads(out)["packets"] == 68
     assert err == f"portwatch: warning: skipped: {junk}: byte 0: not a capture: first bytes " \
-        "'6a756e6b' are not pcap, pcapng or gzip\n"
+        "'6a756e6b' are not pcap, pcapng or gzip (nor zstd or lz4)\n"
     code, out, err = _run(capsys, "analyze", "--jobs", "2", str(junk), str(junk))
     assert (code, out) == (2, "")
     assert err.splitlines()[-1].startswith(f"portwatch: error: {junk}: byte 0: not a capture")

@@ -281,8 +281,8 @@ def check_capture_magic(head: bytes, name: str) -> None:
         what = "empty" if not head else f"only {len(head)} bytes long"
         raise CaptureFormatError(f"not a capture: the input is {what}", path=name, offset=0)
     raise CaptureFormatError(
-        f"not a capture: first bytes {head[:4].hex()!r} are not pcap, pcapng, or a "
-        "gzip, zstd or lz4 compressed capture",
+        f"not a capture: first bytes {head[:4].hex()!r} are not pcap, pcapng or gzip "
+        "(nor zstd or lz4)",
         path=name, offset=0)
 
 

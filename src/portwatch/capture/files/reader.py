@@ -325,7 +325,8 @@ def _sniff(
         framer = ng
     else:
         raise CaptureFormatError(
-            f"not a capture: first bytes {head.hex()!r} are not pcap, pcapng or gzip",
+            f"not a capture: first bytes {head.hex()!r} are not pcap, pcapng or gzip "
+            "(nor zstd or lz4)",
             path=name,
             offset=0,
         )
