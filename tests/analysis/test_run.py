@@ -177,7 +177,7 @@ def test_endless_non_capture_input_fails_on_its_first_bytes(
     (failure,) = result.failures
     assert isinstance(failure, CaptureFormatError)
     assert str(failure) == "-: byte 0: not a capture: first bytes '790a790a' are not pcap, " \
-        "pcapng or gzip"
+        "pcapng or gzip (nor zstd or lz4)"
     assert yes.given <= 2 << 20  # one read ahead at most, never the stream
     assert not (tmp_path / "out.pcapng").exists()
 

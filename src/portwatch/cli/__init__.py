@@ -136,9 +136,10 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
     for name, (add, runner) in _commands(only).items():
         add(sub, after)
         runners[name] = runner
-    completion.add_parsers(sub, after)
-    runners["completion"] = _print_completion
-    runners["manpage"] = _print_manpage
+    if only in (None, "completion", "manpage"):
+        completion.add_parsers(sub, after)
+        runners["completion"] = _print_completion
+        runners["manpage"] = _print_manpage
     return parser, runners
 
 
