@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers.rotated import rotate, traffic
+from helpers.rotated import assert_same_report, rotate, traffic
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.distributed import (
     ClusterProgress,
@@ -30,23 +30,6 @@ from portwatch.porttable.table import PortTable
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 Client = Any
 LOCAL2 = Scheduler(local_workers=2)
-
-
-def by_flow(report: Report) -> dict[tuple[Any, ...], dict[str, Any]]:
-    out = {}
-    for f in report.flows:
-        doc = f.as_dict()
-        doc.pop("capture")
-        ends = sorted([(doc["client"], doc["client_port"]), (doc["server"], doc["service_port"])])
-        out[(doc["transport"], *ends[0], *ends[1])] = doc
-    return out
-
-
-def assert_same_report(merged: Report, uncut: Report) -> None:
-    assert by_flow(merged) == by_flow(uncut)
-    assert [s.as_dict() for s in merged.services] == [s.as_dict() for s in uncut.services]
-    assert (merged.packets, merged.bytes, merged.decode) == (uncut.packets, uncut.bytes,
-                                                             uncut.decode)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.rotated import PCAP_HEADER, records_of, rotate, traffic
+from helpers.rotated import (
+    PCAP_HEADER,
+    assert_same_report,
+    by_flow,
+    flow_key,
+    records_of,
+    rotate,
+    traffic,
+)
 from portwatch.analysis import run as run_module
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.merge import CapturePartial, load_state, merge_partials, partial_of
-from portwatch.analysis.report import Report, merge_reports
+from portwatch.analysis.report import merge_reports
 from portwatch.analysis.run import analyze_paths, expand_inputs
 from portwatch.capture.files.reader import open_capture, read_capture_path
 from portwatch.ports import Transport
@@ -38,28 +46,6 @@ def analyze_bytes(table: PortTable, data: bytes, name: str) -> Analyzer:
     for batch in open_capture(data, name, batch_size=64):
         analyzer.feed(batch)
     return analyzer
-
-
-def flow_key(flow: dict[str, Any]) -> tuple[Any, ...]:
-    ends = sorted([(flow["client"], flow["client_port"]), (flow["server"], flow["service_port"])])
-    return (flow["transport"], *ends[0], *ends[1])
-
-
-def by_flow(report: Report) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Every flow's record without the capture it came from (the one thing a cut changes)."""
-    out = {}
-    for f in report.flows:
-        doc = f.as_dict()
-        doc.pop("capture")
-        out[flow_key(doc)] = doc
-    return out
-
-
-def assert_same_report(merged: Report, uncut: Report) -> None:
-    assert by_flow(merged) == by_flow(uncut)
-    assert [s.as_dict() for s in merged.services] == [s.as_dict() for s in uncut.services]
-    assert (merged.packets, merged.bytes, merged.decode) == (uncut.packets, uncut.bytes,
-                                                             uncut.decode)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,9 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
+
+from portwatch.analysis.report import Report
 
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 _MAC = bytes.fromhex("020000000001") + bytes.fromhex("020000000002") + b"\x08\x00"
@@ -105,3 +108,27 @@ def rotate(capture: Path, directory: Path, per_file: int) -> list[Path]:
         path.write_bytes(PCAP_HEADER + b"".join(records[k : k + per_file]))
         paths.append(path)
     return paths
+
+
+# -- comparing a merged report with the uncut capture's -------------------------
+
+def flow_key(flow: dict[str, Any]) -> tuple[Any, ...]:
+    ends = sorted([(flow["client"], flow["client_port"]), (flow["server"], flow["service_port"])])
+    return (flow["transport"], *ends[0], *ends[1])
+
+
+def by_flow(report: Report) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Every flow's record without the capture it came from (the one thing a cut changes)."""
+    out = {}
+    for f in report.flows:
+        doc = f.as_dict()
+        doc.pop("capture")
+        out[flow_key(doc)] = doc
+    return out
+
+
+def assert_same_report(merged: Report, uncut: Report) -> None:
+    assert by_flow(merged) == by_flow(uncut)
+    assert [s.as_dict() for s in merged.services] == [s.as_dict() for s in uncut.services]
+    assert (merged.packets, merged.bytes, merged.decode) == (uncut.packets, uncut.bytes,
+                                                             uncut.decode)
