@@ -16,7 +16,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from portwatch.errors import CaptureFormatError
 
@@ -62,88 +62,104 @@ def gzip_backend() -> str:
     return "isal" if _isal() is not None else "zlib"
 
 
-class _Inflate:
+class _Members:
+    """Concatenated members (gzip) or frames (lz4), one decompressor object each.
+
+    The loop is shared; a format says how to make a decompressor, whether one
+    still holds input or output, and how to call it.
+    """
+
+    format = ""
+    _end = "end marker"
+    _damage: tuple[type[Exception], ...] = ()  # what the decompressor raises on bad data
+
+    def __init__(self, raw: Read) -> None:
+        self._raw = raw
+        self._d = self._new()
+        self._error: str | None = None
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def _pending(self, d: Any) -> bytes | None:
+        """What to feed a decompressor that needs no new input, or None when it does."""
+        raise NotImplementedError
+
+    def _decompress(self, d: Any, data: bytes, n: int) -> bytes:
+        raise NotImplementedError
+
+    def error(self) -> str | None:
+        return self._error
+
+    def read(self, n: int) -> bytes:
+        while self._error is None:
+            d = self._d
+            pending = None if d.eof else self._pending(d)
+            if d.eof:
+                data = d.unused_data or self._raw(CHUNK)
+                if not data:
+                    return b""
+                self._d = d = self._new()
+            elif pending is not None:
+                data = pending
+            else:
+                data = self._raw(CHUNK)
+                if not data:
+                    self._error = f"{self.format} stream ends before its {self._end}"
+                    return b""
+            try:
+                out = self._decompress(d, data, n)
+            except self._damage as exc:
+                self._error = f"{self.format} data is damaged ({exc})"
+                return b""
+            if out:
+                return out
+        return b""
+
+
+class _Inflate(_Members):
     """gzip members through a zlib-like ``decompressobj`` (isal's or zlib's)."""
 
     format = "gzip"
 
     def __init__(self, raw: Read) -> None:
-        module = _isal() or zlib
-        self._module = module
-        self._errors: tuple[type[Exception], ...] = (zlib.error, module.error)
-        self._raw = raw
-        self._d = self._new()
-        self._error: str | None = None
+        self._module = _isal() or zlib
+        self._damage = (zlib.error, self._module.error)
+        super().__init__(raw)
 
     def _new(self) -> zlib._Decompress:
         member: zlib._Decompress = self._module.decompressobj(31)
         return member
 
-    def error(self) -> str | None:
-        return self._error
+    def _pending(self, d: Any) -> bytes | None:
+        tail: bytes = d.unconsumed_tail
+        return tail or None
 
-    def read(self, n: int) -> bytes:
-        while self._error is None:
-            d = self._d
-            if d.eof:
-                data = d.unused_data or self._raw(CHUNK)
-                if not data:
-                    return b""
-                self._d = d = self._new()
-            elif d.unconsumed_tail:
-                data = d.unconsumed_tail
-            else:
-                data = self._raw(CHUNK)
-                if not data:
-                    self._error = "gzip stream ends before its end marker"
-                    return b""
-            try:
-                out: bytes = d.decompress(data, n)
-            except self._errors as exc:
-                self._error = f"gzip data is damaged ({exc})"
-                return b""
-            if out:
-                return out
-        return b""
+    def _decompress(self, d: Any, data: bytes, n: int) -> bytes:
+        out: bytes = d.decompress(data, n)
+        return out
 
 
-class _Lz4:
+class _Lz4(_Members):
     """lz4 frames (``lz4.frame``), output bounded by ``max_length``."""
 
     format = "lz4"
+    _end = "end mark"
+    _damage = (RuntimeError,)
 
     def __init__(self, raw: Read, module: ModuleType) -> None:
-        self._new = module.LZ4FrameDecompressor
-        self._raw = raw
-        self._d = self._new()
-        self._error: str | None = None
+        self._factory = module.LZ4FrameDecompressor
+        super().__init__(raw)
 
-    def error(self) -> str | None:
-        return self._error
+    def _new(self) -> Any:
+        return self._factory()
 
-    def read(self, n: int) -> bytes:
-        while self._error is None:
-            d = self._d
-            if d.eof:
-                data = d.unused_data or self._raw(CHUNK)
-                if not data:
-                    return b""
-                self._d = d = self._new()
-            elif not d.needs_input:
-                data = b""  # output still buffered inside the decompressor
-            else:
-                data = self._raw(CHUNK)
-                if not data:
-                    self._error = "lz4 stream ends before its end mark"
-                    return b""
-            try:
-                out: bytes = d.decompress(data, max_length=n)
-            except RuntimeError as exc:
-                self._error = f"lz4 data is damaged ({exc})"
-                return b""
-            if out:
-                return out
-        return b""
+    def _pending(self, d: Any) -> bytes | None:
+        return None if d.needs_input else b""  # b"": output still buffered inside
+
+    def _decompress(self, d: Any, data: bytes, n: int) -> bytes:
+        out: bytes = d.decompress(data, max_length=n)
+        return out
 
 
 class _RawFile:
