@@ -74,6 +74,23 @@ def _wait_for(what: str, check: object, timeout: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _settled(container: Container, unit: str, *props: str) -> dict[str, str]:
+    """The unit's properties once it has left ``reloading``.
+
+    Under ``Type=notify`` (systemd 252, bookworm) ``systemctl reload`` returns when
+    ``kill -HUP`` has; the daemon's own RELOADING=1 ... READY=1 may come just after,
+    and systemd shows ``reloading`` in between. That is correct, so wait it out.
+    """
+    shown: dict[str, str] = {}
+
+    def left_reloading() -> bool:
+        shown.update(container.show(unit, "ActiveState", *props))
+        return shown["ActiveState"] != "reloading"
+
+    _wait_for(f"{unit} to leave reloading", left_reloading)
+    return shown
+
+
 def _packaged_xml() -> tuple[bytes, date]:
     xml = lzma.decompress(packaged_snapshot().read_bytes())
     m = re.search(rb"<updated>(\d{4}-\d{2}-\d{2})</updated>", xml)
@@ -234,7 +251,7 @@ def test_reload_keeps_counters(container: Container, daemon: dict[str, str],
     packets = _total(before, "portwatch_packets_total")
     assert packets > 0
     container.run("systemctl reload portwatch.service", timeout=60)
-    props = container.show("portwatch.service", "ActiveState", "MainPID")
+    props = _settled(container, "portwatch.service", "MainPID")
     assert props == {"ActiveState": "active", "MainPID": daemon["MainPID"]}
     # a reload replays the finished capture once more, on top of what was counted
     _wait_for("the second replay",
@@ -292,7 +309,7 @@ def test_update_service_swaps_the_registry_and_reloads_the_daemon_onto_it(
     assert '"origin": "data-dir"' in info
     assert f'"last_updated": "{newer.isoformat()}"' in info
     # the registry changed, so the daemon was reloaded (same invocation) onto it
-    after = container.show("portwatch.service", "ActiveState", "InvocationID")
+    after = _settled(container, "portwatch.service", "InvocationID")
     assert after["ActiveState"] == "active"
     assert after["InvocationID"] == daemon["InvocationID"]
     stamp = datetime(newer.year, newer.month, newer.day, tzinfo=UTC).timestamp()
@@ -302,7 +319,7 @@ def test_update_service_swaps_the_registry_and_reloads_the_daemon_onto_it(
 
 def test_update_service_leaves_the_daemon_alone_when_nothing_changed(
         container: Container, registry_server: tuple[str, date]) -> None:
-    before = container.show("portwatch.service", "ActiveState", "InvocationID")
+    before = _settled(container, "portwatch.service", "InvocationID")
     assert before["ActiveState"] == "active"
     container.run("systemctl start portwatch-registry-update.service", timeout=300)
     assert container.show("portwatch-registry-update.service", "Result")["Result"] == "success"
