@@ -271,6 +271,8 @@ def main() -> int:
     parser.add_argument("--trafgen-cpus", type=int, default=0,
                         help="trafgen -P at max (0: every CPU)")
     parser.add_argument("--buffer-mib", type=int, default=32)
+    parser.add_argument("--max-flows", type=int, default=100000,
+                        help="[flows] max_flows: the size of the kernel's flow map")
     parser.add_argument("--flood", type=int, default=0, help="new flows for the LRU check")
     shared = Path(os.environ.get("PORTWATCH_SHARED",
                                  Path(__file__).resolve().parents[2] / "shared"))
@@ -288,7 +290,7 @@ def main() -> int:
             source = tmp / ("flows.cfg" if args.generator == "trafgen" else "flows.pcap")
             (write_trafgen if args.generator == "trafgen" else write_pcap)(source)
             gen = Generator(args.generator, source, args.trafgen_cpus)
-            cfg = _config(tmp, args.registry, args.buffer_mib)
+            cfg = _config(tmp, args.registry, args.buffer_mib, args.max_flows)
             for backend in args.backend or ["ebpf", "dumpcap", "scapy"]:
                 results = run_backend(ns, backend, rates, duration=args.duration, gen=gen,
                                       cfg=cfg, tmp=tmp)
