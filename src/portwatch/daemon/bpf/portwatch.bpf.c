@@ -99,7 +99,9 @@ struct flow_key {
 
 /* `slot` caches the flow's counter slot (transport * NPORTS + service port)
  * as decided under registry generation `gen` with `side`: a packet of a known
- * flow then reads neither the registry nor `touched`. */
+ * flow then reads neither the registry nor `touched`. (`gen` is 16 bits: a
+ * flow would miss a refresh only if exactly 65,536 of them happened while it
+ * lived.) */
 struct flow_val {
     __u64 first_ns;
     __u64 last_ns;
