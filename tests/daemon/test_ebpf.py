@@ -303,6 +303,60 @@ def test_registry_refresh_changes_decisions_not_counts(netns: Netns, table: Port
     assert slots == [65536 + 1023, 65536 + c2]
     assert sum(c.packets_total for c in counts) == 2  # counters carried on
 
+def test_a_known_flow_is_decided_again_after_set_registry(
+        netns: Netns, table: PortTable, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow caches its service port; a registry refresh must not leave it stale."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    client = next(p for p in range(30000, 49152)
+                  if table.lookup(Transport.UDP, p).status != PortStatus.ASSIGNED)
+    frame = bytes(Ether(src="00:00:5e:00:53:01", dst="00:00:5e:00:53:02")
+                  / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=client, dport=1023))
+    counter = ebpf.KernelCounter(FlowLimits())
+    before: list[ebpf.KernelCounts] = []
+    after: list[ebpf.KernelCounts] = []
+    try:
+        counter.set_registry(table)
+        netns.call(lambda: counter.attach([RX]))
+        netns.call(lambda: _send([frame, frame]))
+        _wait_received(counter, before, 2)
+        arr = ebpf.registry_array(table)
+        arr[1 * 65536 + client] = PortStatus.ASSIGNED
+        monkeypatch.setattr(ebpf, "registry_array", lambda _table: arr)
+        counter.set_registry(table)
+        netns.call(lambda: _send([frame]))
+        _wait_received(counter, after, 1)
+    finally:
+        counter.close()
+    assert sorted(int(s) for c in before for s in c.slots) == [65536 + 1023]
+    assert sorted(int(s) for c in after for s in c.slots) == [65536 + client]
+    assert sum(int(c.flows.sum()) for c in before + after) == 1  # the same flow, not a new one
+
+
+def test_a_flow_idle_past_its_timeout_counts_as_new_again(netns: Netns, table: PortTable) -> None:
+    """The kernel's clock is CLOCK_MONOTONIC_COARSE: a tick of error, seconds of timeout."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    frame = bytes(Ether(src="00:00:5e:00:53:01", dst="00:00:5e:00:53:02")
+                  / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=40000, dport=53))
+    idle = dict.fromkeys(Transport, 300.0) | {Transport.UDP: 0.3}
+    counter = ebpf.KernelCounter(FlowLimits(idle_s=idle))
+    counts: list[ebpf.KernelCounts] = []
+    try:
+        counter.set_registry(table)
+        netns.call(lambda: counter.attach([RX]))
+        netns.call(lambda: _send([frame, frame]))
+        _wait_received(counter, counts, 2)
+        time.sleep(0.6)
+        netns.call(lambda: _send([frame]))
+        _wait_received(counter, counts, 3)
+    finally:
+        counter.close()
+    assert sum(int(c.packets.sum()) for c in counts) == 3
+    assert sum(int(c.flows.sum()) for c in counts) == 2
+
 
 # -- choosing the backend --------------------------------------------------------------
 def _config(backend: str, bpf_filter: str = "") -> DaemonConfig:

@@ -107,9 +107,11 @@ def registry_array(table: PortTable) -> npt.NDArray[np.uint8]:
     return out
 
 
-def _config_value(limits: FlowLimits) -> bytes:
+def _config_value(limits: FlowLimits, generation: int = 0) -> bytes:
+    """The ``config`` map's value; ``generation`` tells the program the registry changed
+    (each flow caches its service port decided under one generation)."""
     idle = [int(limits.idle_s[t] * 1e9) for t in Transport]
-    return struct.pack("<5Q", *idle, int(limits.active_s * 1e9))
+    return struct.pack("<6Q", *idle, int(limits.active_s * 1e9), generation)
 
 
 def load_error(exc: LibbpfError) -> str:
@@ -145,6 +147,8 @@ class KernelCounter:
                 raise
         except LibbpfError as exc:
             raise BackendError(load_error(exc)) from None
+        self._limits = limits
+        self._generation = 0
         self.maps["config"].update(struct.pack("<I", 0), _config_value(limits))
         touched = self.maps["touched"]
         self._touched_mm = mmap.mmap(touched.fd, SLOTS * 8, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -162,8 +166,14 @@ class KernelCounter:
 
     # -- set up ---------------------------------------------------------------------
     def set_registry(self, table: PortTable) -> None:
-        """Fill (or refresh, on reload) the registry array; counters are untouched."""
+        """Fill (or refresh, on reload) the registry array; counters are untouched.
+
+        The new generation in ``config`` makes every known flow decide its service
+        port again at its next packet, as the user-space engine would."""
         self.maps["registry"].update(struct.pack("<I", 0), registry_array(table))
+        self._generation = (self._generation + 1) & 0xFFFF
+        self.maps["config"].update(struct.pack("<I", 0),
+                                   _config_value(self._limits, self._generation))
         self.table = table
 
     def attach(self, interfaces: Sequence[str],

@@ -12,7 +12,8 @@
  * Self-contained on purpose (no libbpf-dev headers, no vmlinux.h, no CO-RE):
  * a socket filter reads the packet with bpf_skb_load_bytes and the stable
  * __sk_buff fields only, so one object loads on every kernel with BTF-defined
- * maps (5.2+), and it builds with any clang that targets BPF.
+ * maps and bpf_ktime_get_coarse_ns (5.11+), and it builds with any clang that
+ * targets BPF.
  *
  * Layout of every map and struct here is mirrored in
  * src/portwatch/daemon/ebpf.py: change both together.
@@ -22,6 +23,7 @@ typedef unsigned char __u8;
 typedef unsigned short __u16;
 typedef unsigned int __u32;
 typedef unsigned long long __u64;
+typedef long long __s64;
 
 #define SEC(name) __attribute__((section(name), used))
 #define __uint(name, val) int (*name)[val]
@@ -32,7 +34,10 @@ typedef unsigned long long __u64;
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
                                    __u64 flags) = (void *)2;
-static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+/* CLOCK_MONOTONIC at tick resolution (Linux 5.11+): a few ns where
+ * bpf_ktime_get_ns (5) costs ~25 ns per packet here, and the flow timeouts
+ * are seconds, so one tick (1-10 ms) of error is immaterial. */
+static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
 static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) =
     (void *)26;
 
@@ -92,11 +97,18 @@ struct flow_key {
     __u8 pad[3];
 };
 
+/* `slot` caches the flow's counter slot (transport * NPORTS + service port)
+ * as decided under registry generation `gen` with `side`: a packet of a known
+ * flow then reads neither the registry nor `touched`. (`gen` is 16 bits: a
+ * flow would miss a refresh only if exactly 65,536 of them happened while it
+ * lived.) */
 struct flow_val {
     __u64 first_ns;
     __u64 last_ns;
+    __u32 slot;
+    __u16 gen;
     __u8 side;
-    __u8 pad[7];
+    __u8 pad;
 };
 
 struct frag_key {
@@ -126,6 +138,7 @@ struct registry {
 struct config {
     __u64 idle_ns[4]; /* per Transport; a flow idle longer is new again */
     __u64 active_ns;  /* a flow older than this is new again */
+    __u64 gen;        /* bumped by user space with each registry refresh */
 };
 
 /* Stats slots (the `stats` per-CPU array). */
@@ -232,11 +245,16 @@ static __always_inline void add(void *map, __u32 slot, __u64 packets, __u64 byte
     }
 }
 
-static __always_inline void count(__u32 slot, __u64 bytes, __u64 is_new)
+static __always_inline void mark_touched(__u32 slot)
 {
     __u8 *seen = bpf_map_lookup_elem(&touched, &slot);
     if (seen && !*seen)
         *seen = 1;
+}
+
+static __always_inline void count(__u32 slot, __u64 bytes, __u64 is_new)
+{
+    mark_touched(slot);
     add(&traffic, slot, 1, bytes, is_new);
 }
 
@@ -510,7 +528,7 @@ int portwatch_count(struct __sk_buff *skb)
             add(&portless, S_FRAGMENT, 1, wire, 0);
             return 0;
         }
-        f->last_ns = bpf_ktime_get_ns();
+        f->last_ns = bpf_ktime_get_coarse_ns();
         __u16 port = service_port(&fv->flow, f->side);
         count((__u32)(fv->flow.t & 3) * NPORTS + port, wire, 0);
         bump(&stats, ST_FRAG_ATTRIBUTED, 1);
@@ -522,35 +540,58 @@ int portwatch_count(struct __sk_buff *skb)
     }
 
     int from_a = canonical(&p.key);
-    __u64 now = bpf_ktime_get_ns();
-    __u64 is_new = 0;
-    struct flow_val *f = bpf_map_lookup_elem(&flows, &p.key);
     struct config *cfg = bpf_map_lookup_elem(&config, &zero);
-    if (f && cfg && (now - f->last_ns > cfg->idle_ns[p.key.t & 3] ||
-                     now - f->first_ns > cfg->active_ns)) {
+    if (!cfg)
+        return 0; /* cannot happen: a one-element array */
+    __u64 now = bpf_ktime_get_coarse_ns();
+    __u16 gen = (__u16)cfg->gen;
+    __u8 side = SIDE_UNKNOWN;
+    if (p.key.t == T_TCP && (p.tcp_flags & 0x02)) {
+        /* SYN goes to the service, SYN-ACK comes from it. */
+        int service_is_a = (p.tcp_flags & 0x10) ? from_a : !from_a;
+        side = service_is_a ? SIDE_A : SIDE_B;
+    }
+    __u64 is_new = 0;
+    __u32 slot;
+    struct flow_val *f = bpf_map_lookup_elem(&flows, &p.key);
+    if (!f) {
+        /* The whole value in one update; no second lookup. */
+        slot = (__u32)(p.key.t & 3) * NPORTS + service_port(&p.key, side);
+        struct flow_val init = {.first_ns = now, .last_ns = now, .slot = slot, .gen = gen,
+                                .side = side};
+        if (bpf_map_update_elem(&flows, &p.key, &init, BPF_NOEXIST) == 0) {
+            mark_touched(slot);
+            add(&traffic, slot, 1, wire, 1);
+            bump(&stats, ST_NEW_FLOWS, 1);
+            goto counted;
+        }
+        /* Another CPU inserted it first: count with its entry. */
+        f = bpf_map_lookup_elem(&flows, &p.key);
+        if (!f)
+            return 0; /* cannot happen short of a concurrent eviction */
+    }
+    /* Signed: another CPU may have stored a clock read a moment later than ours. */
+    if ((__s64)(now - f->last_ns) > (__s64)cfg->idle_ns[p.key.t & 3] ||
+        (__s64)(now - f->first_ns) > (__s64)cfg->active_ns) {
         /* Expired: the user-space engine would have forgotten it; count it again. */
         f->first_ns = now;
         f->side = SIDE_UNKNOWN;
         is_new = 1;
     }
-    if (!f) {
-        struct flow_val init = {.first_ns = now, .last_ns = now};
-        if (bpf_map_update_elem(&flows, &p.key, &init, BPF_NOEXIST) == 0) {
-            is_new = 1;
-            bump(&stats, ST_NEW_FLOWS, 1);
-        }
-        f = bpf_map_lookup_elem(&flows, &p.key);
-        if (!f)
-            return 0; /* cannot happen short of a concurrent eviction */
+    if ((__s64)(now - f->last_ns) > 0)
+        f->last_ns = now; /* once per tick: no store (and no shared line dirtied) else */
+    if (side == SIDE_UNKNOWN)
+        side = f->side;
+    slot = f->slot;
+    if (is_new || side != f->side || f->gen != gen) {
+        slot = (__u32)(p.key.t & 3) * NPORTS + service_port(&p.key, side);
+        f->side = side;
+        f->slot = slot;
+        f->gen = gen;
+        mark_touched(slot);
     }
-    f->last_ns = now;
-    if (p.key.t == T_TCP && (p.tcp_flags & 0x02)) {
-        /* SYN goes to the service, SYN-ACK comes from it. */
-        int service_is_a = (p.tcp_flags & 0x10) ? from_a : !from_a;
-        f->side = service_is_a ? SIDE_A : SIDE_B;
-    }
-    __u16 port = service_port(&p.key, f->side);
-    count((__u32)(p.key.t & 3) * NPORTS + port, wire, is_new);
+    add(&traffic, slot, 1, wire, is_new);
+counted:
     if (p.first_fragment) {
         struct frag_val fv = {.from_a = from_a};
         __builtin_memcpy(&fv.flow, &p.key, sizeof(fv.flow));
