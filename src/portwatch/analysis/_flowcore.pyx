@@ -127,6 +127,7 @@ cdef class FlowIndex:
     cdef Slot* slots
     cdef Py_ssize_t nslots  # a power of two
     cdef Py_ssize_t count
+    cdef bint busy  # a call is working without the GIL: another must not touch the slots
 
     def __cinit__(self) -> None:
         self.slots = _new_slots(MIN_SLOTS)
@@ -200,10 +201,19 @@ cdef class FlowIndex:
         self.slots[i].row = -1
         self.count -= 1
 
+    cdef int _enter(self) except -1:
+        """Claim the index for one call (under the GIL, so two threads cannot both pass)."""
+        if self.busy:
+            raise RuntimeError("FlowIndex used from two threads at once (the caller must lock)")
+        self.busy = True
+        return 0
+
     # -- Python API -----------------------------------------------------------
 
     def clear(self) -> None:
         """Forget every key."""
+        if self.busy:
+            raise RuntimeError("FlowIndex used from two threads at once (the caller must lock)")
         cdef Slot* s = _new_slots(MIN_SLOTS)
         if s == NULL:
             raise MemoryError("flow index")
@@ -217,11 +227,15 @@ cdef class FlowIndex:
         cdef Py_ssize_t n = _key_count(keys, rows.shape[0])
         cdef Py_ssize_t i, at
         cdef Key k
-        with nogil:
-            for i in range(n):
-                _read_key(&keys[i * KEY_WIDTH], &k)
-                at = self._find(&k, _hash(&k))
-                rows[i] = self.slots[at].row if at >= 0 else -1
+        self._enter()
+        try:
+            with nogil:
+                for i in range(n):
+                    _read_key(&keys[i * KEY_WIDTH], &k)
+                    at = self._find(&k, _hash(&k))
+                    rows[i] = self.slots[at].row if at >= 0 else -1
+        finally:
+            self.busy = False
 
     def insert(self, const uint8_t[::1] keys, const int64_t[::1] rows) -> None:
         """Map each packed key to its row (a key already present is remapped)."""
@@ -233,16 +247,20 @@ cdef class FlowIndex:
         for i in range(n):
             if rows[i] < 0:
                 raise ValueError(f"row {rows[i]} of key {i} is negative")
-        with nogil:
-            for i in range(n):
-                _read_key(&keys[i * KEY_WIDTH], &k)
-                h = _hash(&k)
-                at = self._find(&k, h)
-                if at >= 0:
-                    self.slots[at].row = rows[i]
-                elif self._insert_at(-1 - at, &k, h, rows[i]) < 0:
-                    err = 1
-                    break
+        self._enter()
+        try:
+            with nogil:
+                for i in range(n):
+                    _read_key(&keys[i * KEY_WIDTH], &k)
+                    h = _hash(&k)
+                    at = self._find(&k, h)
+                    if at >= 0:
+                        self.slots[at].row = rows[i]
+                    elif self._insert_at(-1 - at, &k, h, rows[i]) < 0:
+                        err = 1
+                        break
+        finally:
+            self.busy = False
         if err:
             raise MemoryError("flow index")
 
@@ -251,13 +269,17 @@ cdef class FlowIndex:
         cdef Py_ssize_t n = _key_count(keys, -1)
         cdef Py_ssize_t i, at, gone = 0
         cdef Key k
-        with nogil:
-            for i in range(n):
-                _read_key(&keys[i * KEY_WIDTH], &k)
-                at = self._find(&k, _hash(&k))
-                if at >= 0:
-                    self._delete_at(at)
-                    gone += 1
+        self._enter()
+        try:
+            with nogil:
+                for i in range(n):
+                    _read_key(&keys[i * KEY_WIDTH], &k)
+                    at = self._find(&k, _hash(&k))
+                    if at >= 0:
+                        self._delete_at(at)
+                        gone += 1
+        finally:
+            self.busy = False
         return gone
 
     def update(self,
@@ -315,71 +337,75 @@ cdef class FlowIndex:
         cdef uint16_t sp, dp
         cdef int64_t row, when
         cdef Key k
-        with nogil:
-            for i in range(n):
-                flow_of_packet[i] = -1
-                if status[i] != STATUS_OK:
-                    continue
-                t = transport_of_proto[ip_proto[i]]
-                if t == NO_TRANSPORT:
-                    continue
-                sh = src_hi[i]
-                sl = src_lo[i]
-                sp = src_port[i]
-                dh = dst_hi[i]
-                dl = dst_lo[i]
-                dp = dst_port[i]
-                swap = sh > dh or (sh == dh and (sl > dl or (sl == dl and sp > dp)))
-                k.t = t
-                if swap:
-                    k.ah, k.al, k.ap, k.bh, k.bl, k.bp = dh, dl, dp, sh, sl, sp
-                else:
-                    k.ah, k.al, k.ap, k.bh, k.bl, k.bp = sh, sl, sp, dh, dl, dp
-                h = _hash(&k)
-                at = self._find(&k, h)
-                if at >= 0:
-                    row = self.slots[at].row
-                else:
-                    if used_free < nfree:
-                        used_free += 1
-                        row = free_rows[nfree - used_free]
-                    elif size < cap:
-                        row = size
-                        size += 1
+        self._enter()
+        try:
+            with nogil:
+                for i in range(n):
+                    flow_of_packet[i] = -1
+                    if status[i] != STATUS_OK:
+                        continue
+                    t = transport_of_proto[ip_proto[i]]
+                    if t == NO_TRANSPORT:
+                        continue
+                    sh = src_hi[i]
+                    sl = src_lo[i]
+                    sp = src_port[i]
+                    dh = dst_hi[i]
+                    dl = dst_lo[i]
+                    dp = dst_port[i]
+                    swap = sh > dh or (sh == dh and (sl > dl or (sl == dl and sp > dp)))
+                    k.t = t
+                    if swap:
+                        k.ah, k.al, k.ap, k.bh, k.bl, k.bp = dh, dl, dp, sh, sl, sp
                     else:
-                        err = 2  # the caller did not grow the arrays
-                        break
-                    if self._insert_at(-1 - at, &k, h, row) < 0:
-                        err = 1
-                        break
-                    _write_key(&keys[row * KEY_WIDTH], &k)
-                    alive[row] = 1
-                if packets_ab[row] == 0 and packets_ba[row] == 0:
-                    encap[row] = encap_in[i]  # the flow's first packet
-                from_a = not swap
-                flags = tcp_flags[i]
-                bits = flags if ip_proto[i] == PROTO_TCP else 0
-                if from_a:
-                    packets_ab[row] += 1
-                    bytes_ab[row] += wirelen[i]
-                    tcp_flags_ab[row] |= bits
-                else:
-                    packets_ba[row] += 1
-                    bytes_ba[row] += wirelen[i]
-                    tcp_flags_ba[row] |= bits
-                when = ts[i]
-                if when < first_ns[row]:  # strictly: the first of equal earliest packets
-                    first_ns[row] = when
-                    first_flags[row] = bits
-                    first_from_a[row] = from_a
-                if when > last_ns[row]:
-                    last_ns[row] = when
-                if bits & SYN:  # SYN goes to the server, SYN-ACK comes from it
-                    if bits & ACK:
-                        handshake_side[row] = SIDE_A if from_a else SIDE_B
+                        k.ah, k.al, k.ap, k.bh, k.bl, k.bp = sh, sl, sp, dh, dl, dp
+                    h = _hash(&k)
+                    at = self._find(&k, h)
+                    if at >= 0:
+                        row = self.slots[at].row
                     else:
-                        handshake_side[row] = SIDE_B if from_a else SIDE_A
-                flow_of_packet[i] = row
+                        if used_free < nfree:
+                            used_free += 1
+                            row = free_rows[nfree - used_free]
+                        elif size < cap:
+                            row = size
+                            size += 1
+                        else:
+                            err = 2  # the caller did not grow the arrays
+                            break
+                        if self._insert_at(-1 - at, &k, h, row) < 0:
+                            err = 1
+                            break
+                        _write_key(&keys[row * KEY_WIDTH], &k)
+                        alive[row] = 1
+                    if packets_ab[row] == 0 and packets_ba[row] == 0:
+                        encap[row] = encap_in[i]  # the flow's first packet
+                    from_a = not swap
+                    flags = tcp_flags[i]
+                    bits = flags if ip_proto[i] == PROTO_TCP else 0
+                    if from_a:
+                        packets_ab[row] += 1
+                        bytes_ab[row] += wirelen[i]
+                        tcp_flags_ab[row] |= bits
+                    else:
+                        packets_ba[row] += 1
+                        bytes_ba[row] += wirelen[i]
+                        tcp_flags_ba[row] |= bits
+                    when = ts[i]
+                    if when < first_ns[row]:  # strictly: the first of equal earliest packets
+                        first_ns[row] = when
+                        first_flags[row] = bits
+                        first_from_a[row] = from_a
+                    if when > last_ns[row]:
+                        last_ns[row] = when
+                    if bits & SYN:  # SYN goes to the server, SYN-ACK comes from it
+                        if bits & ACK:
+                            handshake_side[row] = SIDE_A if from_a else SIDE_B
+                        else:
+                            handshake_side[row] = SIDE_B if from_a else SIDE_A
+                    flow_of_packet[i] = row
+        finally:
+            self.busy = False
         if err == 1:
             raise MemoryError("flow index")
         if err == 2:
