@@ -241,6 +241,19 @@ def test_compiled_pass_refuses_columns_of_other_lengths() -> None:
 
 
 @needs_core
+def test_compiled_pass_refuses_an_index_row_outside_the_table() -> None:
+    ft = FlowTable(capacity=4, engine="compiled")
+    row = {"status": DecodeStatus.OK, "proto": 17, "src": (_ADDRS[0], 1000),
+           "dst": (_ADDRS[1], 53), "flags": 0, "wirelen": 60, "ts": 1, "encap": 0,
+           "outer": []}
+    decoded, ts = _decoded([row])
+    ft.update(decoded, ts)
+    ft._index = {ft.keys[:1].tobytes(): 4096}
+    with pytest.raises(ValueError, match="maps a key to row 4096, outside the table's 4 rows"):
+        ft.update(decoded, ts)
+
+
+@needs_core
 def test_an_index_assigned_by_a_merge_is_used_by_later_batches() -> None:
     rows = [{"status": DecodeStatus.OK, "proto": 17, "src": (_ADDRS[0], 1000 + i),
              "dst": (_ADDRS[1], 53), "flags": 0, "wirelen": 60, "ts": i, "encap": 0,

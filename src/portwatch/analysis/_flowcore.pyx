@@ -363,6 +363,9 @@ cdef class FlowIndex:
                     at = self._find(&k, h)
                     if at >= 0:
                         row = self.slots[at].row
+                        if row >= cap:  # an index filled by ``insert`` for a bigger table
+                            err = 3
+                            break
                     else:
                         if used_free < nfree:
                             used_free += 1
@@ -410,5 +413,7 @@ cdef class FlowIndex:
             raise MemoryError("flow index")
         if err == 2:
             raise ValueError(f"the batch needs more than the table's {cap} rows")
+        if err == 3:
+            raise ValueError(f"the index maps a key to row {row}, outside the table's {cap} rows")
         return size, used_free
 
