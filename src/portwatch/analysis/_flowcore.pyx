@@ -175,13 +175,17 @@ cdef class FlowIndex:
 
     cdef int _insert_at(self, Py_ssize_t at, const Key* k, uint64_t h,
                         int64_t row) noexcept nogil:
-        """Fill empty slot ``at`` (from ``_find``), growing after; -1 when out of memory."""
+        """Put absent ``k`` in empty slot ``at`` (from ``_find``), growing first if that
+        would leave the slots more than half full; -1 when out of memory (nothing added,
+        so the slots never fill and a probe always ends)."""
+        if 2 * (self.count + 1) > self.nslots:
+            if self._grow() < 0:
+                return -1
+            at = -1 - self._find(k, h)
         self.slots[at].key = k[0]
         self.slots[at].hash = h
         self.slots[at].row = row
         self.count += 1
-        if 2 * self.count > self.nslots:
-            return self._grow()
         return 0
 
     cdef void _delete_at(self, Py_ssize_t i) noexcept nogil:
