@@ -112,7 +112,8 @@ def assert_same_table(ours: FlowTable, ref: FlowTable) -> None:
     assert mine.keys() == theirs.keys()
     for name, want in theirs.items():
         np.testing.assert_array_equal(mine[name], want, err_msg=name)
-    assert ours._index == ref._index
+    assert ours._index == ref._index  # every live key found at its row in the C index
+    assert len(ours._core) == len(ref._index)  # and nothing else held
 
 
 def _both(capacity: int = 1) -> tuple[FlowTable, FlowTable]:

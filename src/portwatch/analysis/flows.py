@@ -209,13 +209,15 @@ class FlowTable:
 
     @property
     def _index(self) -> dict[bytes, int]:
-        """Key bytes -> row of every live flow (with the compiled core: a copy)."""
+        """Key bytes -> row of every live flow (with the compiled core: a copy, as looked up)."""
         if self._core is None:
             return self._rows
-        live = np.flatnonzero(self.alive[: self.size])
-        raw = self.keys[live].tobytes()
+        keys = self.keys[np.flatnonzero(self.alive[: self.size])]
+        found = np.empty(keys.shape[0], dtype=np.int64)
+        self._core.lookup(keys.view(np.uint8), found)
+        raw = keys.tobytes()
         width = _KEY_DTYPE.itemsize
-        return {raw[i * width : (i + 1) * width]: int(r) for i, r in enumerate(live)}
+        return {raw[i * width : (i + 1) * width]: int(r) for i, r in enumerate(found) if r >= 0}
 
     @_index.setter
     def _index(self, rows: dict[bytes, int]) -> None:
