@@ -1,4 +1,5 @@
-"""Builds the optional compiled capture framing (``portwatch.capture.files._core``).
+"""Builds the optional compiled extensions: capture framing (``portwatch.capture.files._core``)
+and the flow table core (``portwatch.analysis._flowcore``).
 
 Everything else is declared in pyproject.toml. The extension is optional: with
 no C compiler (or no Cython) the install still succeeds and portwatch frames
@@ -13,6 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "src/portwatch/capture/files/_core.pyx"
+FLOWCORE_SOURCE = "src/portwatch/analysis/_flowcore.pyx"
 
 
 class OptionalBuildExt(build_ext):
@@ -43,7 +45,13 @@ def extensions() -> list[Extension]:
         extra_compile_args=["-O3", "-g0"],
         optional=True,
     )
-    return cythonize([ext], language_level=3, quiet=True)
+    flowcore = Extension(
+        "portwatch.analysis._flowcore",
+        [FLOWCORE_SOURCE],
+        extra_compile_args=["-O3", "-g0"],
+        optional=True,
+    )
+    return cythonize([ext, flowcore], language_level=3, quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

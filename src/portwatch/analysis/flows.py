@@ -26,10 +26,20 @@ counts both: a VXLAN packet adds one packet and its whole wire length to its
 inner flow *and* to its udp/4789 flow, as ``tshark -z conv`` counts a frame in
 every conversation it belongs to. (Capture totals, in ``Analyzer``, count it
 once.) ``encap`` is the encapsulation stack of a flow's first packet.
+
+Two engines count a batch, with identical results (``tests/analysis/
+test_flowcore.py``): the compiled core (``_flowcore``: a C hash index of
+flow keys and one pass over the batch with the GIL released) when it is
+built, and the numpy engine here, the fallback and the reference.
+``PORTWATCH_FLOWS=numpy`` forces numpy; ``PORTWATCH_VERBOSE=1`` says once
+which one runs. Either way new flows take the most recently freed row first,
+else the next row, in order of first appearance in the batch.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +49,21 @@ import numpy.typing as npt
 
 from portwatch.analysis.verdict import STATUS_REASONS, FlagReason, FlowDecisions, ServiceSideRule
 from portwatch.decode.native import TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
+from portwatch.errors import UsageError
 from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
-__all__ = ["FlowLimits", "FlowTable"]
+try:
+    from portwatch.analysis._flowcore import KEY_BYTES as _CORE_KEY_BYTES
+    from portwatch.analysis._flowcore import FlowIndex
+except ImportError as _exc:  # not built (no compiler): numpy counts flows
+    COMPILED = False
+    _WHY_NOT = f"the compiled flow table is not built ({_exc})"
+else:
+    COMPILED = True
+    _WHY_NOT = ""
+
+__all__ = ["COMPILED", "FLOW_ENGINES", "FlowLimits", "FlowTable"]
 
 U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
@@ -57,8 +78,43 @@ _SIDE_UNKNOWN, _SIDE_A, _SIDE_B = 0, 1, 2
 _FIRST_DYNAMIC = DYNAMIC_PORTS.start
 _NO_ROWS = np.empty(0, dtype=np.int64)
 _NO_ROWS.flags.writeable = False
+_TRANSPORT_OF_PROTO = np.ascontiguousarray(TRANSPORT_OF_PROTO, dtype=np.uint8)
 _KEY_DTYPE = np.dtype([("t", "u1"), ("ah", "u8"), ("al", "u8"), ("ap", "u2"),
                        ("bh", "u8"), ("bl", "u8"), ("bp", "u2")])
+if COMPILED and _KEY_DTYPE.itemsize != _CORE_KEY_BYTES:  # the C side reads keys as bytes
+    COMPILED = False
+    _WHY_NOT = f"_flowcore reads {_CORE_KEY_BYTES}-byte keys, not {_KEY_DTYPE.itemsize}"
+
+#: ``FlowTable(engine=...)`` and ``PORTWATCH_FLOWS``: ``auto`` is compiled when built.
+FLOW_ENGINES = ("auto", "compiled", "numpy")
+_said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
+
+
+def _choose(engine: str | None) -> bool:
+    """Whether to count with the compiled core; says which once under PORTWATCH_VERBOSE=1.
+
+    ``engine=None`` reads ``PORTWATCH_FLOWS`` (``numpy`` forces the reference
+    engine, for comparisons and benchmarks).
+    """
+    from_env = engine is None
+    if engine is None:
+        engine = os.environ.get("PORTWATCH_FLOWS", "auto") or "auto"
+    problem = ""
+    if engine not in FLOW_ENGINES:
+        problem = f"flow engine must be one of {', '.join(FLOW_ENGINES)}, not {engine!r}"
+    elif engine == "compiled" and not COMPILED:
+        problem = _WHY_NOT
+    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
+        raise UsageError(f"PORTWATCH_FLOWS: {problem}")
+    if problem:
+        raise ValueError(problem)
+    compiled = COMPILED and engine != "numpy"
+    if "flows" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
+        _said.add("flows")
+        which = "compiled (_flowcore)" if compiled else "numpy"
+        why = f"; {_WHY_NOT}" if not COMPILED else ""
+        print(f"portwatch: flow table: {which}{why}", file=sys.stderr)
+    return compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +141,16 @@ def _mix(x: U64) -> U64:
 
 
 class FlowTable:
-    """Counters of every flow seen, in growable column arrays."""
+    """Counters of every flow seen, in growable column arrays.
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self._index: dict[bytes, int] = {}
+    ``engine``: ``auto`` (compiled when built), ``compiled`` or ``numpy``;
+    ``None`` reads ``PORTWATCH_FLOWS``.
+    """
+
+    def __init__(self, capacity: int = 1024, *, engine: str | None = None) -> None:
+        #: The compiled key index, or None when numpy counts (``_rows`` is the index then).
+        self._core: FlowIndex | None = FlowIndex() if _choose(engine) else None
+        self._rows: dict[bytes, int] = {}
         self._free: list[int] = []  # rows of evicted flows, reused first
         self.size = 0  # rows in use or freed; row indices stay stable
         self.evicted = 0
@@ -141,6 +203,41 @@ class FlowTable:
         return self.size - len(self._free)
 
     @property
+    def compiled(self) -> bool:
+        """Whether the compiled core counts this table's batches."""
+        return self._core is not None
+
+    @property
+    def _index(self) -> dict[bytes, int]:
+        """Key bytes -> row of every live flow (with the compiled core: a copy, as looked up)."""
+        if self._core is None:
+            return self._rows
+        keys = self.keys[np.flatnonzero(self.alive[: self.size])]
+        found = np.empty(keys.shape[0], dtype=np.int64)
+        self._core.lookup(keys.view(np.uint8), found)
+        raw = keys.tobytes()
+        width = _KEY_DTYPE.itemsize
+        return {raw[i * width : (i + 1) * width]: int(r) for i, r in enumerate(found) if r >= 0}
+
+    @_index.setter
+    def _index(self, rows: dict[bytes, int]) -> None:
+        # ``merge.MergedCapture.analyzer`` assigns the index of the rows it filled.
+        if self._core is None:
+            self._rows = rows
+            return
+        self._core.clear()
+        if rows:
+            self._core.insert(np.frombuffer(b"".join(rows), dtype=np.uint8),
+                              np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
+
+    def reindex(self) -> None:
+        """Rebuild the key index from the live rows (after filling ``keys``/``alive`` directly)."""
+        live = np.flatnonzero(self.alive[: self.size])
+        raw = self.keys[live].tobytes()
+        width = _KEY_DTYPE.itemsize
+        self._index = {raw[i * width : (i + 1) * width]: int(r) for i, r in enumerate(live)}
+
+    @property
     def transport(self) -> U8:
         return self.keys["t"][: self.size]
 
@@ -172,6 +269,8 @@ class FlowTable:
         return self._update_rows(decoded, timestamps_ns)
 
     def _update_rows(self, decoded: DecodedBatch, timestamps_ns: I64) -> I64:
+        if self._core is not None:
+            return self._update_compiled(self._core, decoded, timestamps_ns)
         n = len(decoded)
         flow_of_packet = np.full(n, -1, dtype=np.int64)
         transport = TRANSPORT_OF_PROTO[decoded.ip_proto]
@@ -200,9 +299,41 @@ class FlowTable:
         self._count(decoded, idx, per_packet, ~swap, timestamps_ns[idx])
         return flow_of_packet
 
+    def _update_compiled(self, core: FlowIndex, decoded: DecodedBatch,
+                         timestamps_ns: I64) -> I64:
+        """``_update_rows`` by the compiled core: one pass, straight into the columns."""
+        n = len(decoded)
+        flow_of_packet = np.empty(n, dtype=np.int64)
+        if n == 0:
+            return flow_of_packet
+        needed = self.size + n - len(self._free)  # at most one new flow per packet
+        if needed > self.capacity:
+            self._alloc(max(needed, self.capacity * 2))
+        free = np.asarray(self._free[-n:], dtype=np.int64) if self._free else _NO_ROWS
+        c = np.ascontiguousarray
+        self.size, used = core.update(
+            c(decoded.status, np.uint8), c(decoded.ip_proto, np.uint8),
+            c(decoded.src_hi, np.uint64), c(decoded.src_lo, np.uint64),
+            c(decoded.dst_hi, np.uint64), c(decoded.dst_lo, np.uint64),
+            c(decoded.src_port, np.uint16), c(decoded.dst_port, np.uint16),
+            c(decoded.tcp_flags, np.uint8), c(decoded.wirelen, np.uint32),
+            c(decoded.encap, np.uint16), c(timestamps_ns, np.int64), _TRANSPORT_OF_PROTO,
+            self.keys.view(np.uint8), self.packets_ab, self.packets_ba,
+            self.bytes_ab, self.bytes_ba, self.first_ns, self.last_ns,
+            self.handshake_side, self.tcp_flags_ab, self.tcp_flags_ba, self.first_flags,
+            self.first_from_a.view(np.uint8), self.alive.view(np.uint8), self.encap,
+            free, self.size, flow_of_packet)
+        if used:
+            del self._free[-used:]
+        return flow_of_packet
+
     @staticmethod
     def _group(keys: npt.NDArray[np.void]) -> tuple[I64, I64]:
-        """Group equal keys: (group of each row, first row of each group)."""
+        """Group equal keys: (group of each row, first row of each group).
+
+        Groups are numbered in order of first appearance, so new flows get
+        rows in that order (as the compiled core gives them).
+        """
         if keys.shape[0] == 1:  # one packet at a time (the Annotator): nothing to group
             return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
         h = _mix(keys["ah"] ^ _mix(keys["al"] + keys["t"].astype(np.uint64)))
@@ -216,7 +347,10 @@ class FlowTable:
                    for name in _KEY_DTYPE.names or ()):
             void = keys.view(np.dtype((np.void, _KEY_DTYPE.itemsize)))
             _, first, inverse = np.unique(void, return_index=True, return_inverse=True)
-        return inverse.astype(np.int64).reshape(-1), first.astype(np.int64)
+        order = np.argsort(first)
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size, dtype=np.int64)
+        return rank[inverse.reshape(-1)], first[order].astype(np.int64)
 
     def _flow_ids(self, distinct: npt.NDArray[np.void]) -> I64:
         """Flow row of each distinct key, adding rows for keys not seen before.
@@ -226,7 +360,7 @@ class FlowTable:
         """
         raw = distinct.tobytes()
         width = _KEY_DTYPE.itemsize
-        index = self._index
+        index = self._rows
         keys = [raw[at : at + width] for at in range(0, len(raw), width)]
         found = list(map(index.get, keys))
         new_rows = [i for i, fid in enumerate(found) if fid is None]
@@ -303,10 +437,13 @@ class FlowTable:
         """Forget flows (idle, or over the limit); their rows are reused."""
         if rows.size == 0:
             return
-        raw = self.keys[rows].tobytes()
-        width = _KEY_DTYPE.itemsize
-        for i in range(rows.size):
-            self._index.pop(raw[i * width : (i + 1) * width], None)
+        if self._core is not None:
+            self._core.delete(self.keys[rows].view(np.uint8))
+        else:
+            raw = self.keys[rows].tobytes()
+            width = _KEY_DTYPE.itemsize
+            for i in range(rows.size):
+                self._rows.pop(raw[i * width : (i + 1) * width], None)
         for name in ("packets_ab", "packets_ba", "bytes_ab", "bytes_ba", "handshake_side",
                      "tcp_flags_ab", "tcp_flags_ba", "first_flags", "first_from_a",
                      "encap"):
