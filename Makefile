@@ -37,9 +37,9 @@ $(BPF_OBJ): $(BPF_SRC)
 
 venv: $(STAMP)
 
-# The editable install also compiles the capture framing (Cython, in place next to
-# _core.pyx); without a compiler it warns and portwatch frames with numpy.
-$(STAMP): pyproject.toml setup.py src/portwatch/capture/files/_core.pyx
+# The editable install also compiles the capture core (Cython, in place next to each
+# .pyx); without a compiler it warns and portwatch uses its numpy engines.
+$(STAMP): pyproject.toml setup.py $(wildcard src/portwatch/*/*.pyx src/portwatch/*/*/*.pyx)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

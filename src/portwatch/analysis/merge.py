@@ -173,9 +173,7 @@ class MergedCapture:
             getattr(ft, name)[:n] = values
         ft.alive[:n] = True
         ft.size = n
-        width = self.keys.dtype.itemsize
-        raw = self.keys.tobytes()
-        ft._index = {raw[i * width : (i + 1) * width]: i for i in range(n)}
+        ft.reindex()
         out.flows = ft
         out.packets, out.bytes = self.packets, self.bytes
         out.decode_counts = self.decode_counts.copy()
