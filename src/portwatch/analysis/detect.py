@@ -18,8 +18,9 @@ This module puts the two side by side:
    ``detection`` into the report's flows, a ``protocol-mismatch`` flag with
    the sentence of ``verdict.reasons`` when the payload says another protocol.
 
-Rules: only a payload detection can confirm or contradict the registry; a
-guess from the port (or nothing) leaves the flow ``unconfirmed``, so a flow
+Rules: only a payload detection (nDPI's ``NDPI_CONFIDENCE_DPI``) can confirm or
+contradict the registry; a guess from the port, a partial or aggressive match
+(or nothing) leaves the flow ``unconfirmed``, so a flow
 without payload is never a mismatch. A port with nothing to compare with
 (dynamic, or unlisted by sources that list assigned ports only) stays
 ``unconfirmed`` too; an unassigned or reserved port that carries a detected
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import ipaddress
 import os
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
@@ -88,9 +90,12 @@ __all__ = [
 DEFAULT_PACKETS = 20
 INSTALL_HINT = ("--detect needs nDPI: pip install 'portwatch[detect]' "
                 "(nfstream, which bundles nDPI)")
-#: nDPI's ``ndpi_confidence_t`` values read in the flow's own payload; the others
-#: (by port, by IP, from a cache of earlier flows, a custom rule) are guesses.
-_PAYLOAD_CONFIDENCES = frozenset({3, 6, 8})  # DPI_PARTIAL, DPI, DPI_AGGRESSIVE
+#: nDPI's ``ndpi_confidence_t`` values that count as read in the flow's own payload:
+#: NDPI_CONFIDENCE_DPI only. The others are guesses or hedges, and so ``port-guess``:
+#: by port, by IP, from a cache of earlier flows, a custom rule, and also
+#: DPI_PARTIAL (incomplete information), DPI_PARTIAL_CACHE and DPI_AGGRESSIVE (nDPI's
+#: own "might be a false positive"): none of them may contradict the registry.
+_PAYLOAD_CONFIDENCES = frozenset({6})  # NDPI_CONFIDENCE_DPI
 _UNKNOWN = "unknown"
 #: Records longer than this are cut in the copy nDPI reads (libpcap refuses
 #: records beyond the file's snaplen; nDPI needs the first bytes only).
@@ -246,6 +251,11 @@ def worth_reading(batch: PacketBatch, decoded: DecodedBatch, rows: I64) -> Bool:
     return keep
 
 
+#: Packets of a batch handled at a time when nDPI runs beside (``FirstPackets.add``):
+#: about what the FIFO holds, so nDPI's answers come back within a window or two.
+_WINDOW = 4096
+
+
 class FirstPackets:
     """What nDPI reads of the first ``limit`` packets of every flow, one pcap per link type.
 
@@ -269,6 +279,12 @@ class FirstPackets:
         self._first_ns = np.zeros(0, dtype=np.int64)  # the flow each row held then
         self._evicted = 0
         self._files: dict[int, tuple[str, BinaryIO]] = {}
+        # flows nDPI is done with (set by a subclass whose nDPI runs meanwhile), and the
+        # flow row (and its first_ns) of each 5-tuple whose first packets are being kept
+        self._finished: deque[NdpiFlow] | None = None
+        self._row_of_key: dict[FlowKey, tuple[int, int]] = {}
+        self.closed = 0  # flows nDPI was done with before their first ``limit`` packets
+        self._window = _WINDOW
 
     def _grow(self, size: int) -> None:
         if size <= self._seen.size:
@@ -280,8 +296,19 @@ class FirstPackets:
 
     def add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
             flows: FlowTable) -> None:
-        """Keep what nDPI reads of this batch: ``Analyzer.feed``'s decoding and flow rows."""
-        rows = np.flatnonzero(flow_of_packet >= 0)
+        """Keep what nDPI reads of this batch: ``Analyzer.feed``'s decoding and flow rows.
+
+        With nDPI running meanwhile (``LiveDetection``), a large batch is taken
+        ``_WINDOW`` packets at a time, so that what nDPI finished with while
+        one window was written stops the copying of that flow in the next.
+        """
+        step = self._window if self._finished is not None else len(flow_of_packet)
+        for lo in range(0, len(flow_of_packet), max(step, 1)):
+            self._add(batch, decoded, flow_of_packet, flows, slice(lo, lo + step))
+
+    def _add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
+             flows: FlowTable, window: slice) -> None:
+        rows = window.start + np.flatnonzero(flow_of_packet[window] >= 0)
         if rows.size == 0:
             return
         fid = flow_of_packet[rows]
@@ -291,6 +318,8 @@ class FirstPackets:
             renewed = np.unique(fid[self._first_ns[fid] != flows.first_ns[fid]])
             self._seen[renewed] = 0
             self._first_ns[renewed] = flows.first_ns[renewed]
+        if self._finished:
+            self._close_finished()
         room = self._seen[fid] < self.limit  # flows whose first packets are not all past
         rows, fid = rows[room], fid[room]
         if rows.size == 0:
@@ -306,6 +335,8 @@ class FirstPackets:
         flow_rows = sorted_fid[starts]
         fresh = flow_rows[self._seen[flow_rows] == 0]
         self._first_ns[fresh] = flows.first_ns[fresh]
+        if self._finished is not None and fresh.size:
+            self._remember(flows, fresh)
         self._seen[flow_rows] += lengths
         first = rank + before < self.limit
         rows, opens = rows[first], (rank + before == 0)[first]
@@ -313,6 +344,38 @@ class FirstPackets:
         if chosen.size:
             for linktype in np.unique(batch.linktypes[chosen]).tolist():
                 self._write(batch, chosen[batch.linktypes[chosen] == linktype], linktype)
+
+    def _remember(self, flows: FlowTable, fresh: I64) -> None:
+        """The 5-tuple of each new flow, so nDPI's word that it is done can close it.
+
+        One Python step per flow (never per packet); at most ``_DONE_KEYS`` are
+        kept, the oldest forgotten first (a flow forgotten is merely not closed early).
+        """
+        keys = self._row_of_key
+        for key, row, first in zip(flow_keys(flows, fresh), fresh.tolist(),
+                                   self._first_ns[fresh].tolist(), strict=True):
+            keys[key] = (row, first)
+        for _ in range(len(keys) - _DONE_KEYS):
+            del keys[next(iter(keys))]
+
+    def _close_finished(self) -> None:
+        """Stop keeping packets of the flows nDPI has decided or given up on.
+
+        nDPI reads nothing more of such a flow, so its later packets are not
+        copied: its row counts as past its first packets. A row that holds
+        another flow by now (``first_ns`` changed) is left alone.
+        """
+        finished = self._finished
+        assert finished is not None
+        while finished:
+            got = self._row_of_key.pop(ndpi_key(finished.popleft()), None)
+            if got is None:
+                continue
+            row, first = got
+            if row < self._seen.size and self._first_ns[row] == first \
+                    and self._seen[row] < self.limit:
+                self._seen[row] = self.limit
+                self.closed += 1
 
     def _file(self, linktype: int) -> BinaryIO:
         got = self._files.get(linktype)
@@ -383,6 +446,12 @@ class _Meter(threading.Thread):
             self.error = exc
 
 
+#: The FIFO's size: 64 KiB (Linux's default) holds about 120 full frames, so the
+#: analysis and nDPI took turns every few hundred microseconds; 1 MiB lets each run
+#: through most of a batch (and stays within the unprivileged pipe-max-size).
+_PIPE_BYTES = 1 << 20
+
+
 def _open_writer(path: str, meter: _Meter) -> BinaryIO:
     """The FIFO's writing end, once nDPI's thread opened the reading end (or died)."""
     while True:
@@ -396,6 +465,8 @@ def _open_writer(path: str, meter: _Meter) -> BinaryIO:
                 raise ValueError(str(meter.error or "nDPI stopped before reading")) from None
             time.sleep(0.001)
     os.set_blocking(fd, True)
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; a smaller pipe still works
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
     return os.fdopen(fd, "wb", buffering=1 << 16)
 
 
@@ -416,6 +487,8 @@ class LiveDetection(FirstPackets):
         super().__init__(directory, limit)
         self.on_flow = on_flow
         self.idle_ms = idle_ms
+        self._finished = deque()
+        self._collected: list[NdpiFlow] = []
         self._meters: dict[int, _Meter] = {}
         self._sinks: dict[int, BinaryIO | None] = {}
         self._flows: list[NdpiFlow] | None = None
@@ -426,7 +499,7 @@ class LiveDetection(FirstPackets):
             return self._sinks[linktype]
         path = os.path.join(self.directory, f"first-packets-{linktype}.fifo")
         os.mkfifo(path, 0o600)
-        meter = self._meters[linktype] = _Meter(path, self.limit, self.on_flow, self.idle_ms)
+        meter = self._meters[linktype] = _Meter(path, self.limit, self._reported, self.idle_ms)
         meter.start()
         sink: BinaryIO | None = None
         try:
@@ -437,6 +510,15 @@ class LiveDetection(FirstPackets):
             sink = None
         self._sinks[linktype] = sink
         return sink
+
+    def _reported(self, flow: NdpiFlow) -> None:
+        """nDPI is done with ``flow`` (called in nDPI's thread; deque appends are atomic)."""
+        if self._finished is not None:
+            self._finished.append(flow)
+        if self.on_flow is not None:
+            self.on_flow(flow)
+        else:
+            self._collected.append(flow)
 
     def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
         try:
@@ -467,7 +549,8 @@ class LiveDetection(FirstPackets):
                 meter.join()
                 if meter.error is not None:
                     self.errors.append(f"link type {linktype}: {meter.error}")
-                self._flows += meter.flows
+            self._flows = self._collected
+            self._finished = None
         return self._flows
 
 
@@ -572,12 +655,15 @@ def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None]
                       idle_ms: int = 0) -> list[NdpiFlow]:
     """nDPI over the capture (or FIFO) at ``path``; its flows at the end of the input.
 
-    With ``on_flow`` (a live stream that may never end), each flow is handed
-    to it and freed as soon as nDPI is done with it (nfstream's
-    ``detection_completed``, which waits for nDPI's extra dissection, or
-    ``limit`` packets read), or when no packet of it came for ``idle_ms`` of
-    packet time (time moves with the packets of this stream); its later
-    packets are ignored. Nothing is then returned.
+    A flow is finished (nDPI's answer taken, its state freed, its later
+    packets ignored) as soon as nDPI is done with it: nfstream's
+    ``detection_completed`` (which waits for nDPI's extra dissection),
+    nDPI's own give-up (``already_gaveup``: every dissector excluded, or its
+    packet budget spent; it then reads nothing more of the flow), or
+    ``limit`` packets read. With ``on_flow`` (a live stream that may never
+    end), each finished flow is handed to it at once, and so is a flow no
+    packet of which came for ``idle_ms`` of packet time (time moves with the
+    packets of this stream); nothing is then returned.
     """
     ffi, lib = _engine()
     mode = _SINGLE_FILE
@@ -594,6 +680,9 @@ def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None]
     packet = ffi.new("struct nf_packet *")
     tick = scanned = 0
     forever = _NO_TIMEOUT_S * 1000
+    null = ffi.NULL
+    finished: list[NdpiFlow] = []
+    report = finished.append if on_flow is None else on_flow
 
     def finish(key: tuple[int, ...]) -> NdpiFlow | None:
         meter = meters.pop(key)
@@ -628,27 +717,24 @@ def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None]
             else:
                 lib.meter_update_flow(meter, packet, forever, forever, 0, 0, 0, limit,
                                       dissector, 0)
-            if on_flow is None:
-                continue
-            if meter.detection_completed or meter.bidirectional_packets >= limit:
+            if (meter.detection_completed or meter.bidirectional_packets >= limit
+                    or (meter.ndpi_flow != null and meter.ndpi_flow.already_gaveup)):
                 done[key] = None
                 if len(done) > _DONE_KEYS:
                     done.popitem(last=False)
                 if (flow := finish(key)) is not None:
-                    on_flow(flow)
+                    report(flow)
             if idle_ms and tick - scanned >= min(idle_ms, 1000):  # at most once a second
                 scanned = tick
                 for old in [k for k, m in meters.items()
                             if m.bidirectional_last_seen_ms + idle_ms < tick]:
                     done[old] = None  # what comes later is past its first packets
                     if (flow := finish(old)) is not None:
-                        on_flow(flow)
-        flows = [f for f in map(finish, list(meters)) if f is not None]
-        if on_flow is None:
-            return flows
-        for flow in flows:
-            on_flow(flow)
-        return []
+                        report(flow)
+        for flow in map(finish, list(meters)):
+            if flow is not None:
+                report(flow)
+        return finished
     finally:
         for meter in meters.values():
             lib.meter_free_flow(meter, limit, 0, 1)
