@@ -430,18 +430,20 @@ class _Meter(threading.Thread):
     """nDPI reading one FIFO until its writer closes it (``_meter_in_process``)."""
 
     def __init__(self, path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
-                 idle_ms: int = 0) -> None:
+                 idle_ms: int = 0, on_read: Callable[[int], None] | None = None) -> None:
         super().__init__(name=f"portwatch-ndpi-{os.path.basename(path)}", daemon=True)
         self.path = path
         self.limit = limit
         self.on_flow = on_flow
         self.idle_ms = idle_ms
+        self.on_read = on_read
         self.flows: list[NdpiFlow] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.flows = _meter_in_process(self.path, self.limit, self.on_flow, self.idle_ms)
+            self.flows = _meter_in_process(self.path, self.limit, self.on_flow, self.idle_ms,
+                                           self.on_read)
         except BaseException as exc:  # handed to the analysing thread by LiveDetection.finish
             self.error = exc
 
@@ -481,14 +483,22 @@ class LiveDetection(FirstPackets):
     """
 
     def __init__(self, directory: str, limit: int = DEFAULT_PACKETS, *,
-                 on_flow: Callable[[NdpiFlow], None] | None = None, idle_ms: int = 0) -> None:
+                 on_flow: Callable[[NdpiFlow], None] | None = None, idle_ms: int = 0,
+                 waitable: bool = False) -> None:
         """``on_flow``/``idle_ms``: report each flow as soon as nDPI is done with it
-        (``_meter_in_process``), from nDPI's thread, for a capture that never ends."""
+        (``_meter_in_process``), from nDPI's thread, for a capture that never ends.
+        ``waitable``: nDPI's thread says how far it has read, so that ``wait`` works
+        (a little Python per packet read: off unless asked for)."""
         super().__init__(directory, limit)
         self.on_flow = on_flow
         self.idle_ms = idle_ms
         self._finished = deque()
         self._collected: list[NdpiFlow] = []
+        # records each link type's nDPI thread has dealt with (``wait``), and their writes
+        self._read: dict[int, int] = {}
+        self._written: dict[int, int] = {}
+        self._progress = threading.Condition()
+        self.waitable = waitable
         self._meters: dict[int, _Meter] = {}
         self._sinks: dict[int, BinaryIO | None] = {}
         self._flows: list[NdpiFlow] | None = None
@@ -499,7 +509,9 @@ class LiveDetection(FirstPackets):
             return self._sinks[linktype]
         path = os.path.join(self.directory, f"first-packets-{linktype}.fifo")
         os.mkfifo(path, 0o600)
-        meter = self._meters[linktype] = _Meter(path, self.limit, self._reported, self.idle_ms)
+        meter = self._meters[linktype] = _Meter(
+            path, self.limit, self._reported, self.idle_ms,
+            functools.partial(self._dealt_with, linktype) if self.waitable else None)
         meter.start()
         sink: BinaryIO | None = None
         try:
@@ -510,6 +522,36 @@ class LiveDetection(FirstPackets):
             sink = None
         self._sinks[linktype] = sink
         return sink
+
+    def _dealt_with(self, linktype: int, records: int) -> None:
+        """nDPI's thread has read and dealt with ``records`` records of ``linktype``."""
+        if records >= self._written.get(linktype, 0):  # someone may be waiting: wake them
+            with self._progress:
+                self._read[linktype] = records
+                self._progress.notify_all()
+        else:
+            self._read[linktype] = records
+
+    def wait(self, timeout: float = 5.0) -> bool:
+        """Wait until nDPI has dealt with every packet written so far (its answers given).
+
+        For a caller that wants nDPI's word on the packet it just added (the
+        per-packet API); False if nDPI took longer than ``timeout`` seconds, or
+        stopped. A stream's own pace needs no waiting: ``add`` never waits.
+        """
+        if not self.waitable:
+            raise ValueError("LiveDetection.wait needs LiveDetection(..., waitable=True)")
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while True:
+                behind = [lt for lt, n in self._written.items() if self._read.get(lt, 0) < n
+                          and self._meters[lt].is_alive() and self._sinks.get(lt) is not None]
+                left = deadline - time.monotonic()
+                if not behind:
+                    return True
+                if left <= 0:
+                    return False
+                self._progress.wait(min(left, 0.05))
 
     def _reported(self, flow: NdpiFlow) -> None:
         """nDPI is done with ``flow`` (called in nDPI's thread; deque appends are atomic)."""
@@ -526,6 +568,7 @@ class LiveDetection(FirstPackets):
             sink = self._sinks.get(linktype)
             if sink is not None:
                 sink.flush()  # a live capture may pause: nDPI reads each batch as it comes
+                self._written[linktype] = self._written.get(linktype, 0) + int(idx.size)
         except BrokenPipeError:  # nDPI's thread stopped reading: its error says why
             sink = self._sinks.pop(linktype, None)
             with contextlib.suppress(OSError):
@@ -652,7 +695,8 @@ _DONE_KEYS = 1 << 20
 
 
 def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
-                      idle_ms: int = 0) -> list[NdpiFlow]:
+                      idle_ms: int = 0,
+                      on_read: Callable[[int], None] | None = None) -> list[NdpiFlow]:
     """nDPI over the capture (or FIFO) at ``path``; its flows at the end of the input.
 
     A flow is finished (nDPI's answer taken, its state freed, its later
@@ -664,6 +708,10 @@ def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None]
     end), each finished flow is handed to it at once, and so is a flow no
     packet of which came for ``idle_ms`` of packet time (time moves with the
     packets of this stream); nothing is then returned.
+
+    ``on_read(n)``, if given, is told after each record that ``n`` records
+    have been read and dealt with (what a caller waiting for nDPI's answer on
+    the packet it just wrote needs: ``LiveDetection.wait``).
     """
     ffi, lib = _engine()
     mode = _SINGLE_FILE
@@ -683,6 +731,7 @@ def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None]
     null = ffi.NULL
     finished: list[NdpiFlow] = []
     report = finished.append if on_flow is None else on_flow
+    records = 0
 
     def finish(key: tuple[int, ...]) -> NdpiFlow | None:
         meter = meters.pop(key)
@@ -694,9 +743,13 @@ def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None]
 
     try:
         while True:
+            if on_read is not None and records:
+                on_read(records)  # the record before this one is dealt with
             ret = lib.capture_next(capture, packet, 0, 1, 0, mode)
             if ret < -1:  # end of input (-1: nothing read this time; 0: ignored)
                 break
+            if ret >= 0:
+                records += 1
             if ret != 1:
                 continue
             if packet.time > tick:
