@@ -596,6 +596,8 @@ def test_the_meter_finishes_a_flow_once_ndpi_gives_up_and_ignores_its_later_pack
     decoded, flows = analyzer.feed(batch)
     keeper.add(batch, decoded, flows, analyzer.flows)
     (path,) = keeper.close()
+    from portwatch.analysis import _ndpi_meter
+
     ffi, lib = detect._engine()
     updates = 0
 
@@ -610,7 +612,7 @@ def test_the_meter_finishes_a_flow_once_ndpi_gives_up_and_ignores_its_later_pack
             updates += 1
             return lib.meter_update_flow(*args)
 
-    monkeypatch.setattr(detect, "_engine", lambda: (ffi, Counting()))
+    monkeypatch.setattr(_ndpi_meter, "engine", lambda: (ffi, Counting()))
     (flow,) = detect._meter_in_process(path, 20)
     assert FlowDetection.of(flow).confidence is not Confidence.PAYLOAD
     assert 0 < updates < 19

@@ -40,11 +40,12 @@ import ipaddress
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
@@ -52,6 +53,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from portwatch.analysis import _ndpi_meter
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowTable
 from portwatch.analysis.ndpi_names import confirms
@@ -102,9 +104,7 @@ _UNKNOWN = "unknown"
 _SNAPLEN = 65535
 _PCAP_NSEC_MAGIC = 0xA1B23C4D
 _RECORD = np.dtype([("sec", "<u4"), ("nsec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
-#: nfstream splits flows on timeouts; portwatch's analysis of a file never
-#: does, so nDPI's flows must not either (seconds, well inside uint64 ms).
-_NO_TIMEOUT_S = 10 ** 9
+_NO_TIMEOUT_S = _ndpi_meter.NO_TIMEOUT_S  # a file's flow never times out
 
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
@@ -116,16 +116,14 @@ Bool = npt.NDArray[np.bool_]
 # libpcap reader, its flow meter and nDPI, statically linked. ``import
 # nfstream`` would also import pandas (0.4 s); the engine alone imports in 1 ms.
 
-_SINGLE_FILE = 0  # nfstream.utils.NFMode.SINGLE_FILE
 
 
 def _engine() -> tuple[Any, Any]:
     """nfstream's compiled engine, ``(ffi, lib)``; ``UsageError`` with the hint if absent."""
     try:
-        from _lib_engine import ffi, lib
+        return _ndpi_meter.engine()
     except ImportError as exc:
         raise UsageError(INSTALL_HINT) from exc
-    return ffi, lib
 
 
 def require_ndpi() -> None:
@@ -148,18 +146,7 @@ def detector_version() -> str:
     return f"nDPI {ndpi} (nfstream {ffi.string(lib.engine_lib_version()).decode()})"
 
 
-def _dissector(ffi: Any, lib: Any) -> Any:
-    """An nDPI detection module with every protocol enabled, as nfstream's meter makes it."""
-    checker = ffi.new("struct dissector_checker *")
-    checker.flow_size = ffi.sizeof("struct ndpi_flow_struct")
-    checker.flow_tcp_size = ffi.sizeof("struct ndpi_flow_tcp_struct")
-    checker.flow_udp_size = ffi.sizeof("struct ndpi_flow_udp_struct")
-    dissector = lib.dissector_init(checker)
-    if dissector == ffi.NULL:
-        raise RuntimeError("nDPI's detection module could not be initialised "
-                           "(nfstream's engine and its nDPI headers disagree)")
-    lib.dissector_configure(dissector)
-    return dissector
+_dissector = _ndpi_meter.dissector
 
 
 def ndpi_protocols() -> list[str]:
@@ -427,7 +414,15 @@ def _pcap_header(linktype: int) -> bytes:
 
 
 class _Meter(threading.Thread):
-    """nDPI reading one FIFO until its writer closes it (``_meter_in_process``)."""
+    """nDPI reading one FIFO until its writer closes it, in a child process.
+
+    The child (``python .../_ndpi_meter.py``, which imports no more than
+    nfstream's engine) runs nDPI's Python loop on its own GIL, on
+    the other core; this thread reads its lines, hands each finished flow to
+    ``on_flow`` (else keeps it in ``flows``) and each "records read" count to
+    ``on_read``. The child ends at the end of the FIFO; its error, if any,
+    is ``error``.
+    """
 
     def __init__(self, path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
                  idle_ms: int = 0, on_read: Callable[[int], None] | None = None) -> None:
@@ -439,13 +434,50 @@ class _Meter(threading.Thread):
         self.on_read = on_read
         self.flows: list[NdpiFlow] = []
         self.error: BaseException | None = None
+        self._child: subprocess.Popen[str] | None = None
 
     def run(self) -> None:
         try:
-            self.flows = _meter_in_process(self.path, self.limit, self.on_flow, self.idle_ms,
-                                           self.on_read)
+            self._run()
         except BaseException as exc:  # handed to the analysing thread by LiveDetection.finish
             self.error = exc
+
+    def _run(self) -> None:
+        # the module's file, not ``-m``: the child imports nothing of portwatch at all
+        with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+                [sys.executable, _ndpi_meter.__file__, self.path, str(self.limit),
+                 str(self.idle_ms), "1" if self.on_read is not None else "0"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
+                start_new_session=True) as child:  # a terminal's ^C is the parent's alone
+            self._child = child
+            self._read_lines(child)
+            status = child.wait()
+            errors.seek(0)
+            err = errors.read().strip()
+        if status != 0:
+            raise ValueError(err.splitlines()[-1] if err else
+                             f"nDPI's meter exited with status {status}")
+
+    def _read_lines(self, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("R\t"):
+                if self.on_read is not None:
+                    self.on_read(int(line[2:]))
+                continue
+            flow = _flow_of_record(_parse_record(line))
+            if flow is None:
+                continue
+            if self.on_flow is not None:
+                self.on_flow(flow)
+            else:
+                self.flows.append(flow)
+
+    def stop(self) -> None:
+        """End the child now (its FIFO is closed or gone: nothing more to read)."""
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
 
 
 #: The FIFO's size: 64 KiB (Linux's default) holds about 120 full frames, so the
@@ -519,6 +551,7 @@ class LiveDetection(FirstPackets):
             sink.write(_pcap_header(linktype))
         except (ValueError, BrokenPipeError) as exc:
             self.errors.append(f"link type {linktype}: {exc}")
+            meter.stop()
             sink = None
         self._sinks[linktype] = sink
         return sink
@@ -691,123 +724,43 @@ def run_ndpi(paths: Sequence[str], limit: int = DEFAULT_PACKETS) -> list[NdpiFlo
 
 
 #: Flows a live meter finished early, remembered so their later packets are ignored.
-_DONE_KEYS = 1 << 20
+_DONE_KEYS = _ndpi_meter.DONE_KEYS
 
 
 def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
                       idle_ms: int = 0,
                       on_read: Callable[[int], None] | None = None) -> list[NdpiFlow]:
-    """nDPI over the capture (or FIFO) at ``path``; its flows at the end of the input.
+    """nDPI over the capture (or FIFO) at ``path`` in this process (``_ndpi_meter.meter``).
 
-    A flow is finished (nDPI's answer taken, its state freed, its later
-    packets ignored) as soon as nDPI is done with it: nfstream's
-    ``detection_completed`` (which waits for nDPI's extra dissection),
-    nDPI's own give-up (``already_gaveup``: every dissector excluded, or its
-    packet budget spent; it then reads nothing more of the flow), or
-    ``limit`` packets read. With ``on_flow`` (a live stream that may never
-    end), each finished flow is handed to it at once, and so is a flow no
-    packet of which came for ``idle_ms`` of packet time (time moves with the
-    packets of this stream); nothing is then returned.
-
-    ``on_read(n)``, if given, is told after each record that ``n`` records
-    have been read and dealt with (what a caller waiting for nDPI's answer on
-    the packet it just wrote needs: ``LiveDetection.wait``).
+    Each flow goes to ``on_flow`` as soon as nDPI is done with it; without
+    ``on_flow`` they are returned at the end of the input.
     """
-    ffi, lib = _engine()
-    mode = _SINGLE_FILE
-    error = ffi.new("char[256]")
-    capture = lib.capture_open(path.encode(), mode, error, 0)
-    if capture == ffi.NULL:
-        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
-    if lib.capture_activate(capture, mode, error):
-        lib.capture_close(capture)
-        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
-    dissector = _dissector(ffi, lib)
-    meters: dict[tuple[int, ...], Any] = {}
-    done: OrderedDict[tuple[int, ...], None] = OrderedDict()
-    packet = ffi.new("struct nf_packet *")
-    tick = scanned = 0
-    forever = _NO_TIMEOUT_S * 1000
-    null = ffi.NULL
     finished: list[NdpiFlow] = []
     report = finished.append if on_flow is None else on_flow
-    records = 0
 
-    def finish(key: tuple[int, ...]) -> NdpiFlow | None:
-        meter = meters.pop(key)
-        try:
-            lib.meter_expire_flow(meter, limit, dissector)  # nDPI's last word (and guess)
-            return _ndpi_flow(_CFlow(ffi, meter))
-        finally:
-            lib.meter_free_flow(meter, limit, 0, 1)
+    def got(found: _ndpi_meter.Record) -> None:
+        if (flow := _flow_of_record(found)) is not None:
+            report(flow)
 
-    try:
-        while True:
-            if on_read is not None and records:
-                on_read(records)  # the record before this one is dealt with
-            ret = lib.capture_next(capture, packet, 0, 1, 0, mode)
-            if ret < -1:  # end of input (-1: nothing read this time; 0: ignored)
-                break
-            if ret >= 0:
-                records += 1
-            if ret != 1:
-                continue
-            if packet.time > tick:
-                tick = packet.time
-            else:
-                packet.time = tick  # the meter wants time in order
-            a = (packet.src_ip[0], packet.src_ip[1], packet.src_port)
-            b = (packet.dst_ip[0], packet.dst_ip[1], packet.dst_port)
-            key = (*min(a, b), *max(a, b), packet.protocol, packet.vlan_id)
-            meter = meters.get(key)
-            if meter is None:
-                if key in done:
-                    continue
-                meter = lib.meter_initialize_flow(packet, 0, 0, 0, limit, dissector, 0)
-                if meter == ffi.NULL:
-                    raise MemoryError("nDPI could not allocate a flow")
-                meters[key] = meter
-            else:
-                lib.meter_update_flow(meter, packet, forever, forever, 0, 0, 0, limit,
-                                      dissector, 0)
-            if (meter.detection_completed or meter.bidirectional_packets >= limit
-                    or (meter.ndpi_flow != null and meter.ndpi_flow.already_gaveup)):
-                done[key] = None
-                if len(done) > _DONE_KEYS:
-                    done.popitem(last=False)
-                if (flow := finish(key)) is not None:
-                    report(flow)
-            if idle_ms and tick - scanned >= min(idle_ms, 1000):  # at most once a second
-                scanned = tick
-                for old in [k for k, m in meters.items()
-                            if m.bidirectional_last_seen_ms + idle_ms < tick]:
-                    done[old] = None  # what comes later is past its first packets
-                    if (flow := finish(old)) is not None:
-                        report(flow)
-        for flow in map(finish, list(meters)):
-            if flow is not None:
-                report(flow)
-        return finished
-    finally:
-        for meter in meters.values():
-            lib.meter_free_flow(meter, limit, 0, 1)
-        lib.capture_close(capture)
-        lib.dissector_cleanup(dissector)
+    _ndpi_meter.meter(path, limit, got, idle_ms, on_read)
+    return finished
 
 
-class _CFlow:
-    """An ``nf_flow`` C struct read with ``NFlow``'s attribute names (for ``_ndpi_flow``)."""
+def _flow_of_record(found: _ndpi_meter.Record) -> NdpiFlow | None:
+    protocol, src_ip, src_port, dst_ip, dst_port, first_ms, name, guessed, confidence = found
+    transport = int(TRANSPORT_OF_PROTO[protocol & 0xFF])
+    if transport == NO_TRANSPORT:
+        return None
+    return NdpiFlow(transport, (_address(src_ip), src_port), (_address(dst_ip), dst_port),
+                    first_ms * 1_000_000, name, guessed, confidence)
 
-    def __init__(self, ffi: Any, c: Any) -> None:
-        text = ffi.string
-        self.protocol = c.protocol
-        self.src_ip = text(c.src_ip_str).decode("ascii", errors="replace")
-        self.dst_ip = text(c.dst_ip_str).decode("ascii", errors="replace")
-        self.src_port, self.dst_port = c.src_port, c.dst_port
-        self.bidirectional_first_seen_ms = c.bidirectional_first_seen_ms
-        self.application_name = text(c.application_name).decode("utf-8", errors="replace")
-        self.application_is_guessed = c.guessed
-        self.application_confidence = c.confidence
+
+def _parse_record(line: str) -> _ndpi_meter.Record:
+    """A child meter's ``F`` line (tab-separated ``Record`` fields, after the ``F``)."""
+    _, protocol, src_ip, src_port, dst_ip, dst_port, first_ms, name, guessed, confidence = \
+        line.rstrip("\n").split("\t")
+    return (int(protocol), src_ip, int(src_port), dst_ip, int(dst_port), int(first_ms), name,
+            guessed == "True", int(confidence))
 
 
 def _meter_by_streamer(path: str, limit: int) -> list[NdpiFlow]:
