@@ -393,10 +393,10 @@ class FirstPackets:
         heads = memoryview(head.tobytes())
         data = batch.data.data  # a memoryview of the (contiguous) batch buffer
         size = _RECORD.itemsize
-        parts: list[memoryview] = []
-        for i, (a, n) in enumerate(zip(start.tolist(), incl.tolist(), strict=True)):
-            parts.append(heads[i * size:(i + 1) * size])
-            parts.append(data[a:a + n])
+        ends = (start + incl).tolist()
+        parts: list[memoryview] = [heads] * (2 * idx.size)  # header, data, header, data...
+        parts[::2] = [heads[k:k + size] for k in range(0, idx.size * size, size)]
+        parts[1::2] = [data[a:b] for a, b in zip(start.tolist(), ends, strict=True)]
         sink = self._sink(linktype)
         if sink is not None:
             sink.writelines(parts)
@@ -828,14 +828,19 @@ def match(ndpi: Sequence[NdpiFlow], flows: FlowTable,
         by_key.setdefault(key, []).append(j)
     first = flows.first_ns[rows].tolist()
     last = flows.last_ns[rows].tolist()
+    row_list = rows.tolist()
     out: dict[int, FlowDetection] = {}
     for nf in ndpi:
-        candidates = by_key.get(ndpi_key(nf))
+        candidates = by_key.get(_key(nf.transport, nf.a, nf.b))
         if not candidates:
             continue
-        j = min(candidates, key=lambda c: (not first[c] - 1_000_000 <= nf.first_ns <= last[c],
-                                           abs(first[c] - nf.first_ns)))
-        row = int(rows[j])
+        if len(candidates) == 1:  # the usual case: a 5-tuple used once
+            j = candidates[0]
+        else:
+            start = nf.first_ns
+            j = min(candidates, key=lambda c: (not first[c] - 1_000_000 <= start <= last[c],
+                                               abs(first[c] - start)))
+        row = row_list[j]
         found = FlowDetection.of(nf)
         got = out.get(row)
         if got is None or found.confidence > got.confidence:
@@ -903,14 +908,18 @@ def apply_detections(report: Report, detections: dict[int, FlowDetection], rows:
     row_list = rows.tolist()
     if len(row_list) != len(report.flows):
         raise ValueError("the report's flows are not the rows detected")
+    unconfirmed = Detection.UNCONFIRMED.label
     for flow, row in zip(report.flows, row_list, strict=True):
         found = detections.get(row, _NOTHING)
+        flow.detected = found.detected
+        flow.confidence = found.confidence.label
+        if found.confidence is not Confidence.PAYLOAD:  # judge's answer, without the lookup
+            flow.detection = unconfirmed
+            continue
         transport = _TRANSPORT_BY_LABEL[flow.transport]
         status = _STATUS_BY_LABEL[flow.status]
         aliases = table.lookup(transport, flow.service_port).aliases
         verdict = judge(found, flow.service, aliases, status)
-        flow.detected = found.detected
-        flow.confidence = found.confidence.label
         flow.detection = verdict.label
         if verdict is Detection.MISMATCH:
             mismatches += 1
