@@ -147,3 +147,58 @@ def test_detect_without_ndpi_is_a_usage_error_with_the_install_hint(
     with pytest.raises(UsageError, match=r"pip install 'portwatch\[detect\]'") as caught:
         Annotator(packaged, detect=True)
     assert str(caught.value) == INSTALL_HINT
+
+
+@needs_ndpi
+def test_pyshark_packets_with_their_raw_bytes_get_the_same_verdict_as_scapy(
+    packaged: PortTable, tmp_path: Path,
+) -> None:
+    import shutil
+
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    pyshark = pytest.importorskip("pyshark")
+    from scapy.utils import wrpcap
+
+    from portwatch.decode.pyshark import OVERRIDE_PREFS
+
+    packets = [p.copy() for p in SSH_ON_443]
+    for i, p in enumerate(packets):
+        p.time = 1_700_000_000 + i / 1000
+    path = tmp_path / "ssh-on-443.pcap"
+    wrpcap(str(path), packets)
+    capture = pyshark.FileCapture(str(path), keep_packets=False, override_prefs=OVERRIDE_PREFS,
+                                  include_raw=True, use_json=True)
+    try:
+        with Annotator(packaged, detect=True, detect_dir=str(tmp_path)) as annotate:
+            got = [annotate(p) for p in capture]
+    finally:
+        capture.close()
+    last = got[-1]
+    assert (last.service_port, last.detected, last.detection) == (443, "ssh", "mismatch")
+    assert "tcp/443 https (assigned) carries ssh" in last.reasons
+
+
+@needs_ndpi
+def test_pyshark_packets_without_raw_bytes_are_annotated_without_detection(
+    packaged: PortTable, tmp_path: Path,
+) -> None:
+    import shutil
+
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    pyshark = pytest.importorskip("pyshark")
+    from scapy.utils import wrpcap
+
+    from portwatch.decode.pyshark import OVERRIDE_PREFS
+
+    path = tmp_path / "ssh-on-443.pcap"
+    wrpcap(str(path), SSH_ON_443)
+    capture = pyshark.FileCapture(str(path), keep_packets=False, override_prefs=OVERRIDE_PREFS)
+    try:
+        with Annotator(packaged, detect=True, detect_dir=str(tmp_path)) as annotate:
+            got = [annotate(p) for p in capture]
+    finally:
+        capture.close()
+    assert {a.detection for a in got} == {""}
+    assert got[-1].service_port == 443

@@ -14,7 +14,7 @@ reason as ``status`` (``non-ip``, ``icmp``, ``fragment`` ...), an empty
 With ``Annotator(detect=True)`` nDPI reads the first packets of each flow too
 (``analysis.detect``, as ``analyze --detect`` does; the packet's own bytes:
 scapy's ``bytes(packet)``, pyshark's raw frame when captured with
-``include_raw=True, use_json=True``). Each call waits until nDPI has read the
+``include_raw=True, use_json=True``, which is then decoded natively). Each call waits until nDPI has read the
 packet, so the answer is deterministic: once nDPI is done with the flow
 (it named the protocol, or gave up), every later packet's ``Annotation``
 carries ``detected``, ``confidence`` and ``detection`` (``confirmed``,
@@ -44,7 +44,7 @@ from portwatch._paths import cache_dir
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.verdict import Detection, FlagReason, summary
 from portwatch.capture.batch import LinkType, PacketBatch
-from portwatch.decode.native import DecodeStatus
+from portwatch.decode.native import DecodedBatch, DecodeStatus, decode_batch
 from portwatch.decode.rows import Row, rows_to_batch
 from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
@@ -142,7 +142,16 @@ class Annotator:
         if self._detection is None:
             row, stamp = _dissect(packet)
             return self.annotate_row(row, stamp)
-        row, stamp, frame = _dissect_with_frame(packet)
+        frame = _frame_of(packet)
+        if frame is not None and _library_of(packet) == "pyshark":
+            # pyshark hands over its bytes in JSON mode only, where its fields are named
+            # otherwise: the packet is decoded from those bytes, by the native decoder
+            from portwatch.decode import pyshark as pyshark_decoder
+
+            stamp = pyshark_decoder.packet_timestamp_ns(packet)
+            batch = PacketBatch.from_packets([frame[0]], frame[1], timestamps_ns=[stamp])
+            return self._annotate(decode_batch(batch), stamp, frame)
+        row, stamp = _dissect(packet)
         return self.annotate_row(row, stamp, frame=frame)
 
     def annotate_row(self, row: Row, timestamp_ns: int,
@@ -151,11 +160,14 @@ class Annotator:
 
         ``frame``: the packet's bytes and pcap link type, for nDPI (``detect``).
         """
-        decoded = rows_to_batch([row])
+        return self._annotate(rows_to_batch([row]), timestamp_ns, frame)
+
+    def _annotate(self, decoded: DecodedBatch, timestamp_ns: int,
+                  frame: tuple[bytes, int] | None) -> Annotation:
         flows = self.analyzer.feed_decoded(decoded, np.asarray([timestamp_ns], dtype=np.int64))
         flow = int(flows[0])
         if flow < 0:
-            return _no_ports(row.status)
+            return _no_ports(DecodeStatus(int(decoded.status[0])))
         found = None
         if self._detection is not None:
             found = self._detection.feed(self.analyzer, decoded, flows, frame,
@@ -288,12 +300,6 @@ def _dissect(packet: object) -> tuple[Row, int]:
         f"portwatch.annotate takes a scapy or pyshark packet, not {type(packet).__name__!r}")
 
 
-def _dissect_with_frame(packet: object) -> tuple[Row, int, tuple[bytes, int] | None]:
-    """``_dissect``, plus the packet's bytes and pcap link type when they can be had."""
-    row, stamp = _dissect(packet)
-    return row, stamp, _frame_of(packet)
-
-
 #: scapy's outermost layer -> pcap link type, for the layers nDPI's reader takes.
 _SCAPY_LINKTYPES = {"Ether": LinkType.ETHERNET, "IP": LinkType.RAW, "IPv6": LinkType.RAW,
                     "CookedLinux": LinkType.LINUX_SLL, "Loopback": LinkType.NULL}
@@ -318,7 +324,7 @@ def _frame_of(packet: object) -> tuple[bytes, int] | None:
             return None
         try:
             return bytes(get_raw()), int(linktype)
-        except (AttributeError, TypeError, ValueError):  # no raw bytes in this capture
+        except (AssertionError, AttributeError, TypeError, ValueError):  # no raw bytes kept
             return None
     return None
 
