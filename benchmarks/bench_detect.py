@@ -97,7 +97,8 @@ def _median(argv: list[str], runs: int, env: dict[str, str]) -> tuple[float, flo
 
 
 def measure_env(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds (user + system, all threads) and peak RSS (MiB) of a child.
+    """Wall seconds, CPU seconds (user + system, all threads and the child's own children,
+    such as ``--detect``'s nDPI meter) and peak RSS (MiB) of a child.
 
     CPU time is the fair figure on a shared machine: wall time there depends on
     what the other tenants do, and a threaded program gains from a free core.
@@ -166,6 +167,8 @@ def main() -> int:
     if not args.ndpireader:
         print("ndpiReader not found (--ndpireader PATH): its rows are skipped", file=sys.stderr)
     n = args.packets
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs")
     for title, capture, make in captures:
         if not capture.exists():
             make(capture, n)
@@ -187,6 +190,7 @@ def main() -> int:
             same = (detected or "unknown") == proto
             print(f"| {key[0]} client {key[1]} | {detected or '-'} ({confidence}): {verdict} "
                   f"| {proto} ({conf}) | {'yes' if same else 'NO'} |")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -136,7 +136,11 @@ def test_judge_confirms_flags_or_leaves_unconfirmed(
 
 @pytest.mark.parametrize(("name", "guessed", "confidence", "expected"), [
     ("SSH", False, 6, FlowDetection("ssh", Confidence.PAYLOAD)),  # NDPI_CONFIDENCE_DPI
-    ("TLS.Google", False, 3, FlowDetection("tls.google", Confidence.PAYLOAD)),  # DPI_PARTIAL
+    ("TLS.Google", False, 6, FlowDetection("tls.google", Confidence.PAYLOAD)),
+    # a partial or aggressive match is nDPI's hedge, not a reading: never a mismatch
+    ("TLS.Google", False, 3, FlowDetection("tls.google", Confidence.PORT_GUESS)),  # PARTIAL
+    ("SSH", False, 4, FlowDetection("ssh", Confidence.PORT_GUESS)),  # DPI_PARTIAL_CACHE
+    ("SSH", False, 8, FlowDetection("ssh", Confidence.PORT_GUESS)),  # DPI_AGGRESSIVE
     ("TLS", True, 1, FlowDetection("tls", Confidence.PORT_GUESS)),  # MATCH_BY_PORT
     ("TLS", False, 5, FlowDetection("tls", Confidence.PORT_GUESS)),  # DPI_CACHE: not this flow
     ("Google", False, 7, FlowDetection("google", Confidence.PORT_GUESS)),  # MATCH_BY_IP
@@ -147,6 +151,40 @@ def test_only_ndpi_confidences_read_in_the_flow_s_payload_count_as_payload(
 ) -> None:
     flow = NdpiFlow(int(Transport.TCP), (1, 1), (2, 2), 0, name, guessed, confidence)
     assert FlowDetection.of(flow) == expected
+
+
+@needs_ndpi
+def test_the_confidence_values_are_the_bundled_ndpi_s() -> None:
+    """The numbers above are nDPI's ``ndpi_confidence_t``, as the bundled engine has them."""
+    from _lib_engine import lib
+
+    assert (lib.NDPI_CONFIDENCE_MATCH_BY_PORT, lib.NDPI_CONFIDENCE_DPI_PARTIAL,
+            lib.NDPI_CONFIDENCE_DPI_PARTIAL_CACHE, lib.NDPI_CONFIDENCE_DPI_CACHE,
+            lib.NDPI_CONFIDENCE_DPI, lib.NDPI_CONFIDENCE_MATCH_BY_IP,
+            lib.NDPI_CONFIDENCE_DPI_AGGRESSIVE) == (1, 3, 4, 5, 6, 7, 8)
+
+
+def test_a_partial_match_of_another_protocol_leaves_the_flow_unconfirmed() -> None:
+    partial = NdpiFlow(int(Transport.TCP), (1, 50000), (2, 443), 0, "SSH", False, 3)
+    assert judge(FlowDetection.of(partial), "https", (), PortStatus.ASSIGNED) \
+        is Detection.UNCONFIRMED
+
+
+@needs_ndpi
+def test_ndpi_5_calls_a_bare_hello_sip_by_payload_so_the_mismatch_is_nDPI_s_verdict(
+    table: PortTable,
+) -> None:
+    """nDPI's SIP dissector takes a 5-byte payload "hello" for a SIP keep-alive, with DPI
+    confidence (not a port guess, not a partial match): ``eth-le-usec.pcap``'s tcp/80
+    exchange is therefore a mismatch, nDPI's and not a confidence mix-up (docs/detect.md)."""
+    from portwatch.analysis.detect import run_ndpi
+
+    by_port = {f.b[1]: f for f in run_ndpi([str(PCAPS / "eth-le-usec.pcap")])}
+    sip = by_port[80]
+    assert (sip.name, sip.guessed, sip.confidence) == ("SIP", False, 6)  # NDPI_CONFIDENCE_DPI
+    assert FlowDetection.of(sip) == FlowDetection("sip", Confidence.PAYLOAD)
+    assert judge(FlowDetection.of(sip), "http", ("www", "www-http"), PortStatus.ASSIGNED) \
+        is Detection.MISMATCH
 
 
 def test_the_mismatch_sentence_says_both_sides(table: PortTable) -> None:
@@ -531,3 +569,91 @@ def test_sigterm_during_detection_removes_the_private_fifo_directory(tmp_path: P
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert list(tmp.iterdir()) == []
+
+
+# -- stopping early: nDPI decided or gave up ---------------------------------------------
+
+def _udp_flow(sport: int, count: int, payload: bytes, start: int) -> list[tuple[int, bytes]]:
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                  / IP(src="192.0.2.1", dst="198.51.100.2")
+                  / UDP(sport=sport, dport=9999) / payload)
+    return [(start + i * 1000, frame) for i in range(count)]
+
+
+@needs_ndpi
+def test_the_meter_finishes_a_flow_once_ndpi_gives_up_and_ignores_its_later_packets(
+    tmp_path: Path, table: PortTable, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unknown bytes: nDPI excludes every dissector within a few packets and gives up; the
+    flow is finished there, and the meter hands nDPI none of its 20 packets after that."""
+    from portwatch.analysis import detect
+
+    packets = _udp_flow(40000, 20, b"\xa5" * 200, 1_700_000_000_000_000_000)
+    keeper = FirstPackets(str(tmp_path), limit=20)
+    analyzer = Analyzer(table)
+    batch = PacketBatch.from_packets([p for _, p in packets], 1,
+                                     timestamps_ns=[t for t, _ in packets])
+    decoded, flows = analyzer.feed(batch)
+    keeper.add(batch, decoded, flows, analyzer.flows)
+    (path,) = keeper.close()
+    from portwatch.analysis import _ndpi_meter
+
+    ffi, lib = detect._engine()
+    updates = 0
+
+    class Counting:
+        """nfstream's engine, counting the packets handed to nDPI after a flow's first."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(lib, name)
+
+        def meter_update_flow(self, *args: object) -> object:
+            nonlocal updates
+            updates += 1
+            return lib.meter_update_flow(*args)
+
+    monkeypatch.setattr(_ndpi_meter, "engine", lambda: (ffi, Counting()))
+    (flow,) = detect._meter_in_process(path, 20)
+    assert FlowDetection.of(flow).confidence is not Confidence.PAYLOAD
+    assert 0 < updates < 19
+
+
+@needs_ndpi
+def test_live_detection_stops_copying_a_flow_ndpi_is_done_with(
+    tmp_path: Path, packaged: PortTable,
+) -> None:
+    """A DNS query is named at its first packet: once nDPI says so, the flow's later
+    packets (within its first 20) are not copied any more; another flow's still are."""
+    import time
+
+    from portwatch.analysis.detect import LiveDetection
+
+    dns = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                / IP(src="192.0.2.1", dst="198.51.100.2") / UDP(sport=40001, dport=53)
+                / bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001"))
+    live = LiveDetection(str(tmp_path), limit=20)
+    analyzer = Analyzer(packaged)
+    stamp = 1_700_000_000_000_000_000
+
+    def feed(frames: list[bytes]) -> None:
+        nonlocal stamp
+        batch = PacketBatch.from_packets(frames, 1, timestamps_ns=[
+            stamp + i * 1000 for i in range(len(frames))])
+        stamp += len(frames) * 1000
+        decoded, flows = analyzer.feed(batch)
+        live.add(batch, decoded, flows, analyzer.flows)
+
+    deadline = time.monotonic() + 20
+    sent = 0
+    while live.closed == 0 and sent < 15 and time.monotonic() < deadline:
+        feed([dns])  # one packet at a time, until nDPI's answer closes the flow
+        sent += 1
+        time.sleep(0.05)
+    feed([dns])
+    assert live.closed == 1
+    written = live.packets
+    assert written <= sent + 1
+    feed([dns] * 3 + [p for _, p in _udp_flow(40002, 5, b"\xa5" * 64, 0)])
+    assert live.packets == written + 5  # the other flow's packets only
+    assert "DNS" in {f.name for f in live.finish()}
+    assert live.errors == []

@@ -18,8 +18,9 @@ This module puts the two side by side:
    ``detection`` into the report's flows, a ``protocol-mismatch`` flag with
    the sentence of ``verdict.reasons`` when the payload says another protocol.
 
-Rules: only a payload detection can confirm or contradict the registry; a
-guess from the port (or nothing) leaves the flow ``unconfirmed``, so a flow
+Rules: only a payload detection (nDPI's ``NDPI_CONFIDENCE_DPI``) can confirm or
+contradict the registry; a guess from the port, a partial or aggressive match
+(or nothing) leaves the flow ``unconfirmed``, so a flow
 without payload is never a mismatch. A port with nothing to compare with
 (dynamic, or unlisted by sources that list assigned ports only) stays
 ``unconfirmed`` too; an unassigned or reserved port that carries a detected
@@ -33,16 +34,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import ipaddress
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
@@ -50,6 +53,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from portwatch.analysis import _ndpi_meter
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowTable
 from portwatch.analysis.ndpi_names import confirms
@@ -88,18 +92,19 @@ __all__ = [
 DEFAULT_PACKETS = 20
 INSTALL_HINT = ("--detect needs nDPI: pip install 'portwatch[detect]' "
                 "(nfstream, which bundles nDPI)")
-#: nDPI's ``ndpi_confidence_t`` values read in the flow's own payload; the others
-#: (by port, by IP, from a cache of earlier flows, a custom rule) are guesses.
-_PAYLOAD_CONFIDENCES = frozenset({3, 6, 8})  # DPI_PARTIAL, DPI, DPI_AGGRESSIVE
+#: nDPI's ``ndpi_confidence_t`` values that count as read in the flow's own payload:
+#: NDPI_CONFIDENCE_DPI only. The others are guesses or hedges, and so ``port-guess``:
+#: by port, by IP, from a cache of earlier flows, a custom rule, and also
+#: DPI_PARTIAL (incomplete information), DPI_PARTIAL_CACHE and DPI_AGGRESSIVE (nDPI's
+#: own "might be a false positive"): none of them may contradict the registry.
+_PAYLOAD_CONFIDENCES = frozenset({6})  # NDPI_CONFIDENCE_DPI
 _UNKNOWN = "unknown"
 #: Records longer than this are cut in the copy nDPI reads (libpcap refuses
 #: records beyond the file's snaplen; nDPI needs the first bytes only).
 _SNAPLEN = 65535
 _PCAP_NSEC_MAGIC = 0xA1B23C4D
 _RECORD = np.dtype([("sec", "<u4"), ("nsec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
-#: nfstream splits flows on timeouts; portwatch's analysis of a file never
-#: does, so nDPI's flows must not either (seconds, well inside uint64 ms).
-_NO_TIMEOUT_S = 10 ** 9
+_NO_TIMEOUT_S = _ndpi_meter.NO_TIMEOUT_S  # a file's flow never times out
 
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
@@ -111,16 +116,14 @@ Bool = npt.NDArray[np.bool_]
 # libpcap reader, its flow meter and nDPI, statically linked. ``import
 # nfstream`` would also import pandas (0.4 s); the engine alone imports in 1 ms.
 
-_SINGLE_FILE = 0  # nfstream.utils.NFMode.SINGLE_FILE
 
 
 def _engine() -> tuple[Any, Any]:
     """nfstream's compiled engine, ``(ffi, lib)``; ``UsageError`` with the hint if absent."""
     try:
-        from _lib_engine import ffi, lib
+        return _ndpi_meter.engine()
     except ImportError as exc:
         raise UsageError(INSTALL_HINT) from exc
-    return ffi, lib
 
 
 def require_ndpi() -> None:
@@ -143,18 +146,7 @@ def detector_version() -> str:
     return f"nDPI {ndpi} (nfstream {ffi.string(lib.engine_lib_version()).decode()})"
 
 
-def _dissector(ffi: Any, lib: Any) -> Any:
-    """An nDPI detection module with every protocol enabled, as nfstream's meter makes it."""
-    checker = ffi.new("struct dissector_checker *")
-    checker.flow_size = ffi.sizeof("struct ndpi_flow_struct")
-    checker.flow_tcp_size = ffi.sizeof("struct ndpi_flow_tcp_struct")
-    checker.flow_udp_size = ffi.sizeof("struct ndpi_flow_udp_struct")
-    dissector = lib.dissector_init(checker)
-    if dissector == ffi.NULL:
-        raise RuntimeError("nDPI's detection module could not be initialised "
-                           "(nfstream's engine and its nDPI headers disagree)")
-    lib.dissector_configure(dissector)
-    return dissector
+_dissector = _ndpi_meter.dissector
 
 
 def ndpi_protocols() -> list[str]:
@@ -246,6 +238,11 @@ def worth_reading(batch: PacketBatch, decoded: DecodedBatch, rows: I64) -> Bool:
     return keep
 
 
+#: Packets of a batch handled at a time when nDPI runs beside (``FirstPackets.add``):
+#: about what the FIFO holds, so nDPI's answers come back within a window or two.
+_WINDOW = 4096
+
+
 class FirstPackets:
     """What nDPI reads of the first ``limit`` packets of every flow, one pcap per link type.
 
@@ -269,6 +266,12 @@ class FirstPackets:
         self._first_ns = np.zeros(0, dtype=np.int64)  # the flow each row held then
         self._evicted = 0
         self._files: dict[int, tuple[str, BinaryIO]] = {}
+        # flows nDPI is done with (set by a subclass whose nDPI runs meanwhile), and the
+        # flow row (and its first_ns) of each 5-tuple whose first packets are being kept
+        self._finished: deque[NdpiFlow] | None = None
+        self._row_of_key: dict[FlowKey, tuple[int, int]] = {}
+        self.closed = 0  # flows nDPI was done with before their first ``limit`` packets
+        self._window = _WINDOW
 
     def _grow(self, size: int) -> None:
         if size <= self._seen.size:
@@ -280,8 +283,19 @@ class FirstPackets:
 
     def add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
             flows: FlowTable) -> None:
-        """Keep what nDPI reads of this batch: ``Analyzer.feed``'s decoding and flow rows."""
-        rows = np.flatnonzero(flow_of_packet >= 0)
+        """Keep what nDPI reads of this batch: ``Analyzer.feed``'s decoding and flow rows.
+
+        With nDPI running meanwhile (``LiveDetection``), a large batch is taken
+        ``_WINDOW`` packets at a time, so that what nDPI finished with while
+        one window was written stops the copying of that flow in the next.
+        """
+        step = self._window if self._finished is not None else len(flow_of_packet)
+        for lo in range(0, len(flow_of_packet), max(step, 1)):
+            self._add(batch, decoded, flow_of_packet, flows, slice(lo, lo + step))
+
+    def _add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
+             flows: FlowTable, window: slice) -> None:
+        rows = window.start + np.flatnonzero(flow_of_packet[window] >= 0)
         if rows.size == 0:
             return
         fid = flow_of_packet[rows]
@@ -291,6 +305,8 @@ class FirstPackets:
             renewed = np.unique(fid[self._first_ns[fid] != flows.first_ns[fid]])
             self._seen[renewed] = 0
             self._first_ns[renewed] = flows.first_ns[renewed]
+        if self._finished:
+            self._close_finished()
         room = self._seen[fid] < self.limit  # flows whose first packets are not all past
         rows, fid = rows[room], fid[room]
         if rows.size == 0:
@@ -306,6 +322,8 @@ class FirstPackets:
         flow_rows = sorted_fid[starts]
         fresh = flow_rows[self._seen[flow_rows] == 0]
         self._first_ns[fresh] = flows.first_ns[fresh]
+        if self._finished is not None and fresh.size:
+            self._remember(flows, fresh)
         self._seen[flow_rows] += lengths
         first = rank + before < self.limit
         rows, opens = rows[first], (rank + before == 0)[first]
@@ -313,6 +331,38 @@ class FirstPackets:
         if chosen.size:
             for linktype in np.unique(batch.linktypes[chosen]).tolist():
                 self._write(batch, chosen[batch.linktypes[chosen] == linktype], linktype)
+
+    def _remember(self, flows: FlowTable, fresh: I64) -> None:
+        """The 5-tuple of each new flow, so nDPI's word that it is done can close it.
+
+        One Python step per flow (never per packet); at most ``_DONE_KEYS`` are
+        kept, the oldest forgotten first (a flow forgotten is merely not closed early).
+        """
+        keys = self._row_of_key
+        for key, row, first in zip(flow_keys(flows, fresh), fresh.tolist(),
+                                   self._first_ns[fresh].tolist(), strict=True):
+            keys[key] = (row, first)
+        for _ in range(len(keys) - _DONE_KEYS):
+            del keys[next(iter(keys))]
+
+    def _close_finished(self) -> None:
+        """Stop keeping packets of the flows nDPI has decided or given up on.
+
+        nDPI reads nothing more of such a flow, so its later packets are not
+        copied: its row counts as past its first packets. A row that holds
+        another flow by now (``first_ns`` changed) is left alone.
+        """
+        finished = self._finished
+        assert finished is not None
+        while finished:
+            got = self._row_of_key.pop(ndpi_key(finished.popleft()), None)
+            if got is None:
+                continue
+            row, first = got
+            if row < self._seen.size and self._first_ns[row] == first \
+                    and self._seen[row] < self.limit:
+                self._seen[row] = self.limit
+                self.closed += 1
 
     def _file(self, linktype: int) -> BinaryIO:
         got = self._files.get(linktype)
@@ -343,10 +393,10 @@ class FirstPackets:
         heads = memoryview(head.tobytes())
         data = batch.data.data  # a memoryview of the (contiguous) batch buffer
         size = _RECORD.itemsize
-        parts: list[memoryview] = []
-        for i, (a, n) in enumerate(zip(start.tolist(), incl.tolist(), strict=True)):
-            parts.append(heads[i * size:(i + 1) * size])
-            parts.append(data[a:a + n])
+        ends = (start + incl).tolist()
+        parts: list[memoryview] = [heads] * (2 * idx.size)  # header, data, header, data...
+        parts[::2] = [heads[k:k + size] for k in range(0, idx.size * size, size)]
+        parts[1::2] = [data[a:b] for a, b in zip(start.tolist(), ends, strict=True)]
         sink = self._sink(linktype)
         if sink is not None:
             sink.writelines(parts)
@@ -364,23 +414,76 @@ def _pcap_header(linktype: int) -> bytes:
 
 
 class _Meter(threading.Thread):
-    """nDPI reading one FIFO until its writer closes it (``_meter_in_process``)."""
+    """nDPI reading one FIFO until its writer closes it, in a child process.
+
+    The child (``python .../_ndpi_meter.py``, which imports no more than
+    nfstream's engine) runs nDPI's Python loop on its own GIL, on
+    the other core; this thread reads its lines, hands each finished flow to
+    ``on_flow`` (else keeps it in ``flows``) and each "records read" count to
+    ``on_read``. The child ends at the end of the FIFO; its error, if any,
+    is ``error``.
+    """
 
     def __init__(self, path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
-                 idle_ms: int = 0) -> None:
+                 idle_ms: int = 0, on_read: Callable[[int], None] | None = None) -> None:
         super().__init__(name=f"portwatch-ndpi-{os.path.basename(path)}", daemon=True)
         self.path = path
         self.limit = limit
         self.on_flow = on_flow
         self.idle_ms = idle_ms
+        self.on_read = on_read
         self.flows: list[NdpiFlow] = []
         self.error: BaseException | None = None
+        self._child: subprocess.Popen[str] | None = None
 
     def run(self) -> None:
         try:
-            self.flows = _meter_in_process(self.path, self.limit, self.on_flow, self.idle_ms)
+            self._run()
         except BaseException as exc:  # handed to the analysing thread by LiveDetection.finish
             self.error = exc
+
+    def _run(self) -> None:
+        # the module's file, not ``-m``: the child imports nothing of portwatch at all
+        with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+                [sys.executable, _ndpi_meter.__file__, self.path, str(self.limit),
+                 str(self.idle_ms), "1" if self.on_read is not None else "0"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
+                start_new_session=True) as child:  # a terminal's ^C is the parent's alone
+            self._child = child
+            self._read_lines(child)
+            status = child.wait()
+            errors.seek(0)
+            err = errors.read().strip()
+        if status != 0:
+            raise ValueError(err.splitlines()[-1] if err else
+                             f"nDPI's meter exited with status {status}")
+
+    def _read_lines(self, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("R\t"):
+                if self.on_read is not None:
+                    self.on_read(int(line[2:]))
+                continue
+            flow = _flow_of_record(_parse_record(line))
+            if flow is None:
+                continue
+            if self.on_flow is not None:
+                self.on_flow(flow)
+            else:
+                self.flows.append(flow)
+
+    def stop(self) -> None:
+        """End the child now (its FIFO is closed or gone: nothing more to read)."""
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+
+#: The FIFO's size: 64 KiB (Linux's default) holds about 120 full frames, so the
+#: analysis and nDPI took turns every few hundred microseconds; 1 MiB lets each run
+#: through most of a batch (and stays within the unprivileged pipe-max-size).
+_PIPE_BYTES = 1 << 20
 
 
 def _open_writer(path: str, meter: _Meter) -> BinaryIO:
@@ -396,6 +499,8 @@ def _open_writer(path: str, meter: _Meter) -> BinaryIO:
                 raise ValueError(str(meter.error or "nDPI stopped before reading")) from None
             time.sleep(0.001)
     os.set_blocking(fd, True)
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; a smaller pipe still works
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
     return os.fdopen(fd, "wb", buffering=1 << 16)
 
 
@@ -410,12 +515,22 @@ class LiveDetection(FirstPackets):
     """
 
     def __init__(self, directory: str, limit: int = DEFAULT_PACKETS, *,
-                 on_flow: Callable[[NdpiFlow], None] | None = None, idle_ms: int = 0) -> None:
+                 on_flow: Callable[[NdpiFlow], None] | None = None, idle_ms: int = 0,
+                 waitable: bool = False) -> None:
         """``on_flow``/``idle_ms``: report each flow as soon as nDPI is done with it
-        (``_meter_in_process``), from nDPI's thread, for a capture that never ends."""
+        (``_meter_in_process``), from nDPI's thread, for a capture that never ends.
+        ``waitable``: nDPI's thread says how far it has read, so that ``wait`` works
+        (a little Python per packet read: off unless asked for)."""
         super().__init__(directory, limit)
         self.on_flow = on_flow
         self.idle_ms = idle_ms
+        self._finished = deque()
+        self._collected: list[NdpiFlow] = []
+        # records each link type's nDPI thread has dealt with (``wait``), and their writes
+        self._read: dict[int, int] = {}
+        self._written: dict[int, int] = {}
+        self._progress = threading.Condition()
+        self.waitable = waitable
         self._meters: dict[int, _Meter] = {}
         self._sinks: dict[int, BinaryIO | None] = {}
         self._flows: list[NdpiFlow] | None = None
@@ -426,7 +541,9 @@ class LiveDetection(FirstPackets):
             return self._sinks[linktype]
         path = os.path.join(self.directory, f"first-packets-{linktype}.fifo")
         os.mkfifo(path, 0o600)
-        meter = self._meters[linktype] = _Meter(path, self.limit, self.on_flow, self.idle_ms)
+        meter = self._meters[linktype] = _Meter(
+            path, self.limit, self._reported, self.idle_ms,
+            functools.partial(self._dealt_with, linktype) if self.waitable else None)
         meter.start()
         sink: BinaryIO | None = None
         try:
@@ -434,9 +551,49 @@ class LiveDetection(FirstPackets):
             sink.write(_pcap_header(linktype))
         except (ValueError, BrokenPipeError) as exc:
             self.errors.append(f"link type {linktype}: {exc}")
+            meter.stop()
             sink = None
         self._sinks[linktype] = sink
         return sink
+
+    def _dealt_with(self, linktype: int, records: int) -> None:
+        """nDPI's thread has read and dealt with ``records`` records of ``linktype``."""
+        if records >= self._written.get(linktype, 0):  # someone may be waiting: wake them
+            with self._progress:
+                self._read[linktype] = records
+                self._progress.notify_all()
+        else:
+            self._read[linktype] = records
+
+    def wait(self, timeout: float = 5.0) -> bool:
+        """Wait until nDPI has dealt with every packet written so far (its answers given).
+
+        For a caller that wants nDPI's word on the packet it just added (the
+        per-packet API); False if nDPI took longer than ``timeout`` seconds, or
+        stopped. A stream's own pace needs no waiting: ``add`` never waits.
+        """
+        if not self.waitable:
+            raise ValueError("LiveDetection.wait needs LiveDetection(..., waitable=True)")
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while True:
+                behind = [lt for lt, n in self._written.items() if self._read.get(lt, 0) < n
+                          and self._meters[lt].is_alive() and self._sinks.get(lt) is not None]
+                left = deadline - time.monotonic()
+                if not behind:
+                    return True
+                if left <= 0:
+                    return False
+                self._progress.wait(min(left, 0.05))
+
+    def _reported(self, flow: NdpiFlow) -> None:
+        """nDPI is done with ``flow`` (called in nDPI's thread; deque appends are atomic)."""
+        if self._finished is not None:
+            self._finished.append(flow)
+        if self.on_flow is not None:
+            self.on_flow(flow)
+        else:
+            self._collected.append(flow)
 
     def _write(self, batch: PacketBatch, idx: I64, linktype: int) -> None:
         try:
@@ -444,6 +601,7 @@ class LiveDetection(FirstPackets):
             sink = self._sinks.get(linktype)
             if sink is not None:
                 sink.flush()  # a live capture may pause: nDPI reads each batch as it comes
+                self._written[linktype] = self._written.get(linktype, 0) + int(idx.size)
         except BrokenPipeError:  # nDPI's thread stopped reading: its error says why
             sink = self._sinks.pop(linktype, None)
             with contextlib.suppress(OSError):
@@ -467,7 +625,8 @@ class LiveDetection(FirstPackets):
                 meter.join()
                 if meter.error is not None:
                     self.errors.append(f"link type {linktype}: {meter.error}")
-                self._flows += meter.flows
+            self._flows = self._collected
+            self._finished = None
         return self._flows
 
 
@@ -565,110 +724,43 @@ def run_ndpi(paths: Sequence[str], limit: int = DEFAULT_PACKETS) -> list[NdpiFlo
 
 
 #: Flows a live meter finished early, remembered so their later packets are ignored.
-_DONE_KEYS = 1 << 20
+_DONE_KEYS = _ndpi_meter.DONE_KEYS
 
 
 def _meter_in_process(path: str, limit: int, on_flow: Callable[[NdpiFlow], None] | None = None,
-                      idle_ms: int = 0) -> list[NdpiFlow]:
-    """nDPI over the capture (or FIFO) at ``path``; its flows at the end of the input.
+                      idle_ms: int = 0,
+                      on_read: Callable[[int], None] | None = None) -> list[NdpiFlow]:
+    """nDPI over the capture (or FIFO) at ``path`` in this process (``_ndpi_meter.meter``).
 
-    With ``on_flow`` (a live stream that may never end), each flow is handed
-    to it and freed as soon as nDPI is done with it (nfstream's
-    ``detection_completed``, which waits for nDPI's extra dissection, or
-    ``limit`` packets read), or when no packet of it came for ``idle_ms`` of
-    packet time (time moves with the packets of this stream); its later
-    packets are ignored. Nothing is then returned.
+    Each flow goes to ``on_flow`` as soon as nDPI is done with it; without
+    ``on_flow`` they are returned at the end of the input.
     """
-    ffi, lib = _engine()
-    mode = _SINGLE_FILE
-    error = ffi.new("char[256]")
-    capture = lib.capture_open(path.encode(), mode, error, 0)
-    if capture == ffi.NULL:
-        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
-    if lib.capture_activate(capture, mode, error):
-        lib.capture_close(capture)
-        raise ValueError(ffi.string(error).decode("utf-8", errors="replace") or path)
-    dissector = _dissector(ffi, lib)
-    meters: dict[tuple[int, ...], Any] = {}
-    done: OrderedDict[tuple[int, ...], None] = OrderedDict()
-    packet = ffi.new("struct nf_packet *")
-    tick = scanned = 0
-    forever = _NO_TIMEOUT_S * 1000
+    finished: list[NdpiFlow] = []
+    report = finished.append if on_flow is None else on_flow
 
-    def finish(key: tuple[int, ...]) -> NdpiFlow | None:
-        meter = meters.pop(key)
-        try:
-            lib.meter_expire_flow(meter, limit, dissector)  # nDPI's last word (and guess)
-            return _ndpi_flow(_CFlow(ffi, meter))
-        finally:
-            lib.meter_free_flow(meter, limit, 0, 1)
+    def got(found: _ndpi_meter.Record) -> None:
+        if (flow := _flow_of_record(found)) is not None:
+            report(flow)
 
-    try:
-        while True:
-            ret = lib.capture_next(capture, packet, 0, 1, 0, mode)
-            if ret < -1:  # end of input (-1: nothing read this time; 0: ignored)
-                break
-            if ret != 1:
-                continue
-            if packet.time > tick:
-                tick = packet.time
-            else:
-                packet.time = tick  # the meter wants time in order
-            a = (packet.src_ip[0], packet.src_ip[1], packet.src_port)
-            b = (packet.dst_ip[0], packet.dst_ip[1], packet.dst_port)
-            key = (*min(a, b), *max(a, b), packet.protocol, packet.vlan_id)
-            meter = meters.get(key)
-            if meter is None:
-                if key in done:
-                    continue
-                meter = lib.meter_initialize_flow(packet, 0, 0, 0, limit, dissector, 0)
-                if meter == ffi.NULL:
-                    raise MemoryError("nDPI could not allocate a flow")
-                meters[key] = meter
-            else:
-                lib.meter_update_flow(meter, packet, forever, forever, 0, 0, 0, limit,
-                                      dissector, 0)
-            if on_flow is None:
-                continue
-            if meter.detection_completed or meter.bidirectional_packets >= limit:
-                done[key] = None
-                if len(done) > _DONE_KEYS:
-                    done.popitem(last=False)
-                if (flow := finish(key)) is not None:
-                    on_flow(flow)
-            if idle_ms and tick - scanned >= min(idle_ms, 1000):  # at most once a second
-                scanned = tick
-                for old in [k for k, m in meters.items()
-                            if m.bidirectional_last_seen_ms + idle_ms < tick]:
-                    done[old] = None  # what comes later is past its first packets
-                    if (flow := finish(old)) is not None:
-                        on_flow(flow)
-        flows = [f for f in map(finish, list(meters)) if f is not None]
-        if on_flow is None:
-            return flows
-        for flow in flows:
-            on_flow(flow)
-        return []
-    finally:
-        for meter in meters.values():
-            lib.meter_free_flow(meter, limit, 0, 1)
-        lib.capture_close(capture)
-        lib.dissector_cleanup(dissector)
+    _ndpi_meter.meter(path, limit, got, idle_ms, on_read)
+    return finished
 
 
-class _CFlow:
-    """An ``nf_flow`` C struct read with ``NFlow``'s attribute names (for ``_ndpi_flow``)."""
+def _flow_of_record(found: _ndpi_meter.Record) -> NdpiFlow | None:
+    protocol, src_ip, src_port, dst_ip, dst_port, first_ms, name, guessed, confidence = found
+    transport = int(TRANSPORT_OF_PROTO[protocol & 0xFF])
+    if transport == NO_TRANSPORT:
+        return None
+    return NdpiFlow(transport, (_address(src_ip), src_port), (_address(dst_ip), dst_port),
+                    first_ms * 1_000_000, name, guessed, confidence)
 
-    def __init__(self, ffi: Any, c: Any) -> None:
-        text = ffi.string
-        self.protocol = c.protocol
-        self.src_ip = text(c.src_ip_str).decode("ascii", errors="replace")
-        self.dst_ip = text(c.dst_ip_str).decode("ascii", errors="replace")
-        self.src_port, self.dst_port = c.src_port, c.dst_port
-        self.bidirectional_first_seen_ms = c.bidirectional_first_seen_ms
-        self.application_name = text(c.application_name).decode("utf-8", errors="replace")
-        self.application_is_guessed = c.guessed
-        self.application_confidence = c.confidence
+
+def _parse_record(line: str) -> _ndpi_meter.Record:
+    """A child meter's ``F`` line (tab-separated ``Record`` fields, after the ``F``)."""
+    _, protocol, src_ip, src_port, dst_ip, dst_port, first_ms, name, guessed, confidence = \
+        line.rstrip("\n").split("\t")
+    return (int(protocol), src_ip, int(src_port), dst_ip, int(dst_port), int(first_ms), name,
+            guessed == "True", int(confidence))
 
 
 def _meter_by_streamer(path: str, limit: int) -> list[NdpiFlow]:
@@ -736,14 +828,19 @@ def match(ndpi: Sequence[NdpiFlow], flows: FlowTable,
         by_key.setdefault(key, []).append(j)
     first = flows.first_ns[rows].tolist()
     last = flows.last_ns[rows].tolist()
+    row_list = rows.tolist()
     out: dict[int, FlowDetection] = {}
     for nf in ndpi:
-        candidates = by_key.get(ndpi_key(nf))
+        candidates = by_key.get(_key(nf.transport, nf.a, nf.b))
         if not candidates:
             continue
-        j = min(candidates, key=lambda c: (not first[c] - 1_000_000 <= nf.first_ns <= last[c],
-                                           abs(first[c] - nf.first_ns)))
-        row = int(rows[j])
+        if len(candidates) == 1:  # the usual case: a 5-tuple used once
+            j = candidates[0]
+        else:
+            start = nf.first_ns
+            j = min(candidates, key=lambda c: (not first[c] - 1_000_000 <= start <= last[c],
+                                               abs(first[c] - start)))
+        row = row_list[j]
         found = FlowDetection.of(nf)
         got = out.get(row)
         if got is None or found.confidence > got.confidence:
@@ -811,14 +908,18 @@ def apply_detections(report: Report, detections: dict[int, FlowDetection], rows:
     row_list = rows.tolist()
     if len(row_list) != len(report.flows):
         raise ValueError("the report's flows are not the rows detected")
+    unconfirmed = Detection.UNCONFIRMED.label
     for flow, row in zip(report.flows, row_list, strict=True):
         found = detections.get(row, _NOTHING)
+        flow.detected = found.detected
+        flow.confidence = found.confidence.label
+        if found.confidence is not Confidence.PAYLOAD:  # judge's answer, without the lookup
+            flow.detection = unconfirmed
+            continue
         transport = _TRANSPORT_BY_LABEL[flow.transport]
         status = _STATUS_BY_LABEL[flow.status]
         aliases = table.lookup(transport, flow.service_port).aliases
         verdict = judge(found, flow.service, aliases, status)
-        flow.detected = found.detected
-        flow.confidence = found.confidence.label
         flow.detection = verdict.label
         if verdict is Detection.MISMATCH:
             mismatches += 1

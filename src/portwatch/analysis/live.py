@@ -14,19 +14,40 @@ file is shown as it is played. Flows are kept as the daemon keeps them
 (idle and active timeouts on packet time, a maximum count), so memory stays
 bounded however long it runs; the per-service counters are bounded by the
 ports that exist (four transports of 65,536 ports).
+
+With ``detect=True`` (``portwatch top --detect``) nDPI reads the first packets
+of each flow beside the counting, in its own thread, the daemon's way
+(``analysis.detect.LiveDetection``): each flow nDPI is done with is judged
+against the registry (``detect.judge``) and counted under its service as
+``confirmed``, ``mismatch`` (with the protocol found) or ``unconfirmed``; a
+mismatch makes the service flagged, with the sentence every output uses
+(``tcp/443 https (assigned) carries ssh``). ``close`` stops nDPI.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from portwatch.analysis.detect import (
+    DEFAULT_PACKETS,
+    FlowDetection,
+    FlowKey,
+    LiveDetection,
+    NdpiFlow,
+    flow_keys,
+    judge,
+    ndpi_key,
+    require_ndpi,
+)
 from portwatch.analysis.flows import FlowLimits, FlowTable
-from portwatch.analysis.verdict import reasons
+from portwatch.analysis.verdict import Detection, FlagReason, reasons
 from portwatch.capture.batch import PacketBatch
 from portwatch.decode.native import DecodedBatch, DecodeStatus, decode_batch
 from portwatch.ports import PortStatus, Transport
@@ -37,6 +58,9 @@ __all__ = ["DEFAULT_WINDOW_S", "FlaggedPortRate", "LiveSnapshot", "LiveSummary",
 #: Rates are averaged over this many seconds unless told otherwise (iftop's middle column).
 DEFAULT_WINDOW_S = 10.0
 _BUCKET_S = 1.0
+#: With detection on, a flow silent this long (packet time) is handed to nDPI's
+#: verdict without waiting for its first 20 packets (the daemon's ``DETECT_IDLE_S``).
+_DETECT_IDLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +77,8 @@ class ServiceRate:
     bytes: int
     flows: int  # flows of this service still tracked (not idle, not evicted)
     flagged: bool
+    # with detection on: "confirmed", "mismatch: ssh", "unconfirmed", or "" (no answer yet)
+    detection: str = ""
 
     @property
     def label(self) -> str:
@@ -72,6 +98,7 @@ class FlaggedPortRate:
     packets: int
     bytes: int
     last_seen_s: float  # seconds before the snapshot
+    detection: str = ""  # as ``ServiceRate.detection``
 
     @property
     def label(self) -> str:
@@ -91,6 +118,7 @@ class LiveSnapshot:
     portless: dict[str, int]  # packets without ports since the start, by reason
     services: list[ServiceRate]  # busiest first
     flagged: list[FlaggedPortRate]  # most recent first
+    detecting: bool = False  # nDPI's verdicts are in ``detection`` (``detect=True``)
 
 
 @dataclass(slots=True)
@@ -103,6 +131,27 @@ class _Service:
     packets: int = 0
     bytes: int = 0
     last_seen: float = -math.inf
+    # nDPI's verdicts on this service's flows (detection on); detected name -> flows
+    confirmed: int = 0
+    unconfirmed: int = 0
+    mismatched: dict[str, int] = field(default_factory=dict)
+
+    def detection(self) -> str:
+        """The most telling verdict: any mismatch (what was found), else confirmed, else
+        unconfirmed; "" while nDPI has answered for none of its flows."""
+        if self.mismatched:
+            return "mismatch: " + ",".join(sorted(self.mismatched))
+        if self.confirmed:
+            return "confirmed"
+        return "unconfirmed" if self.unconfirmed else ""
+
+    def flag_sentences(self) -> str:
+        """Why the service is flagged: the registry's reasons, then each mismatch."""
+        found = [sentence for name in sorted(self.mismatched)
+                 for sentence in reasons(self.transport.label, self.port,
+                                         FlagReason.PROTOCOL_MISMATCH, service=self.service,
+                                         status=self.status.label, detected=name)]
+        return "; ".join([self.why, *found] if self.why else found)
 
 
 @dataclass(slots=True)
@@ -117,7 +166,11 @@ class LiveSummary:
     """Counts per service in one-second buckets; see the module docstring."""
 
     def __init__(self, table: PortTable, *, window_s: float = DEFAULT_WINDOW_S,
-                 limits: FlowLimits | None = None, start: float = 0.0) -> None:
+                 limits: FlowLimits | None = None, start: float = 0.0,
+                 detect: bool = False, detect_dir: str | None = None,
+                 detect_packets: int = DEFAULT_PACKETS) -> None:
+        """``detect``: nDPI's verdict per flow (``UsageError`` with the install hint if
+        nDPI is missing); its FIFOs go in a private directory under ``detect_dir``."""
         if not window_s > 0:
             raise ValueError(f"window_s must be positive, not {window_s}")
         self.table = table
@@ -131,17 +184,61 @@ class LiveSummary:
         self._portless = np.zeros(len(DecodeStatus), dtype=np.int64)
         self.packets = 0
         self.bytes = 0
+        # detection (``detect``): nDPI's thread appends what it is done with, feed pops
+        self._detector: LiveDetection | None = None
+        self._detect_dir = ""
+        self._reported: deque[NdpiFlow] = deque()
+        self._row_of_key: dict[FlowKey, int] = {}
+        self._key_of_row: dict[int, FlowKey] = {}
+        self._known = np.zeros(0, dtype=np.bool_)  # rows whose 5-tuple is in _row_of_key
+        if detect:
+            require_ndpi()
+            self._detect_dir = tempfile.mkdtemp(prefix="portwatch-detect-", dir=detect_dir)
+            idle_ms = int(min(_DETECT_IDLE_S, *self.limits.idle_s.values()) * 1000)
+            self._detector = LiveDetection(self._detect_dir, detect_packets,
+                                           on_flow=self._reported.append, idle_ms=idle_ms)
+
+    @property
+    def detecting(self) -> bool:
+        """Whether nDPI's verdicts are counted (they stay shown after ``close``)."""
+        return bool(self._detect_dir)
+
+    def close(self) -> None:
+        """Stop nDPI (it finishes what it was given, judged here) and remove its FIFOs."""
+        detector, self._detector = self._detector, None
+        if detector is None:
+            return
+        try:
+            detector.finish()
+        finally:
+            shutil.rmtree(self._detect_dir, ignore_errors=True)
+        self._judge_reported()
 
     def feed(self, batch: PacketBatch, now: float) -> None:
         """Count ``batch`` as arrived at ``now`` (seconds, monotonic)."""
-        if len(batch):
-            self.feed_decoded(decode_batch(batch), batch.timestamps_ns, now)
+        if not len(batch):
+            return
+        decoded = decode_batch(batch)
+        flows = self._feed(decoded, batch.timestamps_ns, now)
+        if self._detector is not None:
+            self._detector.add(batch, decoded, flows, self._flows)
+            self._judge_reported()
+        self._forget(int(batch.timestamps_ns.max()))
 
     def feed_decoded(self, decoded: DecodedBatch, timestamps_ns: npt.NDArray[np.int64],
                      now: float) -> None:
-        """Count a batch already decoded (by an ``Analyzer`` reading the same batches)."""
+        """Count a batch already decoded (by an ``Analyzer`` reading the same batches).
+
+        Without the packets themselves there is nothing for nDPI to read: detection
+        needs ``feed``.
+        """
         if not len(decoded):
             return
+        self._feed(decoded, timestamps_ns, now)
+        self._forget(int(timestamps_ns.max()))
+
+    def _feed(self, decoded: DecodedBatch, timestamps_ns: npt.NDArray[np.int64],
+              now: float) -> npt.NDArray[np.int64]:
         flows = self._flows.update(decoded, timestamps_ns)
         wire = decoded.wirelen.astype(np.int64)
         bucket = self._bucket(now)
@@ -155,7 +252,46 @@ class LiveSummary:
             : len(DecodeStatus)]
         if has.any():
             self._count(flows[has], wire[has], bucket, now)
-        self._forget(int(timestamps_ns.max()))
+            if self._detector is not None:
+                self._remember(flows[has])
+        return flows
+
+    def _remember(self, rows: npt.NDArray[np.int64]) -> None:
+        """The 5-tuple of each new flow row, to find it when nDPI reports (per flow)."""
+        if self._known.size < self._flows.capacity:
+            grown = np.zeros(self._flows.capacity, dtype=np.bool_)
+            grown[: self._known.size] = self._known
+            self._known = grown
+        new = np.unique(rows[~self._known[rows]])
+        if new.size == 0:
+            return
+        self._known[new] = True
+        for row, key in zip(new.tolist(), flow_keys(self._flows, new), strict=True):
+            self._row_of_key[key] = row
+            self._key_of_row[row] = key
+
+    def _judge_reported(self) -> None:
+        """Judge each flow nDPI reported since the last call, under its service."""
+        while self._reported:
+            flow = self._reported.popleft()
+            row = self._row_of_key.get(ndpi_key(flow))
+            if row is None:  # forgotten meanwhile (idle, evicted)
+                continue
+            verdict = self._flows.decide(self.table, np.asarray([row], dtype=np.int64)) \
+                .verdict(0, self.table)
+            service = self._services.get((int(verdict.transport) << 16) | verdict.service_port)
+            if service is None:
+                continue
+            found = FlowDetection.of(flow)
+            aliases = self.table.lookup(verdict.transport, verdict.service_port).aliases
+            result = judge(found, verdict.service, aliases, verdict.status)
+            if result is Detection.MISMATCH:
+                service.mismatched[found.detected] = service.mismatched.get(found.detected,
+                                                                            0) + 1
+            elif result is Detection.CONFIRMED:
+                service.confirmed += 1
+            else:
+                service.unconfirmed += 1
 
     def _count(self, flows: np.ndarray, wire: np.ndarray, bucket: _Bucket, now: float) -> None:
         rows, inverse = np.unique(flows, return_inverse=True)
@@ -186,8 +322,15 @@ class LiveSummary:
 
     def _forget(self, now_ns: int) -> None:
         """Flows over as the daemon ends them (idle, too long, too many)."""
-        self._flows.expire(now_ns, self._idle_ns, int(self.limits.active_s * 1e9))
-        self._flows.enforce_limit(self.limits.max_flows)
+        gone = [self._flows.expire(now_ns, self._idle_ns, int(self.limits.active_s * 1e9)),
+                self._flows.enforce_limit(self.limits.max_flows)]
+        if self._key_of_row:
+            for rows in gone:
+                self._known[rows[rows < self._known.size]] = False
+                for row in rows.tolist():
+                    key = self._key_of_row.pop(row, None)
+                    if key is not None and self._row_of_key.get(key) == row:
+                        del self._row_of_key[key]
 
     def _bucket(self, now: float) -> _Bucket:
         start = self._start + math.floor((now - self._start) / _BUCKET_S) * _BUCKET_S
@@ -202,6 +345,8 @@ class LiveSummary:
 
     def snapshot(self, now: float) -> LiveSnapshot:
         """Rates over the last ``window_s`` seconds (or since the start, if shorter)."""
+        if self._detector is not None:
+            self._judge_reported()
         self._drop_old(now)
         elapsed = max(now - self._start, 0.0)
         span = min(self.window_s, max(elapsed, _BUCKET_S))
@@ -222,18 +367,20 @@ class LiveSummary:
         flagged = []
         for key, s in self._services.items():
             p, b = window.get(key, (0, 0))
+            why, detection = s.flag_sentences(), s.detection()
             services.append(ServiceRate(s.transport, s.port, s.service, s.status, p / span,
                                         b / span, s.packets, s.bytes, flows.get(key, 0),
-                                        bool(s.why)))
-            if s.why:
-                flagged.append(FlaggedPortRate(s.transport, s.port, s.service, s.status, s.why,
-                                               p / span, s.packets, s.bytes, now - s.last_seen))
+                                        bool(why), detection))
+            if why:
+                flagged.append(FlaggedPortRate(s.transport, s.port, s.service, s.status, why,
+                                               p / span, s.packets, s.bytes, now - s.last_seen,
+                                               detection))
         services.sort(key=lambda r: (-r.bytes_per_s, -r.packets_per_s, -r.bytes, r.label))
         flagged.sort(key=lambda r: (r.last_seen_s, -r.packets, r.label))
         portless = {st.label: int(self._portless[st]) for st in DecodeStatus
                     if st is not DecodeStatus.OK and self._portless[st]}
         return LiveSnapshot(elapsed, span, packets / span, nbytes / span, self.packets,
-                            self.bytes, portless, services, flagged)
+                            self.bytes, portless, services, flagged, self.detecting)
 
     def _flows_per_key(self) -> dict[int, int]:
         live = np.flatnonzero(self._flows.alive[: self._flows.size]).astype(np.int64)

@@ -9,9 +9,13 @@ as recorded) or a capture stream (``-`` for standard input, or a FIFO).
 The screen is drawn with plain ANSI sequences on the controlling terminal
 (``/dev/tty``, so standard input can carry the capture), every line placed
 by cursor position and cut to the terminal's width by the shared table
-renderer, so no line ever wraps. ``q`` (or Ctrl-C) quits with status 0; a
-resize (SIGWINCH) redraws at once at the new size. Colours follow the shared
-rules (``NO_COLOR``, ``TERM=dumb``).
+renderer, so no line ever wraps. ``--detect`` adds nDPI's verdict per service
+(a DETECTED column: confirmed, ``mismatch: ssh``, unconfirmed) and lists a
+mismatch among the flagged ports, as ``analyze --detect`` and the daemon's
+``[detect]`` do; without nDPI it exits 2 with the install hint.
+
+``q`` (or Ctrl-C) quits with status 0; a resize (SIGWINCH) redraws at once at
+the new size. Colours follow the shared rules (``NO_COLOR``, ``TERM=dumb``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, BinaryIO
 
 from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table, should_color
 from portwatch.analysis.flows import FlowLimits
-from portwatch.analysis.live import DEFAULT_WINDOW_S, LiveSnapshot, LiveSummary
+from portwatch.analysis.live import DEFAULT_WINDOW_S, LiveSnapshot, LiveSummary, ServiceRate
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files.reader import open_capture
 from portwatch.capture.live.source import PacketSource
@@ -44,6 +48,10 @@ __all__ = ["add_parser", "format_bytes", "format_rate", "render_screen", "render
            "run"]
 
 _LIVE_BACKENDS = ("dumpcap", "scapy", "pyshark")
+_SNAPLEN = 128  # headers: enough to name a service
+#: ``--detect`` on a live interface: enough of each packet for nDPI to read a TLS
+#: ClientHello or an HTTP request line (the daemon refuses below 512).
+_DETECT_SNAPLEN = 2048
 #: How long quitting waits for the capture thread to end after its source was closed.
 _JOIN_S = 5.0
 _SERVICE_COLUMNS = (
@@ -56,6 +64,8 @@ _SERVICE_COLUMNS = (
     Column("BYTES", priority=4, align=Align.RIGHT),
     Column("FLOWS", priority=3, align=Align.RIGHT),
 )
+#: With ``--detect``: nDPI's verdict, after STATUS (it says what the port carries).
+_DETECTED_COLUMN = Column("DETECTED", priority=8, shrink=True, min_width=9)
 _FLAGGED_COLUMNS = (
     Column("PORT", priority=10),
     Column("STATUS", priority=9, colors=STATUS_COLORS),
@@ -86,8 +96,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="live capture backend, as the daemon's (default dumpcap)")
     p.add_argument("--bpf", default="", metavar="FILTER",
                    help="capture filter in BPF syntax for -i (e.g. 'not port 22')")
-    p.add_argument("--snaplen", type=int, default=128, metavar="BYTES",
-                   help="bytes kept per packet in a live capture (default 128: headers)")
+    p.add_argument("--snaplen", type=int, default=None, metavar="BYTES",
+                   help=f"bytes kept per packet in a live capture (default {_SNAPLEN}: "
+                   f"headers; {_DETECT_SNAPLEN} with --detect)")
     p.add_argument("--replay", action="append", default=[], metavar="FILE",
                    help="play FILE back as if live, keeping its recorded pace (repeatable)")
     p.add_argument("--speed", type=float, default=1.0, metavar="X",
@@ -96,6 +107,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help=f"average rates over the last SECONDS (default {DEFAULT_WINDOW_S:g})")
     p.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 1)")
+    p.add_argument("--detect", action="store_true",
+                   help="have nDPI read the first packets of each flow and show whether the "
+                   "payload confirms the port's assignment; a mismatch is flagged "
+                   "(needs nfstream: pip install 'portwatch[detect]'; with -i, a backend "
+                   "that keeps payloads: dumpcap or pyshark)")
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -126,6 +142,19 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
+def _service_table(snap: LiveSnapshot,
+                   services: Sequence[ServiceRate]) -> tuple[tuple[Column, ...], list[list[str]]]:
+    """The services' columns and rows; with detection, nDPI's verdict after STATUS."""
+    rows = [[s.label, s.service or "-", s.status.label, format_rate(s.packets_per_s),
+             format_bytes(s.bytes_per_s), f"{s.packets:,}", format_bytes(s.bytes),
+             f"{s.flows:,}"] for s in services]
+    if not snap.detecting:
+        return _SERVICE_COLUMNS, rows
+    for row, s in zip(rows, services, strict=True):
+        row.insert(3, s.detection or "-")
+    return (*_SERVICE_COLUMNS[:3], _DETECTED_COLUMN, *_SERVICE_COLUMNS[3:]), rows
+
+
 def render_screen(snap: LiveSnapshot, *, width: int, height: int, color: bool, title: str,
                   status: str = "") -> list[str]:
     """The lines of one screen, none longer than ``width``, at most ``height`` of them.
@@ -144,9 +173,7 @@ def render_screen(snap: LiveSnapshot, *, width: int, height: int, color: bool, t
            if snap.portless else ""),
     ]
     foot = "q quit" + (f"   {status}" if status else "")
-    services = [[s.label, s.service or "-", s.status.label, format_rate(s.packets_per_s),
-                 format_bytes(s.bytes_per_s), f"{s.packets:,}", format_bytes(s.bytes),
-                 f"{s.flows:,}"] for s in snap.services]
+    service_columns, services = _service_table(snap, snap.services)
     flagged = [[f.label, f.status.label, format_rate(f.packets_per_s), f"{f.packets:,}",
                 _ago(f.last_seen_s), f.service or "-", f.why] for f in snap.flagged]
     # rows for table bodies: the screen less header (2), blank lines, titles, table headers, foot
@@ -156,7 +183,7 @@ def render_screen(snap: LiveSnapshot, *, width: int, height: int, color: bool, t
     lines = [fit(line, width) for line in head]
     lines.append("")
     lines.append(fit(f"SERVICES BY RATE ({len(services):,})", width))
-    lines.extend(render_table(_SERVICE_COLUMNS, services[:service_rows], width=width,
+    lines.extend(render_table(service_columns, services[:service_rows], width=width,
                               color=color).split("\n"))
     lines.append("")
     lines.append(fit(f"FLAGGED PORTS ({len(flagged):,})", width))
@@ -185,10 +212,8 @@ def render_summary(snap: LiveSnapshot, *, width: int | None, color: bool, limit:
         f"{len(snap.flagged):,} flagged ports")
     parts = [fit(head, width)]
     if snap.services:
-        rows = [[s.label, s.service or "-", s.status.label, format_rate(s.packets_per_s),
-                 format_bytes(s.bytes_per_s), f"{s.packets:,}", format_bytes(s.bytes),
-                 f"{s.flows:,}"] for s in snap.services[:limit]]
-        parts.append(render_table(_SERVICE_COLUMNS, rows, width=width, color=color))
+        columns, rows = _service_table(snap, snap.services[:limit])
+        parts.append(render_table(columns, rows, width=width, color=color))
     if snap.flagged:
         rows = [[f.label, f.status.label, format_rate(f.packets_per_s), f"{f.packets:,}",
                  _ago(f.last_seen_s), f.service or "-", f.why] for f in snap.flagged[:limit]]
@@ -244,10 +269,9 @@ def _make_source(args: argparse.Namespace, stdin: BinaryIO) -> tuple[PacketSourc
                                replay_speed=args.speed)
         label = "replay " + ", ".join(args.replay)
     else:
-        if not 1 <= args.snaplen <= 262_144:
-            raise UsageError(f"top: --snaplen takes 1-262144, not {args.snaplen}")
+        snaplen = _snaplen(args)
         config = CaptureConfig(backend=Backend(args.backend), interfaces=tuple(args.interface),
-                               bpf_filter=args.bpf, snaplen=args.snaplen)
+                               bpf_filter=args.bpf, snaplen=snaplen)
         label = f"{args.backend} on {', '.join(args.interface)}"
     return make_source(DaemonConfig(capture=config)), label
 
@@ -267,6 +291,8 @@ class _Feeder:
             for batch in self.source.batches():
                 with self.lock:
                     self.summary.feed(batch, self.clock())
+            with self.lock:  # nDPI's verdict on the flows it was still reading
+                self.summary.close()
             self.status = "capture finished"
         except PortwatchError as exc:
             self.status = f"capture stopped: {exc}"
@@ -348,6 +374,35 @@ class _Terminal:
         return ""
 
 
+def _snaplen(args: argparse.Namespace) -> int:
+    """``--snaplen``, or its default: headers, or enough payload for nDPI with ``--detect``."""
+    from portwatch.daemon.config import DETECT_MIN_SNAPLEN
+
+    if args.snaplen is None:
+        return _DETECT_SNAPLEN if args.detect else _SNAPLEN
+    if not 1 <= args.snaplen <= 262_144:
+        raise UsageError(f"top: --snaplen takes 1-262144, not {args.snaplen}")
+    if args.detect and args.snaplen < DETECT_MIN_SNAPLEN:
+        raise UsageError(f"top: --detect needs --snaplen >= {DETECT_MIN_SNAPLEN} (nDPI reads "
+                         f"payloads), not {args.snaplen}")
+    return int(args.snaplen)
+
+
+def _check_detect(args: argparse.Namespace) -> None:
+    """``--detect``: nDPI is there (else exit 2 with the install hint), the backend keeps
+    payloads, and the snapshot length leaves some."""
+    from portwatch.analysis.detect import require_ndpi
+    from portwatch.daemon.config import DETECT_BACKENDS, Backend
+
+    require_ndpi()
+    if args.interface and Backend(args.backend) not in DETECT_BACKENDS:
+        raise UsageError(f"top: --detect needs a backend that hands over payloads "
+                         f"({', '.join(sorted(b.value for b in DETECT_BACKENDS))}), "
+                         f"not {args.backend}")
+    if args.interface:
+        _snaplen(args)
+
+
 def _check(args: argparse.Namespace) -> None:
     given = [bool(args.interface), bool(args.replay), args.capture is not None]
     if sum(given) != 1:
@@ -357,25 +412,32 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"top: --window takes a positive number of seconds, not {args.window}")
     if not args.refresh >= 0.1:
         raise UsageError(f"top: --refresh takes 0.1 seconds or more, not {args.refresh}")
+    if args.detect:
+        _check_detect(args)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     _check(args)
     table = ctx.table()
     source, label = _make_source(args, sys.stdin.buffer)
+    clock = time.monotonic
+    summary: LiveSummary | None = None
     try:
+        summary = LiveSummary(table, window_s=args.window, limits=FlowLimits(), start=clock(),
+                              detect=args.detect)
         term = _Terminal(ctx.env)
     except BaseException:
         source.close()
+        if summary is not None:
+            summary.close()
         raise
-    clock = time.monotonic
-    feeder = _Feeder(source, LiveSummary(table, window_s=args.window, limits=FlowLimits(),
-                                         start=clock()), clock)
+    feeder = _Feeder(source, summary, clock)
     thread = threading.Thread(target=feeder.run, name="portwatch-top-capture", daemon=True)
     thread.start()
     try:
         with term.active():
-            _loop(term, feeder, label, args.refresh, clock)
+            _loop(term, feeder, label + (" - nDPI on" if args.detect else ""), args.refresh,
+                  clock)
     except KeyboardInterrupt:
         pass
     finally:
@@ -383,6 +445,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         # A live backend's thread ends once its capture process is stopped; a stream's may
         # stay blocked in read() (it reads unbuffered, so exiting under it is safe).
         thread.join(_JOIN_S)
+        with feeder.lock:  # a thread still blocked in read() feeds nothing after this
+            summary.close()
     return 0
 
 
