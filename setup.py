@@ -1,4 +1,5 @@
-"""Builds the optional compiled capture framing (``portwatch.capture.files._core``).
+"""Builds the optional compiled extensions: capture framing (``portwatch.capture.files._core``)
+and decoding (``portwatch.decode._decode``).
 
 Everything else is declared in pyproject.toml. The extension is optional: with
 no C compiler (or no Cython) the install still succeeds and portwatch frames
@@ -13,6 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "src/portwatch/capture/files/_core.pyx"
+DECODE_SOURCE = "src/portwatch/decode/_decode.pyx"
 
 
 class OptionalBuildExt(build_ext):
@@ -43,7 +45,19 @@ def extensions() -> list[Extension]:
         extra_compile_args=["-O3", "-g0"],
         optional=True,
     )
-    return cythonize([ext], language_level=3, quiet=True)
+    decode = Extension(
+        "portwatch.decode._decode",
+        [DECODE_SOURCE],
+        extra_compile_args=["-O3", "-g0"],
+        optional=True,
+    )
+    built = []
+    for one in (ext, decode):  # one that fails to translate leaves the others
+        try:
+            built.extend(cythonize([one], language_level=3, quiet=True))
+        except Exception as exc:
+            print(f"warning: {one.name} not built ({exc})", file=sys.stderr)
+    return built
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
