@@ -20,6 +20,9 @@ No Python object is made per packet.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+cdef extern from *:
+    void __builtin_prefetch(const void* p) noexcept nogil
+
 # DecodeStatus
 cdef enum:
     S_OK = 0
@@ -70,6 +73,9 @@ cdef enum:
     MAX_GTP_EXTENSION_HEADERS = 4
     NO_TRANSPORT = 255
     TUNNEL_FIELDS = 11
+    # Packets ahead whose first two cache lines are asked for: packets lie hundreds
+    # of bytes apart, and waiting for each one's headers was most of the loop's time.
+    PREFETCH_AHEAD = 12
 
 cdef int64_t UNKNOWN_LIMIT = 0x7FFFFFFFFFFFFFFF // 4  # declared length 0: no limit
 cdef uint64_t IPV4_MAPPED = 0xFFFF00000000
@@ -736,6 +742,9 @@ def decode(const uint8_t[::1] data, const int64_t[::1] start, const int64_t[::1]
             if not (0 <= s <= e <= size):
                 bad = i
                 break
+            if i + PREFETCH_AHEAD < n and 0 <= start[i + PREFETCH_AHEAD] < size - 64:
+                __builtin_prefetch(d + start[i + PREFETCH_AHEAD])  # a hint, never a read
+                __builtin_prefetch(d + start[i + PREFETCH_AHEAD] + 63)
             whole = (e - s) >= <int64_t>wirelen[i]
             _decode_level(d, &carried[0], modes[i], s, e, whole, &cur)
             # native._decapsulate: open tunnels while the inner packet carries IP
