@@ -454,6 +454,31 @@ def test_bytes_past_a_packet_never_change_its_decoding(
     np.testing.assert_array_equal(ours.tunnels, zeros.tunnels)
 
 
+def alone(packet: bytes, linktype: int, wirelen: int) -> DecodedBatch:
+    """Decode ``packet`` from a heap buffer of exactly its size (64 bytes at least,
+    the packet at its end), so a read past the packet leaves the buffer."""
+    data = b"\0" * max(0, 64 - len(packet)) + packet
+    batch = PacketBatch.from_packets([data], linktype, wirelens=[wirelen])
+    batch.offsets[:] = len(data) - len(packet)
+    batch.caplens[:] = len(packet)
+    batch.data = np.frombuffer(data, dtype=np.uint8).copy()
+    return assert_same(batch)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(linked(), st.integers(0, 400), st.integers(0, 2))
+def test_a_packet_alone_in_its_buffer_decodes_alike(
+    frame_: tuple[bytes, int], cut: int, extra: int,
+) -> None:
+    """Under AddressSanitizer (build ``_decode`` with ``-fsanitize=address`` and
+    ``LD_PRELOAD`` libasan) a read past any of these packets is reported."""
+    packet, linktype = frame_
+    short = packet[: len(packet) - cut % (len(packet) + 1)]
+    alone(packet, linktype, len(packet) + extra)
+    alone(short, linktype, len(short) + extra)
+
+
 # -- the depth limits, each side of the limit ----------------------------------------------
 
 
