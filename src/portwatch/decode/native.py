@@ -35,6 +35,11 @@ encapsulations, outermost in the low nibble, and the row it replaced moves to
 IP (ARP in VXLAN, an inner header cut by the snapshot length, garbage on port
 4789) the packet stays its outer row. MPLS label stacks and PPPoE sessions are
 shims below IP; they are recorded in ``encap`` but carry no flow of their own.
+
+``decode_batch`` runs the compiled decoder (``_decode.pyx``: the same rules in
+one loop per packet, with the GIL released) when it is built, unless
+``PORTWATCH_DECODE=numpy``; the numpy code here is the fallback and the
+reference it is tested against, column for column.
 """
 
 from __future__ import annotations
