@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import struct
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -477,6 +478,21 @@ def test_a_packet_alone_in_its_buffer_decodes_alike(
     short = packet[: len(packet) - cut % (len(packet) + 1)]
     alone(packet, linktype, len(packet) + extra)
     alone(short, linktype, len(short) + extra)
+
+
+def test_threads_decoding_at_once_get_what_one_thread_gets() -> None:
+    """The loop runs without the GIL and keeps no state between calls."""
+    rng = random.Random(7)
+    packets = sample_packets() + [(f, 1) for f in limit_frames()]
+    batches = [batch_of(rng.sample(packets, 200)) for _ in range(16)]
+    alone_ = [decode_batch(b, "compiled") for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: decode_batch(b, "compiled"), batches * 4))
+    for k, got in enumerate(together):
+        want = alone_[k % len(batches)]
+        for name in COLUMNS:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        np.testing.assert_array_equal(got.tunnels, want.tunnels)
 
 
 # -- the depth limits, each side of the limit ----------------------------------------------

@@ -59,7 +59,9 @@ from portwatch.errors import UsageError
 from portwatch.ports import LabelledEnum, Transport
 
 try:
-    from portwatch.decode import _decode
+    # Not ``from portwatch.decode import _decode``: while the package initialises that
+    # form words a missing extension as a circular import; this one names the module.
+    import portwatch.decode._decode as _decode  # noqa: PLR0402
 except ImportError as _exc:  # the extension was not built (no compiler): numpy decodes
     COMPILED = False
     _WHY_NOT = f"the compiled decoder is not built ({_exc})"
