@@ -1,5 +1,5 @@
-"""Builds the optional compiled extensions: capture framing (``portwatch.capture.files._core``)
-and the flow table core (``portwatch.analysis._flowcore``).
+"""Builds the optional compiled extensions: capture framing (``portwatch.capture.files._core``),
+decoding (``portwatch.decode._decode``) and the flow table core (``portwatch.analysis._flowcore``).
 
 Everything else is declared in pyproject.toml. The extension is optional: with
 no C compiler (or no Cython) the install still succeeds and portwatch frames
@@ -14,6 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "src/portwatch/capture/files/_core.pyx"
+DECODE_SOURCE = "src/portwatch/decode/_decode.pyx"
 FLOWCORE_SOURCE = "src/portwatch/analysis/_flowcore.pyx"
 
 
@@ -51,7 +52,19 @@ def extensions() -> list[Extension]:
         extra_compile_args=["-O3", "-g0"],
         optional=True,
     )
-    return cythonize([ext, flowcore], language_level=3, quiet=True)
+    decode = Extension(
+        "portwatch.decode._decode",
+        [DECODE_SOURCE],
+        extra_compile_args=["-O3", "-g0"],
+        optional=True,
+    )
+    built = []
+    for one in (ext, decode, flowcore):  # one that fails to translate leaves the others
+        try:
+            built.extend(cythonize([one], language_level=3, quiet=True))
+        except Exception as exc:
+            print(f"warning: {one.name} not built ({exc})", file=sys.stderr)
+    return built
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -35,11 +35,17 @@ encapsulations, outermost in the low nibble, and the row it replaced moves to
 IP (ARP in VXLAN, an inner header cut by the snapshot length, garbage on port
 4789) the packet stays its outer row. MPLS label stacks and PPPoE sessions are
 shims below IP; they are recorded in ``encap`` but carry no flow of their own.
+
+``decode_batch`` runs the compiled decoder (``_decode.pyx``: the same rules in
+one loop per packet, with the GIL released) when it is built, unless
+``PORTWATCH_DECODE=numpy``; the numpy code here is the fallback and the
+reference it is tested against, column for column.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -49,9 +55,23 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.capture.batch import LinkType, PacketBatch
+from portwatch.errors import UsageError
 from portwatch.ports import LabelledEnum, Transport
 
+try:
+    # Not ``from portwatch.decode import _decode``: while the package initialises that
+    # form words a missing extension as a circular import; this one names the module.
+    import portwatch.decode._decode as _decode  # noqa: PLR0402
+except ImportError as _exc:  # the extension was not built (no compiler): numpy decodes
+    COMPILED = False
+    _WHY_NOT = f"the compiled decoder is not built ({_exc})"
+else:
+    COMPILED = True
+    _WHY_NOT = ""
+
 __all__ = [
+    "COMPILED",
+    "DECODERS",
     "ENCAPSULATIONS",
     "MAX_ENCAPSULATIONS",
     "MAX_GTP_EXTENSION_HEADERS",
@@ -1075,9 +1095,109 @@ def _decapsulate(r: _FieldLoads, main: _State, whole: Bool) -> None:
         out.tunnels = tunnels
 
 
-def decode_batch(batch: PacketBatch) -> DecodedBatch:
+#: ``decode_batch(decoder=...)``: ``"auto"`` is compiled when built, else numpy.
+DECODERS = ("auto", "compiled", "numpy")
+_said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
+
+
+def _choose(decoder: str | None) -> bool:
+    """Whether to decode with the compiled loop; says which once under PORTWATCH_VERBOSE=1.
+
+    ``decoder=None`` reads ``PORTWATCH_DECODE`` (``numpy`` forces the
+    reference decoder, for comparisons and benchmarks).
+    """
+    from_env = decoder is None
+    if decoder is None:
+        decoder = os.environ.get("PORTWATCH_DECODE", "auto") or "auto"
+    problem = ""
+    if decoder not in DECODERS:
+        problem = f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}"
+    elif decoder == "compiled" and not COMPILED:
+        problem = _WHY_NOT
+    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
+        raise UsageError(f"PORTWATCH_DECODE: {problem}")
+    if problem:
+        raise ValueError(problem)
+    compiled = COMPILED and decoder != "numpy"
+    if "decoder" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
+        _said.add("decoder")
+        which = "compiled (_decode)" if compiled else "numpy"
+        why = f"; {_WHY_NOT}" if not COMPILED else ""
+        print(f"portwatch: packet decoder: {which}{why}", file=sys.stderr)
+    return compiled
+
+
+def decode_batch(batch: PacketBatch, decoder: str | None = None) -> DecodedBatch:
     """Decode every packet of ``batch`` down to transport ports, all at once,
-    through tunnels (see ``_decapsulate``)."""
+    through tunnels (see ``_decapsulate``).
+
+    ``decoder`` is one of ``DECODERS``; ``None`` reads ``PORTWATCH_DECODE``.
+    Both decoders give identical columns (``tests/decode/test_compiled_decode.py``).
+    """
+    if _choose(decoder):
+        return _decode_compiled(batch)
+    return _decode_numpy(batch)
+
+
+def _spans(batch: PacketBatch) -> tuple[U8, I64, I64]:
+    """The batch's buffer (padded when tiny) and each packet's clamped start and end."""
+    data = np.ascontiguousarray(batch.data, dtype=np.uint8).reshape(-1)
+    size = data.shape[0]
+    start = np.minimum(batch.offsets.astype(np.int64, copy=False), size)
+    np.maximum(start, 0, out=start)
+    end = np.minimum(start + batch.caplens, size)
+    if len(batch) and size < _PAD:
+        data = np.concatenate([data, np.zeros(_PAD - size, dtype=np.uint8)])
+    return data, start, end
+
+
+#: Byte offset of each ``_decode.COLUMNS`` field in a ``TUNNEL_DTYPE`` record.
+_LAYER_OFFSETS = np.array([TUNNEL_DTYPE.fields[name][1] for name in _decode.COLUMNS]
+                          if COMPILED and TUNNEL_DTYPE.fields else [], dtype=np.int64)
+
+
+def _empty_out(n: int, wirelen: U32) -> DecodedBatch:
+    """Uninitialised columns for a decoder that writes every row."""
+    def e(dtype: type[np.generic]) -> npt.NDArray[Any]:
+        return np.empty(n, dtype=dtype)
+
+    return DecodedBatch(
+        status=e(np.uint8), ip_version=e(np.uint8), ip_proto=e(np.uint8),
+        src_hi=e(np.uint64), src_lo=e(np.uint64), dst_hi=e(np.uint64), dst_lo=e(np.uint64),
+        src_port=e(np.uint16), dst_port=e(np.uint16), tcp_flags=e(np.uint8),
+        frag_id=e(np.uint32), is_first_fragment=e(np.bool_), wirelen=wirelen,
+        encap=e(np.uint16))
+
+
+def _decode_compiled(batch: PacketBatch) -> DecodedBatch:
+    """``_decode_numpy``'s answer from one compiled loop over the packets."""
+    n = len(batch)
+    data, start, end = _spans(batch)
+    if n == 0:
+        return _new_state(n, batch.wirelens, end).out
+    out = _empty_out(n, batch.wirelens)
+    cap = MAX_ENCAPSULATIONS * n  # each packet has at most that many outer layers
+    layers = np.empty(cap, dtype=TUNNEL_DTYPE)
+    layer_packet = np.empty(cap, dtype=np.int64)
+    layer_depth = np.empty(cap, dtype=np.uint8)
+    m = _decode.decode(
+        data, start, end, np.ascontiguousarray(batch.wirelens, dtype=np.uint32),
+        np.ascontiguousarray(batch.linktypes, dtype=np.int64), TRANSPORT_OF_PROTO,
+        out.status, out.ip_version, out.ip_proto, out.src_hi, out.src_lo, out.dst_hi,
+        out.dst_lo, out.src_port, out.dst_port, out.tcp_flags, out.frag_id,
+        out.is_first_fragment.view(np.uint8), out.encap, layers.view(np.uint8),
+        _LAYER_OFFSETS, TUNNEL_DTYPE.itemsize, layer_packet, layer_depth)
+    if m:
+        depth = layer_depth[:m]
+        tunnels = np.zeros((n, int(depth.max()) + 1), dtype=TUNNEL_DTYPE)
+        tunnels["status"] = TUNNEL_UNUSED
+        tunnels[layer_packet[:m], depth] = layers[:m]
+        out.tunnels = tunnels
+    return out
+
+
+def _decode_numpy(batch: PacketBatch) -> DecodedBatch:
+    """The vectorised numpy decoder: the fallback, and the reference."""
     n = len(batch)
     data = np.ascontiguousarray(batch.data, dtype=np.uint8).reshape(-1)
     size = data.shape[0]
