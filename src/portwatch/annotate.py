@@ -14,9 +14,10 @@ reason as ``status`` (``non-ip``, ``icmp``, ``fragment`` ...), an empty
 With ``Annotator(detect=True)`` nDPI reads the first packets of each flow too
 (``analysis.detect``, as ``analyze --detect`` does; the packet's own bytes:
 scapy's ``bytes(packet)``, pyshark's raw frame when captured with
-``include_raw=True, use_json=True``, which is then decoded natively). Each call waits until nDPI has read the
-packet, so the answer is deterministic: once nDPI is done with the flow
-(it named the protocol, or gave up), every later packet's ``Annotation``
+``include_raw=True, use_json=True``, which is then decoded natively). Each
+call waits until nDPI has read the packet, so the answer is deterministic:
+once nDPI is done with the flow (it named the protocol, or gave up), every
+later packet's ``Annotation``
 carries ``detected``, ``confidence`` and ``detection`` (``confirmed``,
 ``mismatch``, ``unconfirmed``), and a mismatch is a flag with its sentence
 (``tcp/443 https (assigned) carries ssh``); until then ``detection`` is "".
