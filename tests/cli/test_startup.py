@@ -66,3 +66,14 @@ def test_analyze_loads_neither_the_daemon_nor_the_exporter_nor_numpy_ma(
     assert not {m for m in loaded if m.startswith(("portwatch.cli.daemon", "portwatch.daemon",
                                                    "portwatch.export", "portwatch.cli.export"))}
     assert "numpy.ma" not in loaded
+
+
+def test_only_the_prom_format_loads_prometheus_client(
+    official_csv: Path, warm_cache: Path
+) -> None:
+    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
+           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    json_run = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    prom_run = _modules_after(["analyze", "--format", "prom", "pcaps/sample.pcapng"], env)
+    assert not {m for m in json_run if m.startswith(("prometheus_client", "http.server"))}
+    assert "prometheus_client" in prom_run
