@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Callable
 from enum import Enum
+from operator import attrgetter
 
 from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table
 from portwatch.analysis.report import DETECTION_FIELDS, FlowReport, Report
@@ -36,20 +37,45 @@ def _json(report: Report) -> str:
     return json_document(report.as_dict())
 
 
+def _c_encoder() -> Callable[[object], str]:
+    """``json.dumps`` with its default options, minus its per-call set-up.
+
+    ``json.dumps`` builds a new C encoder for every value; one line per flow
+    made that a third of the cost of ``-f json``/``-f jsonl``. This is the
+    encoder ``json.dumps`` would build, made once (without the check for
+    circular references, which a report cannot have); ``json.dumps`` itself
+    where the C accelerator is missing.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has _json
+        return json.dumps
+    defaults = json.JSONEncoder()
+    encode = make(None, defaults.default, json.encoder.encode_basestring_ascii, None, ": ",
+                  ", ", False, False, True)
+
+    def dumps(value: object) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps = _c_encoder()
+
+
 def json_document(doc: dict[str, object]) -> str:
     parts = []
     for key, value in doc.items():
         name = json.dumps(key)
         if isinstance(value, list) and value:
-            items = ",\n".join("    " + json.dumps(item) for item in value)
+            items = ",\n".join(["    " + _dumps(item) for item in value])
             parts.append(f"  {name}: [\n{items}\n  ]")
         else:
-            parts.append(f"  {name}: {json.dumps(value)}")
+            parts.append(f"  {name}: {_dumps(value)}")
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _jsonl(report: Report) -> str:
-    return "".join(json.dumps(f.as_dict()) + "\n" for f in report.flows)
+    return "".join([_dumps(f.as_dict()) + "\n" for f in report.flows])
 
 
 _CSV_FIELDS = tuple(f for f in FlowReport.__slots__ if f not in DETECTION_FIELDS)
@@ -62,14 +88,14 @@ def _detected(report: Report) -> bool:
 
 def _csv(report: Report) -> str:
     fields = _CSV_FIELDS + DETECTION_FIELDS if _detected(report) else _CSV_FIELDS
+    values = attrgetter(*fields)  # one C call per flow, no dict per flow
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fields)
-    for flow in report.flows:
-        row = flow.as_dict()
-        writer.writerow(
-            ";".join(v) if isinstance(v := row.get(name), list) else v for name in fields
-        )
+    writer.writerows(
+        [";".join(v) if isinstance(v, list) else v for v in values(flow)]
+        for flow in report.flows
+    )
     return buf.getvalue()
 
 
