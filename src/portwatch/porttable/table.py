@@ -118,8 +118,6 @@ class PortTable:
         "_columns",
         "_entries",
         "_entry_cache",
-        "_entry_rows",
-        "_flag_rows",
         "_infos",
         "_service_rows",
         "_status_rows",
@@ -156,8 +154,6 @@ class PortTable:
         # made on the first scalar lookup (half a million ints: not every run needs them).
         self._status_rows: list[list[int]] | None = None
         self._service_rows: list[list[int]] | None = None
-        self._entry_rows: list[list[int]] | None = None
-        self._flag_rows: list[list[int]] | None = None
         # (transport << 16 | port) -> answer: a PortInfo is immutable and costs
         # ~300 ns to build, so a port asked for again is one dict probe.
         self._infos: dict[int, PortInfo] = {}
@@ -203,18 +199,17 @@ class PortTable:
         return info
 
     def _build_info(self, transport: Transport, port: int) -> PortInfo:
+        """Once per distinct port (``lookup`` keeps the answer): numpy scalars will do;
+        turning the four arrays into lists first cost 15 ms of every start-up."""
         if not 0 <= port < PORTS:
             raise ValueError(f"port {port} is outside 0-65535")
-        if self._entry_rows is None or self._flag_rows is None:
-            self._entry_rows = self.entry.tolist()
-            self._flag_rows = self.flags.tolist()
-        status = _STATUS_BY_CODE[self._rows()[0][transport][port]]
-        index = self._entry_rows[transport][port]
+        status = _STATUS_BY_CODE[int(self.status[transport, port])]
+        index = int(self.entry[transport, port])
         if index < 0:
             return _new_info(PortInfo, (transport, port, status, "", (), "", PortFlag.NONE, "",
                                         (), ""))
         e = self._entry(index)
-        flags = self._flag_rows[transport][port]
+        flags = int(self.flags[transport, port])
         return _new_info(PortInfo, (
             transport,
             port,
