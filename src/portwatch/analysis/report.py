@@ -421,7 +421,12 @@ class _Addresses:
         return text
 
     def column(self, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> list[str]:
-        return [self(h, lo_) for h, lo_ in zip(hi.tolist(), lo.tolist(), strict=True)]
+        """A whole column: Python formats each distinct address, C does the rest."""
+        pairs = list(zip(hi.tolist(), lo.tolist(), strict=True))
+        seen = self._seen
+        for pair in dict.fromkeys(pairs).keys() - seen.keys():
+            seen[pair] = _address(*pair)
+        return list(map(seen.__getitem__, pairs))
 
 
 def merge_reports(reports: Sequence[Report]) -> Report:
