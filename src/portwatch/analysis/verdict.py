@@ -82,7 +82,11 @@ STATUS_REASONS[PortStatus.UNLISTED] = FlagReason.UNLISTED
 STATUS_REASONS[PortStatus.DYNAMIC] = FlagReason.DYNAMIC
 
 _REASONS = tuple(FlagReason)  # single-bit members, in value order
-_FLAG_LABELS = [tuple(r.label for r in _REASONS if bits & r) for bits in range(1 << len(_REASONS))]
+#: (bit, label) per reason: plain ints, because ``int & FlagReason`` goes through
+#: ``enum.Flag.__and__`` (2 us a time, and this is done per flow and at import).
+_REASON_BITS = tuple((int(r), r.label) for r in _REASONS)
+_FLAG_LABELS = [tuple(label for value, label in _REASON_BITS if bits & value)
+                for bits in range(1 << len(_REASONS))]
 
 
 def flag_labels(bits: int) -> list[str]:
@@ -126,7 +130,6 @@ def sentences(assigned_only: bool) -> dict[str, str]:
 
 
 _SENTENCES = {assigned_only: sentences(assigned_only) for assigned_only in (False, True)}
-_REASON_BITS = tuple((int(r), r.label) for r in _REASONS)
 _DYNAMIC_BIT = int(FlagReason.DYNAMIC)
 
 
