@@ -352,7 +352,7 @@ class PortTable:
 
 
 def _checked_names(names: object) -> list[str]:
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, list) or not names or set(map(type, names)) != {str}:
         raise ValueError("names: expected a list of strings")
     return names
 
