@@ -84,3 +84,12 @@ def test_each_flow_gets_lists_of_its_own(table: PortTable) -> None:
     assert len({tuple(f.flags) for f in flagged}) < len(flagged)  # equal words exist
     lists = [id(x) for f in report.flows for x in (f.flags, f.reasons)]
     assert len(set(lists)) == len(lists)
+
+
+def test_no_flows_give_the_same_empty_outputs(table: PortTable) -> None:
+    analyzer = Analyzer(table, capture="empty.pcap")
+    fast, slow = analyzer.report(), reference_report(analyzer)
+    assert fast.flows == slow.flows == []
+    assert render(fast, OutputFormat.CSV) == csv_text(slow)
+    assert render(fast, OutputFormat.JSON) == json_text(slow)
+    assert render(fast, OutputFormat.JSONL) == jsonl_text(slow) == ""
