@@ -13,7 +13,7 @@ capture list them alike. ``docs/flow-records.md`` documents every field.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
@@ -334,33 +334,35 @@ def _flow_reports(analyzer: Analyzer, live: I64, dec: FlowDecisions) -> list[Flo
     first_ns, last_ns = ft.first_ns[live], ft.last_ns[live]
     flags, why = _verdict_words(table, dec)
     names = table.names
-    return list(map(
-        FlowReport,
-        _labels(_TRANSPORT_LABELS, dec.transport),
-        client,
-        dec.client_port.tolist(),
-        server,
-        dec.service_port.tolist(),
-        [names[i] for i in dec.service_id.tolist()],
-        _labels(_STATUS_LABELS, dec.status),
-        _labels(_RULE_LABELS, dec.rule),
-        flags,
-        why,
-        (p_ab + p_ba).tolist(),
-        (b_ab + b_ba).tolist(),
-        np.where(svc_a, p_ba, p_ab).tolist(),
-        np.where(svc_a, p_ab, p_ba).tolist(),
-        np.where(svc_a, b_ba, b_ab).tolist(),
-        np.where(svc_a, b_ab, b_ba).tolist(),
-        _times(first_ns),
-        _times(last_ns),
-        repeat(analyzer.capture),
-        _seconds(first_ns).tolist(),
-        ((last_ns - first_ns) / 1e9).tolist(),
-        _labels(CONN_STATE_LABELS, conn_states(ft, live, svc_a)),
-        flow_community_ids(keys),
-        encapsulation_labels(ft.encap[live]),
-    ))
+    columns: dict[str, Iterable[Any]] = {
+        "transport": _labels(_TRANSPORT_LABELS, dec.transport),
+        "client": client,
+        "client_port": dec.client_port.tolist(),
+        "server": server,
+        "service_port": dec.service_port.tolist(),
+        "service": [names[i] for i in dec.service_id.tolist()],
+        "status": _labels(_STATUS_LABELS, dec.status),
+        "method": _labels(_RULE_LABELS, dec.rule),
+        "flags": flags,
+        "reasons": why,
+        "packets": (p_ab + p_ba).tolist(),
+        "bytes": (b_ab + b_ba).tolist(),
+        "packets_to_service": np.where(svc_a, p_ba, p_ab).tolist(),
+        "packets_from_service": np.where(svc_a, p_ab, p_ba).tolist(),
+        "bytes_to_service": np.where(svc_a, b_ba, b_ab).tolist(),
+        "bytes_from_service": np.where(svc_a, b_ab, b_ba).tolist(),
+        "first_seen": _times(first_ns),
+        "last_seen": _times(last_ns),
+        "capture": repeat(analyzer.capture),
+        "start_time": _seconds(first_ns).tolist(),
+        "duration": ((last_ns - first_ns) / 1e9).tolist(),
+        "conn_state": _labels(CONN_STATE_LABELS, conn_states(ft, live, svc_a)),
+        "community_id": flow_community_ids(keys),
+        "encapsulation": encapsulation_labels(ft.encap[live]),
+    }
+    if tuple(columns) != _ALL_FIELDS[:len(columns)]:  # positional below: names must line up
+        raise AssertionError(f"FlowReport fields {_ALL_FIELDS} != columns {tuple(columns)}")
+    return list(map(FlowReport, *columns.values()))
 
 
 def _labels(labels: Sequence[str], codes: npt.NDArray[Any]) -> list[str]:
@@ -368,8 +370,8 @@ def _labels(labels: Sequence[str], codes: npt.NDArray[Any]) -> list[str]:
     return [labels[c] for c in codes.tolist()]
 
 
-#: Bits of a verdict-words key below the flags: the "both ports dynamic" bit.
-_BOTH_DYNAMIC_BIT = 1
+#: A verdict-words key, low bits first: both ports dynamic (1 bit), flags (8), port (16),
+#: transport.
 _FLAG_SHIFT = 1
 _PORT_SHIFT = 9  # flags are a uint8
 _TRANSPORT_SHIFT = _PORT_SHIFT + 16
@@ -385,7 +387,7 @@ def _verdict_words(table: PortTable, dec: FlowDecisions) -> tuple[list[list[str]
     words it for all of them.
     """
     bits = dec.flags.astype(np.int64)
-    both_dynamic = (bits & FlagReason.DYNAMIC != 0) & (dec.client_port >= DYNAMIC_PORTS.start)
+    both_dynamic = ((bits & FlagReason.DYNAMIC) != 0) & (dec.client_port >= DYNAMIC_PORTS.start)
     combo = ((dec.transport.astype(np.int64) << _TRANSPORT_SHIFT)
              | (dec.service_port.astype(np.int64) << _PORT_SHIFT)
              | (bits << _FLAG_SHIFT) | both_dynamic.astype(np.int64))
