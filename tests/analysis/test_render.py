@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from portwatch import __version__
 from portwatch._terminal import should_color, terminal_width
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.analysis.render import OutputFormat, render
+from portwatch.analysis.render import OutputFormat, _dumps, render
 from portwatch.analysis.report import Report, ServiceCount
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.porttable.cache import load_table
@@ -196,3 +199,17 @@ def test_an_empty_report_is_still_valid_exposition() -> None:
     assert render(empty, OutputFormat.TABLE).splitlines()[:2] == [
         "capture: 0 packets, 0B, 0 flows",
         "port  service  status  packets  bytes  flows  flags"]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_JSON_VALUES)
+def test_the_reused_encoder_writes_what_json_dumps_writes(value: object) -> None:
+    assert _dumps(value) == json.dumps(value)

@@ -66,3 +66,33 @@ def test_analyze_loads_neither_the_daemon_nor_the_exporter_nor_numpy_ma(
     assert not {m for m in loaded if m.startswith(("portwatch.cli.daemon", "portwatch.daemon",
                                                    "portwatch.export", "portwatch.cli.export"))}
     assert "numpy.ma" not in loaded
+
+
+def test_only_the_prom_format_loads_prometheus_client(
+    official_csv: Path, warm_cache: Path
+) -> None:
+    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
+           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    json_run = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    prom_run = _modules_after(["analyze", "--format", "prom", "pcaps/sample.pcapng"], env)
+    assert not {m for m in json_run if m.startswith(("prometheus_client", "http.server"))}
+    assert "prometheus_client" in prom_run
+
+
+def test_a_warm_analyze_loads_neither_the_compiler_nor_the_terminal_ui(
+    official_csv: Path, warm_cache: Path
+) -> None:
+    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
+           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    assert "portwatch.porttable.table" in loaded
+    assert not loaded & {"portwatch.porttable.compile", "portwatch.cli.top",
+                         "portwatch.cli.completion", "termios", "tty"}
+
+
+def test_a_cold_cache_still_compiles(official_csv: Path, tmp_path: Path) -> None:
+    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(tmp_path),
+           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    assert "portwatch.porttable.compile" in loaded
+    assert list(tmp_path.glob("table-*.npz"))

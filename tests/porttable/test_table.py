@@ -193,6 +193,27 @@ def test_table_survives_serialisation_unchanged(csv_source: ParsedSource) -> Non
     assert again.sources == table.sources
 
 
+def test_a_loaded_table_answers_each_lookup_as_the_compiled_one(
+    csv_source: ParsedSource,
+) -> None:
+    """Entries decoded one at a time (lookups) and all at once (``entries``) agree."""
+    table = compile_table(merge_sources([csv_source]))
+    blob = table.to_bytes()
+    one_by_one, whole = PortTable.from_bytes(blob), PortTable.from_bytes(blob)
+    for t in Transport:
+        for port in [*np.flatnonzero(table.entry[t] >= 0).tolist()[::7], 0, 65535]:
+            assert one_by_one.lookup(t, port) == table.lookup(t, port)
+    assert whole.entries == table.entries
+    assert PortTable.from_bytes(whole.to_bytes()).entries == table.entries
+
+
+def test_an_empty_table_survives_serialisation() -> None:
+    empty = compile_table(merge_sources([]))
+    again = PortTable.from_bytes(empty.to_bytes())
+    assert again.entries == empty.entries == []
+    assert again.lookup(Transport.UDP, 53).status == empty.lookup(Transport.UDP, 53).status
+
+
 def test_garbage_is_not_taken_for_a_compiled_table() -> None:
     with pytest.raises(ValueError, match="not a compiled portwatch table"):
         PortTable.from_bytes(b"garbage")
@@ -230,10 +251,9 @@ def _edit_meta(members: dict[str, np.ndarray], **changes: object) -> np.ndarray:
     return _json_member(meta)
 
 
-def _edit_entry(members: dict[str, np.ndarray], field: int, value: object) -> np.ndarray:
-    entries = json.loads(members["entries"].tobytes())
-    entries[-1][field] = value
-    return _json_member(entries)
+def _poke(name: str, index: int, value: int) -> Callable[[dict[str, np.ndarray]], None]:
+    """Set one element of an entry column (index -1: the last)."""
+    return lambda m: m[name].__setitem__(index, value)
 
 
 _TAMPERINGS: dict[str, Callable[[dict[str, np.ndarray]], None]] = {
@@ -264,15 +284,29 @@ _TAMPERINGS: dict[str, Callable[[dict[str, np.ndarray]], None]] = {
         meta=_edit_meta(m, sources=[["p", "yaml", None, True, ""]])),
     "source-date-garbage": lambda m: m.update(
         meta=_edit_meta(m, sources=[["p", "services", "2024-13-45", True, ""]])),
-    "entries-a-dict": lambda m: m.update(entries=_json_member({"a": 1})),
-    "entry-of-seven-fields": lambda m: m.update(
-        entries=_json_member([e[:7] for e in json.loads(m["entries"].tobytes())])),
-    "entry-status-a-string": lambda m: m.update(entries=_edit_entry(m, 0, "assigned")),
-    "entry-aliases-of-ints": lambda m: m.update(entries=_edit_entry(m, 2, [1, 2])),
-    "entry-source-past-the-sources": lambda m: m.update(entries=_edit_entry(m, 7, 4)),
-    "entry-record-id-negative": lambda m: m.update(entries=_edit_entry(m, 6, [-1])),
-    "entry-flag-a-bool": lambda m: m.update(entries=_edit_entry(m, 4, True)),
-    "object-array-member": lambda m: m.update(entries=np.array([{"x": 1}], dtype=object)),
+    "missing-text": lambda m: m.pop("text"),
+    "entry-status-unknown": _poke("entry_status", -1, len(PortStatus)),
+    "entry-flag-unknown": _poke("entry_flags", -1, 2),
+    "entry-source-past-the-sources": _poke("entry_source", -1, 4),
+    "entry-source-negative": _poke("entry_source", 0, -1),
+    "entry-service-past-the-strings": _poke("entry_service", -1, 1_000_000),
+    "entry-description-negative": _poke("entry_description", 0, -1),
+    "entry-remark-past-the-strings": _poke("entry_remark", 0, 1_000_000),
+    "alias-past-the-strings": _poke("aliases", 0, 1_000_000),
+    "record-id-negative": _poke("record_ids", -1, -1),
+    "alias-run-falling": _poke("alias_ends", 0, 10_000),
+    "alias-runs-past-the-aliases": lambda m: m.update(aliases=m["aliases"][:-1]),
+    "record-runs-short-of-the-ids": lambda m: m.update(
+        record_ids=np.append(m["record_ids"], np.int64(5))),
+    "text-ends-past-the-text": lambda m: m.update(text=m["text"][:-3]),
+    "text-ends-falling": _poke("text_ends", 0, 10_000),
+    "text-not-utf8": _poke("text", 0, 0xFF),
+    "columns-of-different-lengths": lambda m: m.update(entry_flags=m["entry_flags"][:-1]),
+    "entry-status-as-int64": lambda m: m.update(
+        entry_status=m["entry_status"].astype(np.int64)),
+    "aliases-two-dimensional": lambda m: m.update(aliases=m["aliases"].reshape(1, -1)),
+    "big-endian-record-ids": lambda m: m.update(record_ids=m["record_ids"].astype(">i8")),
+    "object-array-member": lambda m: m.update(text_ends=np.array([{"x": 1}], dtype=object)),
 }
 
 
@@ -308,10 +342,10 @@ def test_member_claiming_a_huge_size_is_refused_before_inflating(tmp_path: Path)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, array in members.items():
-            if name != "entries":
+            if name != "text":
                 with zf.open(f"{name}.npy", "w") as out:
                     np.lib.format.write_array(out, array)
-        with zf.open("entries.npy", "w") as out:  # 65 MiB of zeros deflate to 64 KiB: a bomb
+        with zf.open("text.npy", "w") as out:  # 65 MiB of zeros deflate to 64 KiB: a bomb
             np.lib.format.write_array(out, np.zeros(65 * 1024 * 1024, dtype=np.uint8))
     with pytest.raises(ValueError, match="implausibly large"):
         PortTable.from_bytes(buf.getvalue())
@@ -475,3 +509,37 @@ def test_official_tables_equal_the_slot_by_slot_reference(
     for sources in ([xml_source], [csv_source, xml_source]):
         registry = merge_sources(sources)
         assert compile_table(registry).to_bytes() == _reference_table(registry).to_bytes()
+
+
+_SLOT_ENTRIES = st.builds(
+    SlotEntry,
+    st.sampled_from(list(PortStatus)),
+    st.text(max_size=8),
+    st.lists(st.text(max_size=6), max_size=3).map(tuple),
+    st.text(max_size=30),  # any code point: the pool is cut by characters, not bytes
+    st.sampled_from([PortFlag.NONE, PortFlag.UNAUTHORIZED_USE]),
+    st.text(max_size=10),
+    st.lists(st.integers(0, 2**40), max_size=4).map(tuple),
+    st.just(0),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_SLOT_ENTRIES, max_size=12))
+def test_any_slot_entries_survive_serialisation(entries: list[SlotEntry]) -> None:
+    entry = np.full((len(Transport), 65536), -1, dtype=np.int32)
+    entry[0, : len(entries)] = np.arange(len(entries))
+    table = PortTable(
+        status=np.zeros((len(Transport), 65536), dtype=np.uint8),
+        service_id=np.zeros((len(Transport), 65536), dtype=np.int32),
+        flags=np.zeros((len(Transport), 65536), dtype=np.uint8),
+        entry=entry, names=[""], entries=entries,
+        sources=[SourceInfo("s", SourceFormat.SERVICES, None, True, "")],
+    )
+    blob = table.to_bytes()
+    one_by_one = PortTable.from_bytes(blob)
+    for i, e in enumerate(entries):
+        info = one_by_one.lookup(Transport.TCP, i)
+        assert (info.aliases, info.description, info.record_ids) == (
+            e.aliases, e.description, e.record_ids)
+    assert PortTable.from_bytes(blob).entries == entries

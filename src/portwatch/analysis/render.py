@@ -8,23 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import Enum
+from operator import attrgetter
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-from portwatch import __version__
 from portwatch._terminal import STATUS_COLORS, Align, Column, fit, render_table
-from portwatch.analysis.report import (
-    DETECTION_FIELDS,
-    PORTLESS_STATUSES,
-    UNDECODABLE_STATUSES,
-    FlowReport,
-    Report,
-)
-from portwatch.ports import LabelledEnum
+from portwatch.analysis.report import DETECTION_FIELDS, FlowReport, Report
 
 __all__ = ["OutputFormat", "json_document", "render"]
 
@@ -48,20 +37,45 @@ def _json(report: Report) -> str:
     return json_document(report.as_dict())
 
 
+def _c_encoder() -> Callable[[object], str]:
+    """``json.dumps`` with its default options, minus its per-call set-up.
+
+    ``json.dumps`` builds a new C encoder for every value; one line per flow
+    made that a third of the cost of ``-f json``/``-f jsonl``. This is the
+    encoder ``json.dumps`` would build, made once (without the check for
+    circular references, which a report cannot have); ``json.dumps`` itself
+    where the C accelerator is missing.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has _json
+        return json.dumps
+    defaults = json.JSONEncoder()
+    encode = make(None, defaults.default, json.encoder.encode_basestring_ascii, None, ": ",
+                  ", ", False, False, True)
+
+    def dumps(value: object) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps = _c_encoder()
+
+
 def json_document(doc: dict[str, object]) -> str:
     parts = []
     for key, value in doc.items():
         name = json.dumps(key)
         if isinstance(value, list) and value:
-            items = ",\n".join("    " + json.dumps(item) for item in value)
+            items = ",\n".join(["    " + _dumps(item) for item in value])
             parts.append(f"  {name}: [\n{items}\n  ]")
         else:
-            parts.append(f"  {name}: {json.dumps(value)}")
+            parts.append(f"  {name}: {_dumps(value)}")
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _jsonl(report: Report) -> str:
-    return "".join(json.dumps(f.as_dict()) + "\n" for f in report.flows)
+    return "".join([_dumps(f.as_dict()) + "\n" for f in report.flows])
 
 
 _CSV_FIELDS = tuple(f for f in FlowReport.__slots__ if f not in DETECTION_FIELDS)
@@ -74,97 +88,26 @@ def _detected(report: Report) -> bool:
 
 def _csv(report: Report) -> str:
     fields = _CSV_FIELDS + DETECTION_FIELDS if _detected(report) else _CSV_FIELDS
+    values = attrgetter(*fields)  # one C call per flow, no dict per flow
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fields)
-    for flow in report.flows:
-        row = flow.as_dict()
-        writer.writerow(
-            ";".join(v) if isinstance(v := row.get(name), list) else v for name in fields
-        )
+    writer.writerows(
+        [";".join(v) if isinstance(v, list) else v for v in values(flow)]
+        for flow in report.flows
+    )
     return buf.getvalue()
 
 
-class _ReportCollector(Collector):
-    """The report as metric families, for one ``generate_latest`` in a throwaway registry.
-
-    Gauges, not counters: each run describes the captures it was given, and the
-    next run's file replaces this one (node_exporter's textfile collector).
-    """
-
-    def __init__(self, report: Report) -> None:
-        self.report = report
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterable[Metric]:
-        report = self.report
-        labels = ["transport", "port", "service", "status"]
-        per_service = [
-            (GaugeMetricFamily("portwatch_capture_packets",
-                               "Packets per service in the analysed captures.", labels=labels),
-             "packets"),
-            (GaugeMetricFamily("portwatch_capture_bytes",
-                               "Bytes per service in the analysed captures.", labels=labels),
-             "bytes"),
-            (GaugeMetricFamily("portwatch_capture_flows",
-                               "Flows per service in the analysed captures.", labels=labels),
-             "flows"),
-        ]
-        for s in report.services:
-            values = [s.transport, str(s.port), s.service, s.status]
-            for family, attr in per_service:
-                family.add_metric(values, getattr(s, attr))
-        yield from (family for family, _ in per_service)
-        flagged = GaugeMetricFamily(
-            "portwatch_capture_flagged_flows",
-            "Flagged flows by service port and reason in the analysed captures.",
-            labels=["transport", "port", "status", "reason"])
-        counts = report.flagged_flow_counts()  # exact, even when only some are listed
-        for (transport, port, status, reason), n in sorted(counts.items()):
-            flagged.add_metric([transport, str(port), status, reason], n)
-        yield flagged
-        undecoded = GaugeMetricFamily("portwatch_capture_undecoded_packets",
-                                      "Packets without transport ports of their own, by reason "
-                                      "(fragment-attributed: later IP fragments counted with "
-                                      "their flow).",
-                                      labels=["reason"])
-        for reason, n in sorted(report.decode.items()):
-            undecoded.add_metric([reason], n)
-        yield undecoded
-        yield _by_reason("portwatch_capture_portless_packets",
-                         "Packets decoded without transport ports of their own, by reason "
-                         "(fragment: IP fragments not counted with a flow).",
-                         report.decode, PORTLESS_STATUSES)
-        yield _by_reason("portwatch_capture_decode_errors",
-                         "Packets that could not be decoded, by reason.",
-                         report.decode, UNDECODABLE_STATUSES)
-        yield GaugeMetricFamily("portwatch_capture_analysed_packets",
-                                "All packets analysed, with or without transport ports.",
-                                value=report.packets)
-        yield GaugeMetricFamily("portwatch_capture_analysed_bytes",
-                                "Bytes on the wire of all packets analysed.",
-                                value=report.bytes)
-        build = InfoMetricFamily("portwatch_build", "portwatch version.")
-        build.add_metric([], {"version": __version__})
-        yield build
-
-
-def _by_reason(name: str, documentation: str, counts: dict[str, int],
-               reasons: Iterable[LabelledEnum]) -> GaugeMetricFamily:
-    """One sample per reason, zeros included, so every series exists in every file."""
-    family = GaugeMetricFamily(name, documentation, labels=["reason"])
-    for label in sorted(r.label for r in reasons):
-        family.add_metric([label], counts.get(label, 0))
-    return family
-
-
 def _prom(report: Report, width: int | None, color: bool) -> str:
-    """Text exposition for node_exporter's textfile collector (no timestamps)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ReportCollector(report))
-    return generate_latest(registry).decode()
+    """Text exposition for node_exporter's textfile collector (no timestamps).
+
+    ``prometheus_client`` (with ``http.server``, ``email`` and ``platform``) is
+    imported only here: it cost every other format a third of its start-up.
+    """
+    from portwatch.analysis.render_prom import prom_text
+
+    return prom_text(report)
 
 
 def _human(n: float) -> str:

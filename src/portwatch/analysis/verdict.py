@@ -82,7 +82,11 @@ STATUS_REASONS[PortStatus.UNLISTED] = FlagReason.UNLISTED
 STATUS_REASONS[PortStatus.DYNAMIC] = FlagReason.DYNAMIC
 
 _REASONS = tuple(FlagReason)  # single-bit members, in value order
-_FLAG_LABELS = [tuple(r.label for r in _REASONS if bits & r) for bits in range(1 << len(_REASONS))]
+#: (bit, label) per reason: plain ints, because ``int & FlagReason`` goes through
+#: ``enum.Flag.__and__`` (2 us a time, and this is done per flow and at import).
+_REASON_BITS = tuple((int(r), r.label) for r in _REASONS)
+_FLAG_LABELS = [tuple(label for value, label in _REASON_BITS if bits & value)
+                for bits in range(1 << len(_REASONS))]
 
 
 def flag_labels(bits: int) -> list[str]:
@@ -126,6 +130,7 @@ def sentences(assigned_only: bool) -> dict[str, str]:
 
 
 _SENTENCES = {assigned_only: sentences(assigned_only) for assigned_only in (False, True)}
+_DYNAMIC_BIT = int(FlagReason.DYNAMIC)
 
 
 def _head(transport: str, port: int, service: str, status: str) -> str:
@@ -148,11 +153,12 @@ def reasons(transport: str, port: int, bits: int, *, remark: str = "",
     text = _SENTENCES[assigned_only]
     where = f"{transport}/{port}"
     head = _head(transport, port, service, status)
+    bits = int(bits)  # int & int: FlagReason & int goes through enum.Flag.__and__
     out = []
-    for reason in _REASONS:
-        if bits & reason:
-            key = reason.label
-            if reason is FlagReason.DYNAMIC and client_port is not None and (
+    for value, label in _REASON_BITS:
+        if bits & value:
+            key = label
+            if value == _DYNAMIC_BIT and client_port is not None and (
                     client_port >= _FIRST_DYNAMIC):
                 key = BOTH_DYNAMIC
             out.append(text[key].format(where=where, remark=remark, head=head,

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from portwatch import __version__
-from portwatch.cli import completion
 from portwatch.cli.common import Context, PortwatchArgumentParser
 from portwatch.errors import PortwatchError, UsageError
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS
@@ -137,6 +136,8 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
         add(sub, after)
         runners[name] = runner
     if only in (None, "completion", "manpage"):
+        from portwatch.cli import completion  # not needed to run any other command
+
         completion.add_parsers(sub, after)
         runners["completion"] = _print_completion
         runners["manpage"] = _print_manpage
@@ -145,11 +146,15 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
 
 def _print_completion(ctx: Context, args: argparse.Namespace) -> int:
     """Generated from a fresh parser: the script must not depend on this run's options."""
+    from portwatch.cli import completion
+
     ctx.stdout.write(completion.completion_script(build_parser()[0], args.shell))
     return 0
 
 
 def _print_manpage(ctx: Context, args: argparse.Namespace) -> int:
+    from portwatch.cli import completion
+
     ctx.stdout.write(completion.manpage(build_parser()[0], __version__))
     return 0
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 from portwatch._terminal import Progress, should_color, terminal_width
 from portwatch.analysis.filters import ReportFilter, apply_filters, parse_filters
 from portwatch.analysis.flows import FlowLimits
-from portwatch.analysis.live import LiveSnapshot
 from portwatch.analysis.render import OutputFormat, render
 from portwatch.analysis.report import FlowReport, Report
 from portwatch.analysis.run import (
@@ -35,12 +34,12 @@ from portwatch.analysis.run import (
     write_output,
 )
 from portwatch.cli.common import Context
-from portwatch.cli.top import render_summary
 from portwatch.decode import ENGINES
 from portwatch.errors import OutputError, UsageError
 
 if TYPE_CHECKING:
     from portwatch.analysis.distributed import ClusterProgress
+    from portwatch.analysis.live import LiveSnapshot
 
 __all__ = ["add_parser", "run"]
 
@@ -201,6 +200,8 @@ def _binary_stdout(ctx: Context) -> BinaryIO:
 
 def _interval(ctx: Context, args: argparse.Namespace) -> IntervalRequest:
     """Summaries on standard error, or standard output when the report goes to a file."""
+    from portwatch.cli.top import render_summary  # the terminal UI: only for --interval
+
     stream = ctx.stdout if args.output else ctx.stderr
     width = terminal_width(stream, ctx.env)
     color = should_color(stream, ctx.env)

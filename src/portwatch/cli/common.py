@@ -9,15 +9,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from portwatch._paths import cache_dir, data_dir
 from portwatch.errors import RegistryFormatError, UsageError
 from portwatch.porttable.cache import LoadedTable, load_table
 from portwatch.porttable.table import PortTable
 from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS, stale_warning
-from portwatch.registry.merge import Registry
 from portwatch.registry.store import SourceSelection, select_sources
+
+if TYPE_CHECKING:  # parsed records are needed only by the registry commands
+    from portwatch.registry.merge import Registry
 
 __all__ = ["Context", "PortwatchArgumentParser", "format_columns"]
 

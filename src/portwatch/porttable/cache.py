@@ -12,14 +12,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from portwatch import __version__
 from portwatch._atomic import atomic_write_bytes
 from portwatch.errors import RegistryRowError
-from portwatch.porttable.compile import compile_table
 from portwatch.porttable.table import TABLE_FORMAT_VERSION, PortTable
 from portwatch.registry.loader import parse_source, read_bytes
-from portwatch.registry.merge import Registry, merge_sources
+
+if TYPE_CHECKING:  # a warm start needs neither: they are imported on a cache miss
+    from portwatch.registry.merge import Registry
 
 __all__ = ["LoadedTable", "load_table", "table_key"]
 
@@ -43,6 +45,8 @@ class LoadedTable:
     def full_registry(self) -> Registry:
         """The parsed records (needed for record details), parsed on demand."""
         if self.registry is None:
+            from portwatch.registry.merge import merge_sources
+
             self.registry = merge_sources([parse_source(d, p) for p, d in self.sources])
         return self.registry
 
@@ -72,6 +76,9 @@ def load_table(
             return LoadedTable(table, None, True, sources)
         except (OSError, ValueError):
             pass  # absent, cut short or tampered with: compile afresh and overwrite
+    from portwatch.porttable.compile import compile_table
+    from portwatch.registry.merge import merge_sources
+
     registry = merge_sources([parse_source(d, p) for p, d in sources])
     if strict and registry.problems:
         first = registry.problems[0]

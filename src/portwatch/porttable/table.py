@@ -7,7 +7,11 @@ interned ``SlotEntry`` holding what only a person reads (aliases,
 description, remark, the records behind the answer).
 
 The table is pure data: ``to_bytes``/``from_bytes`` serialise it, and the
-on-disk cache (``portwatch.porttable.cache``) does the I/O.
+on-disk cache (``portwatch.porttable.cache``) does the I/O. The slot entries
+are stored as columns (numpy arrays and one string pool), not JSON: loading
+checks every index with a few array comparisons, and an entry becomes a
+``SlotEntry`` only when a lookup needs it, so every command starts without
+decoding 13,000 entries.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from itertools import chain
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,7 +34,8 @@ from portwatch.registry.packaged import source_label
 
 __all__ = ["PORTS", "TABLE_FORMAT_VERSION", "PortInfo", "PortTable", "SlotEntry"]
 
-TABLE_FORMAT_VERSION = 1
+#: 2: slot entries as columns and a string pool (1 stored them as JSON).
+TABLE_FORMAT_VERSION = 2
 PORTS = 65536
 _STATUS_BY_CODE = tuple(PortStatus(i) for i in range(len(PortStatus)))
 #: ``tuple.__new__`` builds a PortInfo without the generated keyword-handling
@@ -42,7 +48,25 @@ _SLOT_ARRAYS: dict[str, np.dtype[Any]] = {
     "flags": np.dtype(np.uint8),
     "entry": np.dtype(np.int32),
 }
-_BLOBS = ("meta", "entries")
+_BLOBS = ("meta", "text")
+#: The slot entries, one value per entry (``_EntryColumns``).
+_ENTRY_ARRAYS: dict[str, np.dtype[Any]] = {
+    "entry_status": np.dtype(np.uint8),
+    "entry_flags": np.dtype(np.uint8),
+    "entry_source": np.dtype(np.int32),
+    "entry_service": np.dtype(np.int32),
+    "entry_description": np.dtype(np.int32),
+    "entry_remark": np.dtype(np.int32),
+    "alias_ends": np.dtype(np.int64),
+    "record_ends": np.dtype(np.int64),
+}
+#: Flat lists the entries point into; ``text`` is the UTF-8 string pool.
+_POOL_ARRAYS: dict[str, np.dtype[Any]] = {
+    "aliases": np.dtype(np.int32),
+    "record_ids": np.dtype(np.int64),
+    "text_ends": np.dtype(np.int64),
+}
+_MEMBERS = (*_SLOT_ARRAYS, *_BLOBS, *_ENTRY_ARRAYS, *_POOL_ARRAYS)
 #: No member of a genuine table comes near this (the whole file is ~3.5 MB);
 #: checked from the zip directory before anything is inflated.
 _MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -51,6 +75,7 @@ _MAX_MEMBER_BYTES = 64 * 1024 * 1024
 #: thousands deep raises RecursionError).
 _DAMAGE = (KeyError, IndexError, TypeError, ValueError, OSError, EOFError,
            zipfile.BadZipFile, RecursionError)
+_I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +115,10 @@ class PortTable:
     """O(1) answers for every port of every transport."""
 
     __slots__ = (
+        "_columns",
         "_entries",
-        "_entries_blob",
         "_entry_cache",
-        "_entry_rows",
-        "_flag_rows",
         "_infos",
-        "_raw_entries",
         "_service_rows",
         "_status_rows",
         "entry",
@@ -117,23 +139,21 @@ class PortTable:
         names: list[str],
         entries: list[SlotEntry] | None,
         sources: list[SourceInfo],
-        entries_blob: bytes = b"",
     ) -> None:
+        """``entries`` None: the table comes from ``from_bytes``, which sets the columns."""
         self.status = status
         self.service_id = service_id
         self.flags = flags
         self.entry = entry
         self.names = names
         self._entries = entries
-        self._entries_blob = entries_blob
-        self._raw_entries: list[Any] | None = None
+        self._columns: _EntryColumns | None = None
         self._entry_cache: dict[int, SlotEntry] = {}
         self.sources = sources
-        # Plain lists make scalar lookups list indexing, not numpy scalar boxing.
-        self._status_rows: list[list[int]] = status.tolist()
-        self._service_rows: list[list[int]] = service_id.tolist()
-        self._entry_rows: list[list[int]] | None = None
-        self._flag_rows: list[list[int]] | None = None
+        # Plain lists make scalar lookups list indexing, not numpy scalar boxing;
+        # made on the first scalar lookup (half a million ints: not every run needs them).
+        self._status_rows: list[list[int]] | None = None
+        self._service_rows: list[list[int]] | None = None
         # (transport << 16 | port) -> answer: a PortInfo is immutable and costs
         # ~300 ns to build, so a port asked for again is one dict probe.
         self._infos: dict[int, PortInfo] = {}
@@ -142,15 +162,10 @@ class PortTable:
     def entries(self) -> list[SlotEntry]:
         """Slot details; decoded from the cache only when first asked for."""
         if self._entries is None:
-            self._entries = [self._entry(i) for i in range(len(self._raw()))]
-            self._raw_entries, self._entry_cache = None, {}
+            assert self._columns is not None
+            self._entries = self._columns.all()
+            self._columns, self._entry_cache = None, {}
         return self._entries
-
-    def _raw(self) -> list[Any]:
-        if self._raw_entries is None:  # a table built by hand with a blob
-            self._raw_entries = json.loads(self._entries_blob)
-            self._entries_blob = b""
-        return self._raw_entries
 
     def _entry(self, index: int) -> SlotEntry:
         """One slot's details. A report looks up a few dozen ports: decoding all
@@ -159,17 +174,23 @@ class PortTable:
             return self._entries[index]
         entry = self._entry_cache.get(index)
         if entry is None:
-            st, sv, al, de, fl, rm, ri, so = self._raw()[index]
-            entry = SlotEntry(PortStatus(st), sv, tuple(al), de, PortFlag(fl), rm, tuple(ri), so)
-            self._entry_cache[index] = entry
+            assert self._columns is not None
+            entry = self._entry_cache[index] = self._columns.one(index)
         return entry
+
+    def _rows(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Status and service id rows as lists, made on first use."""
+        if self._status_rows is None or self._service_rows is None:
+            self._status_rows = self.status.tolist()
+            self._service_rows = self.service_id.tolist()
+        return self._status_rows, self._service_rows
 
     # -- scalar ---------------------------------------------------------------
     def status_of(self, transport: Transport, port: int) -> PortStatus:
-        return _STATUS_BY_CODE[self._status_rows[transport][port]]
+        return _STATUS_BY_CODE[self._rows()[0][transport][port]]
 
     def service_of(self, transport: Transport, port: int) -> str:
-        return self.names[self._service_rows[transport][port]]
+        return self.names[self._rows()[1][transport][port]]
 
     def lookup(self, transport: Transport, port: int) -> PortInfo:
         info = self._infos.get((transport << 16) | port) if 0 <= port < PORTS else None
@@ -178,18 +199,17 @@ class PortTable:
         return info
 
     def _build_info(self, transport: Transport, port: int) -> PortInfo:
+        """Once per distinct port (``lookup`` keeps the answer): numpy scalars will do;
+        turning the four arrays into lists first cost 15 ms of every start-up."""
         if not 0 <= port < PORTS:
             raise ValueError(f"port {port} is outside 0-65535")
-        if self._entry_rows is None or self._flag_rows is None:
-            self._entry_rows = self.entry.tolist()
-            self._flag_rows = self.flags.tolist()
-        status = _STATUS_BY_CODE[self._status_rows[transport][port]]
-        index = self._entry_rows[transport][port]
+        status = _STATUS_BY_CODE[int(self.status[transport, port])]
+        index = int(self.entry[transport, port])
         if index < 0:
             return _new_info(PortInfo, (transport, port, status, "", (), "", PortFlag.NONE, "",
                                         (), ""))
         e = self._entry(index)
-        flags = self._flag_rows[transport][port]
+        flags = int(self.flags[transport, port])
         return _new_info(PortInfo, (
             transport,
             port,
@@ -253,11 +273,6 @@ class PortTable:
 
     # -- serialisation --------------------------------------------------------
     def to_bytes(self) -> bytes:
-        entries = [
-            [e.status, e.service, list(e.aliases), e.description, int(e.flags), e.remark,
-             list(e.record_ids), e.source]
-            for e in self.entries
-        ]
         meta = {
             "version": TABLE_FORMAT_VERSION,
             "names": self.names,
@@ -267,16 +282,17 @@ class PortTable:
                 for s in self.sources
             ],
         }
+        members = {
+            "status": self.status,
+            "service_id": self.service_id,
+            "flags": self.flags,
+            "entry": self.entry,
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            **_entry_columns(self.entries),
+        }
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            status=self.status,
-            service_id=self.service_id,
-            flags=self.flags,
-            entry=self.entry,
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            entries=np.frombuffer(json.dumps(entries).encode(), dtype=np.uint8),
-        )
+        # numpy's stub cannot tell a member named by a ** key from allow_pickle
+        np.savez(buf, **members)  # type: ignore[arg-type]
         return buf.getvalue()
 
     @classmethod
@@ -285,9 +301,9 @@ class PortTable:
 
         Everything is checked before it is trusted (the cache directory is
         writable by the user, and a file there may be cut short or edited):
-        array shapes and dtypes, every index into ``names`` and the slot
-        entries, and the JSON's structure. The caller treats the error as a
-        cache miss, so nothing but ``ValueError`` may escape.
+        array shapes and dtypes, every index into ``names``, the slot entries
+        and the string pool, and the JSON's structure. The caller treats the
+        error as a cache miss, so nothing but ``ValueError`` may escape.
         """
         try:
             return cls._checked(data)
@@ -297,11 +313,11 @@ class PortTable:
     @classmethod
     def _checked(cls, data: bytes) -> PortTable:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for name in (*_SLOT_ARRAYS, *_BLOBS):
+            for name in _MEMBERS:
                 if zf.getinfo(f"{name}.npy").file_size > _MAX_MEMBER_BYTES:
                     raise ValueError(f"member {name!r} is implausibly large")
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in (*_SLOT_ARRAYS, *_BLOBS)}
+            arrays = {k: npz[k] for k in _MEMBERS}
         for name, dtype in _SLOT_ARRAYS.items():
             a = arrays[name]
             if a.shape != (len(Transport), PORTS) or a.dtype != dtype:
@@ -313,15 +329,14 @@ class PortTable:
         if not isinstance(meta, dict) or meta.get("version") != TABLE_FORMAT_VERSION:
             raise ValueError("compiled table of another format version")
         names, sources = _checked_names(meta["names"]), _checked_sources(meta["sources"])
-        raw = json.loads(arrays["entries"].tobytes())
-        _check_entries(raw, len(sources))
+        columns = _checked_columns(arrays, len(sources))
         status, flags = arrays["status"], arrays["flags"]
         service_id, entry = arrays["service_id"], arrays["entry"]
         if int(status.max()) >= len(PortStatus) or int(flags.max()) >= len(_FLAGS_BY_CODE):
             raise ValueError("status or flag code out of range")
         if int(service_id.min()) < 0 or int(service_id.max()) >= len(names):
             raise ValueError("service id out of range of the names")
-        if int(entry.min()) < -1 or int(entry.max()) >= len(raw):
+        if int(entry.min()) < -1 or int(entry.max()) >= columns.size:
             raise ValueError("slot entry index out of range of the entries")
         table = cls(
             status=np.ascontiguousarray(status),
@@ -332,12 +347,12 @@ class PortTable:
             entries=None,
             sources=sources,
         )
-        table._raw_entries = raw  # already decoded to check it: keep, do not decode twice
+        table._columns = columns
         return table
 
 
 def _checked_names(names: object) -> list[str]:
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, list) or not names or set(map(type, names)) != {str}:
         raise ValueError("names: expected a list of strings")
     return names
 
@@ -355,31 +370,124 @@ def _checked_sources(sources: object) -> list[SourceInfo]:
     return out
 
 
-_STATUS_CODES = frozenset(int(s) for s in PortStatus)
-_FLAG_CODES = frozenset(range(len(_FLAGS_BY_CODE)))
+@dataclass(frozen=True, slots=True)
+class _EntryColumns:
+    """The slot entries as stored: entry ``i``'s fields are the ``i``-th of each array.
 
-
-def _check_entries(raw: object, n_sources: int) -> None:
-    """Every entry is ``[status, service, aliases, description, flags, remark, ids, source]``.
-
-    Checked column by column with C-level set/map passes: a per-entry Python
-    loop over 13,000 entries would triple the warm start-up.
+    Strings are indices into a pool (``text`` cut at ``text_ends``); aliases
+    and record ids are runs of a flat array, entry ``i``'s ending at
+    ``alias_ends[i]``/``record_ends[i]`` and starting where entry ``i - 1``'s ended.
     """
-    if not isinstance(raw, list):
-        raise ValueError("entries: expected a list")
-    if not raw:
-        return
-    if set(map(type, raw)) != {list} or set(map(len, raw)) != {8}:
-        raise ValueError("entries: an entry of the wrong shape")
-    st, sv, al, de, fl, rm, ri, so = zip(*raw, strict=True)
-    for column, kind in ((st, int), (sv, str), (al, list), (de, str), (fl, int), (rm, str),
-                         (ri, list), (so, int)):
-        if set(map(type, column)) != {kind}:
-            raise ValueError("entries: a field of the wrong type")
-    aliases, ids = list(chain.from_iterable(al)), list(chain.from_iterable(ri))
-    if not set(map(type, aliases)) <= {str} or not set(map(type, ids)) <= {int}:
-        raise ValueError("entries: an alias or record id of the wrong type")
-    if not set(st) <= _STATUS_CODES or not set(fl) <= _FLAG_CODES:
-        raise ValueError("entries: a status or flag code out of range")
-    if min(so) < 0 or max(so) >= n_sources or (ids and min(ids) < 0):
-        raise ValueError("entries: a source or record index out of range")
+
+    arrays: dict[str, npt.NDArray[Any]]
+    text: str
+
+    @property
+    def size(self) -> int:
+        return len(self.arrays["entry_status"])
+
+    def one(self, i: int) -> SlotEntry:
+        """Entry ``i``, read with a dozen scalar indexings (no list of the whole column)."""
+        a = self.arrays
+        ends = a["text_ends"]
+        aliases = a["aliases"][_run(a["alias_ends"], i)].tolist()
+        return SlotEntry(
+            _STATUS_BY_CODE[int(a["entry_status"][i])],
+            self._string(ends, int(a["entry_service"][i])),
+            tuple(self._string(ends, k) for k in aliases),
+            self._string(ends, int(a["entry_description"][i])),
+            _FLAGS_BY_CODE[int(a["entry_flags"][i])],
+            self._string(ends, int(a["entry_remark"][i])),
+            tuple(a["record_ids"][_run(a["record_ends"], i)].tolist()),
+            int(a["entry_source"][i]),
+        )
+
+    def _string(self, ends: _I64, k: int) -> str:
+        return self.text[int(ends[k - 1]) if k else 0:int(ends[k])]
+
+    def all(self) -> list[SlotEntry]:
+        """Every entry, each column turned into a list once."""
+        a = self.arrays
+        ends = a["text_ends"].tolist()
+        pool = [self.text[start:end] for start, end in pairwise([0, *ends])]
+        aliases = [pool[k] for k in a["aliases"].tolist()]
+        record_ids = a["record_ids"].tolist()
+        alias_ends, record_ends = a["alias_ends"].tolist(), a["record_ends"].tolist()
+        out = []
+        alias_start = record_start = 0
+        for st, sv, de, fl, rm, so, ae, re in zip(
+                a["entry_status"].tolist(), a["entry_service"].tolist(),
+                a["entry_description"].tolist(), a["entry_flags"].tolist(),
+                a["entry_remark"].tolist(), a["entry_source"].tolist(), alias_ends,
+                record_ends, strict=True):
+            out.append(SlotEntry(_STATUS_BY_CODE[st], pool[sv], tuple(aliases[alias_start:ae]),
+                                 pool[de], _FLAGS_BY_CODE[fl], pool[rm],
+                                 tuple(record_ids[record_start:re]), so))
+            alias_start, record_start = ae, re
+        return out
+
+
+def _run(ends: _I64, i: int) -> slice:
+    return slice(int(ends[i - 1]) if i else 0, int(ends[i]))
+
+
+def _entry_columns(entries: Sequence[SlotEntry]) -> dict[str, npt.NDArray[Any]]:
+    """``entries`` as the arrays ``_EntryColumns`` reads, each distinct string pooled once."""
+    pool: dict[str, int] = {}
+
+    def ids(texts: Sequence[str]) -> list[int]:
+        return [pool.setdefault(t, len(pool)) for t in texts]
+
+    aliases = [a for e in entries for a in e.aliases]
+    columns: dict[str, npt.NDArray[Any]] = {
+        "entry_status": np.array([e.status for e in entries], dtype=np.uint8),
+        "entry_flags": np.array([e.flags for e in entries], dtype=np.uint8),
+        "entry_source": np.array([e.source for e in entries], dtype=np.int32),
+        "entry_service": np.array(ids([e.service for e in entries]), dtype=np.int32),
+        "entry_description": np.array(ids([e.description for e in entries]), dtype=np.int32),
+        "entry_remark": np.array(ids([e.remark for e in entries]), dtype=np.int32),
+        "alias_ends": np.cumsum([len(e.aliases) for e in entries], dtype=np.int64),
+        "aliases": np.array(ids(aliases), dtype=np.int32),
+        "record_ends": np.cumsum([len(e.record_ids) for e in entries], dtype=np.int64),
+        "record_ids": np.array([r for e in entries for r in e.record_ids], dtype=np.int64),
+        "text_ends": np.cumsum([len(t) for t in pool], dtype=np.int64),
+        "text": np.frombuffer("".join(pool).encode(), dtype=np.uint8),
+    }
+    return columns
+
+
+def _checked_columns(arrays: dict[str, npt.NDArray[Any]], n_sources: int) -> _EntryColumns:
+    """The entry columns, every code and index in range (array passes, no loop per entry)."""
+    for name, dtype in (*_ENTRY_ARRAYS.items(), *_POOL_ARRAYS.items()):
+        if arrays[name].ndim != 1 or arrays[name].dtype != dtype:
+            raise ValueError(f"{name}: {arrays[name].dtype}{arrays[name].shape}, expected "
+                             f"{dtype} in one dimension")
+    n = len(arrays["entry_status"])
+    if any(len(arrays[name]) != n for name in _ENTRY_ARRAYS):
+        raise ValueError("entries: columns of different lengths")
+    text = arrays["text"].tobytes().decode("utf-8")  # UnicodeDecodeError is a ValueError
+    _check_ends(arrays["text_ends"], len(text), "text_ends")
+    _check_ends(arrays["alias_ends"], len(arrays["aliases"]), "alias_ends")
+    _check_ends(arrays["record_ends"], len(arrays["record_ids"]), "record_ends")
+    strings = len(arrays["text_ends"])
+    for name, bound in (("entry_status", len(PortStatus)), ("entry_flags", len(_FLAGS_BY_CODE)),
+                        ("entry_source", n_sources), ("entry_service", strings),
+                        ("entry_description", strings), ("entry_remark", strings),
+                        ("aliases", strings)):
+        _check_range(arrays[name], bound, name)
+    if arrays["record_ids"].size and int(arrays["record_ids"].min()) < 0:
+        raise ValueError("record_ids: a negative record id")
+    return _EntryColumns(arrays, text)
+
+
+def _check_range(a: npt.NDArray[Any], bound: int, name: str) -> None:
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= bound):
+        raise ValueError(f"{name}: an index or code outside 0-{bound - 1}")
+
+
+def _check_ends(ends: _I64, total: int, name: str) -> None:
+    """Run ends rise (never fall) from 0 and the last is the end of what they cut."""
+    if (ends[-1] if ends.size else 0) != total:
+        raise ValueError(f"{name}: the runs do not end where the data does")
+    if ends.size and (int(ends[0]) < 0 or bool(np.any(ends[1:] < ends[:-1]))):
+        raise ValueError(f"{name}: a run ends before it starts")
