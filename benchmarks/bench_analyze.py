@@ -97,11 +97,13 @@ def generate(path: Path, packets: int, flows: int = 20000, *, vary: bool = False
                 out.write(rec.tobytes())
 
 
-def measure(argv: list[str], output: list[str] | None = None) -> tuple[float, float]:
+def measure(argv: list[str], output: list[str] | None = None,
+            env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one child process; its stdout into ``output``."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE if output is not None else
-                            subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+                            subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                            env=None if env is None else {**os.environ, **env})
     text = proc.stdout.read() if proc.stdout is not None else ""
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
@@ -121,15 +123,19 @@ from portwatch.porttable.cache import load_table
 from portwatch._paths import cache_dir
 from portwatch.capture.files.reader import read_capture_path
 table = load_table([sys.argv[2]], cache=cache_dir()).table
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 analyzer = Analyzer(table, capture=sys.argv[1])
 with read_capture_path(sys.argv[1]) as reader:
     for batch in reader:
         analyzer.feed(batch)
-fed = time.perf_counter()
+fed, fed_cpu = time.perf_counter(), time.process_time()
 analyzer.report()
-print(fed - start, time.perf_counter() - fed)
+print(fed - start, time.perf_counter() - fed, fed_cpu - cpu)
 """
+
+#: Forces every stage onto its numpy engine (the reference the compiled core is tested against).
+NUMPY_ENGINES = {"PORTWATCH_FRAMING": "numpy", "PORTWATCH_DECODE": "numpy",
+                 "PORTWATCH_FLOWS": "numpy"}
 
 
 # Framing alone: ``walk`` calls the framer over the mapped file (record headers only, no
@@ -293,6 +299,8 @@ def main() -> None:
     ap.add_argument("--framing", action="store_true",
                     help="measure the framing alone, compiled against numpy")
     ap.add_argument("--vary", action="store_true", help="frames of random length")
+    ap.add_argument("--ndpireader", default=shutil.which("ndpiReader"),
+                    help="nDPI's reader, for its row (skipped when absent)")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="portwatch-bench-"))
     cap = Path(args.keep) if args.keep else workdir / "mixed.pcap"
@@ -318,14 +326,50 @@ def main() -> None:
     t, mem = statistics.median(r[0] for r in runs), max(r[1] for r in runs)
     rows.append((f"portwatch analyze -f json (native, end to end; median of {args.repeat})",
                  n, t, mem))
-    out: list[str] = []
-    for _ in range(args.repeat):
-        _, mem = measure([python, "-c", IN_PROCESS, str(cap), args.registry], out)
-    timings = [tuple(float(x) for x in line.split()) for line in out]
-    feed_s = statistics.median(f for f, _ in timings)
-    report_s = statistics.median(r for _, r in timings)
-    rows.append(("portwatch in-process: read+decode+flows (report: "
-                 f"{report_s * 1000:.0f} ms more; median of {args.repeat})", n, feed_s, mem))
+    runs = [measure([*portwatch, "analyze", "-f", "json", "--no-progress", str(cap)],
+                    env=NUMPY_ENGINES) for _ in range(args.repeat)]
+    rows.append((f"portwatch analyze -f json, numpy engines (PORTWATCH_FRAMING/DECODE/FLOWS="
+                 f"numpy; median of {args.repeat})", n, statistics.median(r[0] for r in runs),
+                 max(r[1] for r in runs)))
+    for label, engines in (("compiled core", None), ("numpy engines", NUMPY_ENGINES)):
+        out: list[str] = []
+        for _ in range(args.repeat):
+            _, mem = measure([python, "-c", IN_PROCESS, str(cap), args.registry], out,
+                             env=engines)
+        timings = [tuple(float(x) for x in line.split()) for line in out]
+        feed_s = statistics.median(t[0] for t in timings)
+        report_s = statistics.median(t[1] for t in timings)
+        feed_cpu = statistics.median(t[2] for t in timings)
+        rows.append((f"portwatch in-process, {label}: read+decode+flows (CPU {feed_cpu:.3f} s "
+                     f"= {n / feed_cpu:,.0f} packets per CPU second; report "
+                     f"{report_s * 1000:.0f} ms more; median of {args.repeat})",
+                     n, feed_s, mem))
+    for suffix, convert in ((".pcapng", to_pcapng), (".pcap.gz", to_gzip)):
+        copy = workdir / f"mixed{suffix}"
+        convert(cap, copy)
+        runs = [measure([*portwatch, "analyze", "-f", "json", "--no-progress", str(copy)])
+                for _ in range(args.repeat)]
+        mb = copy.stat().st_size / 1e6
+        rows.append((f"portwatch analyze -f json, {suffix[1:]} copy ({mb:.0f} MB; median of "
+                     f"{args.repeat})", n, statistics.median(r[0] for r in runs),
+                     max(r[1] for r in runs)))
+        copy.unlink()
+    # Two captures: one process after the other, against --jobs 2 (a process each).
+    second = workdir / "mixed-2.pcap"
+    shutil.copyfile(cap, second)
+    for jobs in ("1", "2"):
+        runs = [measure([*portwatch, "analyze", "-f", "json", "--no-progress", "--jobs", jobs,
+                         str(cap), str(second)]) for _ in range(args.repeat)]
+        rows.append((f"portwatch analyze -f json --jobs {jobs}, two captures (median of "
+                     f"{args.repeat})", 2 * n, statistics.median(r[0] for r in runs),
+                     max(r[1] for r in runs)))
+    second.unlink()
+    if args.ndpireader:
+        # an ndpiReader unpacked from its .deb (apt-get download; dpkg -x) finds its library
+        libs = Path(args.ndpireader).resolve().parent.parent / "lib/x86_64-linux-gnu"
+        t, mem = measure([args.ndpireader, "-i", str(cap), "-q"],
+                         env={"LD_LIBRARY_PATH": str(libs)} if libs.is_dir() else None)
+        rows.append(("ndpiReader -i FILE -q (nDPI: flows and DPI)", n, t, mem))
     annotated = workdir / "annotated.pcapng"
     t, mem = measure([*portwatch, "analyze", "-f", "json", "--no-progress",
                       "--annotate", str(annotated), str(cap)])

@@ -9,6 +9,7 @@ pcapng writer alike.
 from __future__ import annotations
 
 import enum
+import sys
 from array import array
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ __all__ = [
     "Buffer",
     "Framed",
     "Interface",
+    "RegionPool",
     "Stop",
     "copy_region",
     "gather_words",
@@ -93,16 +95,56 @@ def gather_words(
     return words.astype(np.uint32)
 
 
+class RegionPool:
+    """Batch buffers handed out again once nothing else holds them.
+
+    A fresh 64 MiB array per batch costs the kernel a zero-filled page fault
+    per 4 KiB (glibc maps allocations that size anew each time), about a
+    quarter of a whole read. A buffer is reused only when the pool's own
+    reference is the last one (no batch, view or export of it is alive), so
+    a consumer that keeps a batch keeps its bytes: the pool then allocates.
+    One pool belongs to one framer, used by one thread.
+    """
+
+    __slots__ = ("_buffers",)
+    #: Buffers kept: the batch a consumer still holds while the next one is built.
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._buffers: list[npt.NDArray[np.uint8]] = []
+
+    def take(self, size: int) -> npt.NDArray[np.uint8]:
+        """An uninitialised array of ``size`` bytes, reused when nobody else holds one."""
+        buffers = self._buffers
+        free = [i for i in range(len(buffers)) if self._unheld(i)]
+        for i in free:
+            if buffers[i].shape[0] >= size:
+                return buffers[i][:size]
+        fresh = np.empty(size, dtype=np.uint8)
+        if len(buffers) < self.KEEP:
+            buffers.append(fresh)
+        elif free:  # one nobody holds was too small: keep the bigger one instead
+            buffers[free[0]] = fresh
+        return fresh
+
+    def _unheld(self, i: int) -> bool:
+        # 2 = the list's own reference + getrefcount's argument: nothing else holds it
+        return sys.getrefcount(self._buffers[i]) == 2
+
+
 def copy_region(
-    buf: bytes | bytearray | memoryview, start: int, stop: int
+    buf: bytes | bytearray | memoryview, start: int, stop: int, pool: RegionPool | None = None
 ) -> npt.NDArray[np.uint8]:
-    """Copy ``buf[start:stop]`` into a fresh array with zeroed slack after it.
+    """Copy ``buf[start:stop]`` into an array of its own with zeroed slack after it.
 
     Batches own their bytes so a consumer may keep them after the reader moved
-    on (or the mmap closed); one memcpy per batch is cheap next to framing.
+    on (or the mmap closed); with a ``pool``, the array is one no batch holds
+    any more.
     """
     size = stop - start
-    region = np.empty(size + REGION_SLACK, dtype=np.uint8)  # zeroing all of it would cost a pass
+    total = size + REGION_SLACK
+    # zeroing all of it would cost a pass
+    region = pool.take(total) if pool is not None else np.empty(total, dtype=np.uint8)
     region[:size] = np.frombuffer(buf, dtype=np.uint8, count=size, offset=start)
     region[size:] = 0
     return region

@@ -22,6 +22,7 @@ from portwatch.capture.files._framing import (
     DEFAULT_BATCH_BYTES,
     Framed,
     Interface,
+    RegionPool,
     Stop,
     copy_region,
     gather_words,
@@ -117,6 +118,7 @@ class PcapFramer:
         self._frac_ns = 1 if header.nanosecond else 1000
         self._u4 = np.dtype(header.byteorder + "u4")
         self._runs = RunPredictor()
+        self._regions = RegionPool()  # batch buffers, reused once no batch holds them
 
     def frame(
         self,
@@ -197,7 +199,7 @@ class PcapFramer:
         ``base`` is the file offset of ``buf[0]`` (non-zero when streaming).
         """
         first = int(framed.positions[0])
-        region = copy_region(buf, first, framed.end)
+        region = copy_region(buf, first, framed.end, self._regions)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         rel = pos - first
         words = (

@@ -31,6 +31,7 @@ from portwatch.capture.files._framing import (
     DEFAULT_BATCH_BYTES,
     Framed,
     Interface,
+    RegionPool,
     Stop,
     copy_region,
     gather_words,
@@ -155,6 +156,7 @@ class PcapngFramer:
         self._section_ifaces: list[Interface] = []  # this section's, by interface id
         self._section_links = array("H")
         self._runs = RunPredictor()
+        self._regions = RegionPool()  # batch buffers, reused once no batch holds them
         self._set_order("<")
 
     def _set_order(self, order: str) -> None:
@@ -417,7 +419,7 @@ class PcapngFramer:
         skipped before it (interfaces, statistics) are not the batch's.
         """
         first = int(framed.positions[0])
-        region = copy_region(buf, first, framed.end)
+        region = copy_region(buf, first, framed.end, self._regions)
         pos = np.frombuffer(framed.positions, dtype=np.int64)
         assert framed.kinds is not None
         is_spb = np.frombuffer(framed.kinds, dtype=np.uint8) == _KIND_SPB
