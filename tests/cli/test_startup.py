@@ -146,3 +146,32 @@ def test_the_packaged_snapshot_is_where_importlib_resources_finds_it() -> None:
                      / packaged_snapshot().name))
     assert packaged_snapshot() == found
     assert found.is_file()
+
+
+def test_the_collector_runs_again_after_start_up_even_when_the_command_fails() -> None:
+    code = (
+        "import gc, sys\n"
+        "import portwatch.cli\n"
+        "after_import = gc.isenabled()\n"
+        "rc = portwatch.cli.main(['analyze', '--registry', '/nonexistent.csv', 'x.pcap'])\n"
+        "print(after_import, gc.isenabled(), rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}, check=False, cwd=ROOT)
+    assert out.stdout.split() == ["True", "True", "2"]
+    assert out.stderr.startswith("portwatch: error: ")
+
+
+def test_a_disabled_collector_stays_disabled(official_csv: Path, warm_cache: Path) -> None:
+    code = (
+        "import gc\n"
+        "gc.disable()\n"
+        "import portwatch.cli\n"
+        "portwatch.cli.main(['analyze', '-f', 'json', 'pcaps/sample.pcapng'])\n"
+        "print(gc.isenabled())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PORTWATCH_REGISTRY": str(official_csv),
+           "PORTWATCH_CACHE_DIR": str(warm_cache), "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=False, cwd=ROOT)
+    assert out.stdout.splitlines()[-1] == "False"
