@@ -102,7 +102,7 @@ def test_a_cold_cache_still_compiles(official_csv: Path, tmp_path: Path) -> None
 #: --jobs/--resume/--filter error): each is imported only by the option that needs it.
 _LAZY_FOR_PLAIN_ANALYZE = frozenset({
     "portwatch.analysis.detect", "portwatch.analysis.live", "portwatch.analysis.merge",
-    "portwatch._atomic", "tempfile", "subprocess", "difflib", "importlib.resources",
+    "portwatch._atomic", "tempfile", "subprocess", "difflib", "importlib.resources", "glob",
 })
 
 

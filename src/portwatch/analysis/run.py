@@ -551,8 +551,6 @@ def expand_inputs(names: Sequence[str]) -> list[str]:
     A name that exists, ``-``, or a pattern that matches nothing is kept as
     given (reading it then reports the error with its name).
     """
-    import glob
-
     out: list[str] = []
     for name in names:
         if name == "-" or not any(c in name for c in "*?["):
@@ -569,6 +567,8 @@ def expand_inputs(names: Sequence[str]) -> list[str]:
             found = sorted(fs.unstrip_protocol(p) if protocol != "file" else f"file://{p}"
                            for p in paths)
         else:
+            import glob  # only a pattern pays
+
             found = sorted(glob.glob(name)) if not os.path.exists(name) else [name]
         out.extend(found or [name])
     return out
