@@ -69,7 +69,7 @@ from portwatch.ports import Transport
 from portwatch.porttable.table import PortTable
 
 # A single capture read once, without --detect, --interval, --annotate, --jobs or
-# --resume, needs none of detect, live, merge, _atomic (tempfile, shutil, bz2, lzma):
+# --resume, needs none of detect, live, merge or _atomic (tempfile, random):
 # they are imported where used, which keeps ``portwatch analyze`` start-up short
 # (tests/cli/test_startup.py checks that a plain run loads none of them).
 if TYPE_CHECKING:  # dask is optional: only its progress record's type is needed here
