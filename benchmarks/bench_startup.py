@@ -1,8 +1,10 @@
 """Start-up of ``portwatch analyze --format json pcaps/sample.pcapng`` (68 packets), whole process.
 
 Runs the command from each given source tree, interleaved with ``python -c
-"import numpy"`` and ``python -c pass`` (the floor no change to portwatch can
-go below), so every series sees the same machine load. Wall time comes from
+"import numpy"``, the same with the collector held off and frozen as
+``portwatch.cli`` does it (the floor no change to portwatch's own modules can
+go below: numpy's import and its objects' teardown) and ``python -c pass``, so
+every series sees the same machine load. Wall time comes from
 ``perf_counter`` around the child, CPU time (user + system) from ``wait4``:
 millisecond resolution, where ``/usr/bin/time`` rounds to 10 ms. The figures
 in docs/benchmarks.md come from::
@@ -53,6 +55,8 @@ def main() -> None:
     cases: dict[str, tuple[list[str], str | None]] = {
         **{tree: (COMMAND, str(Path(tree).resolve())) for tree in args.trees},
         "python -c 'import numpy'": (["-c", "import numpy"], None),
+        "the same, collector off, then frozen": (
+            ["-c", "import gc; gc.disable(); import numpy; gc.enable(); gc.freeze()"], None),
         "python -c pass": (["-c", "pass"], None),
     }
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cases}

@@ -96,3 +96,82 @@ def test_a_cold_cache_still_compiles(official_csv: Path, tmp_path: Path) -> None
     loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
     assert "portwatch.porttable.compile" in loaded
     assert list(tmp_path.glob("table-*.npz"))
+
+
+#: Made lazy for a plain ``analyze`` (single capture, no --detect/--interval/--annotate/
+#: --jobs/--resume/--filter error): each is imported only by the option that needs it.
+_LAZY_FOR_PLAIN_ANALYZE = frozenset({
+    "portwatch.analysis.detect", "portwatch.analysis.live", "portwatch.analysis.merge",
+    "portwatch._atomic", "tempfile", "subprocess", "difflib", "importlib.resources", "glob",
+})
+
+
+def test_a_plain_analyze_loads_none_of_the_modules_only_options_need(
+    official_csv: Path, warm_cache: Path
+) -> None:
+    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
+           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    assert "portwatch.analysis.run" in loaded
+    assert loaded & _LAZY_FOR_PLAIN_ANALYZE == set()
+
+
+def test_the_detect_request_default_is_the_detectors() -> None:
+    from portwatch.analysis.detect import DEFAULT_PACKETS
+    from portwatch.analysis.run import DetectRequest
+
+    assert DetectRequest().packets == DEFAULT_PACKETS
+
+
+def test_a_mistyped_filter_still_suggests_the_nearest_spelling(
+    official_csv: Path, warm_cache: Path
+) -> None:
+    env = {**os.environ, "PORTWATCH_REGISTRY": str(official_csv),
+           "PORTWATCH_CACHE_DIR": str(warm_cache), "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0",
+           "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-m", "portwatch", "analyze", "-f", "json",
+                          "--filter", "status=reserverd", "pcaps/sample.pcapng"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "did you mean 'reserved'" in out.stderr
+
+
+def test_the_packaged_snapshot_is_where_importlib_resources_finds_it() -> None:
+    from importlib import resources
+
+    from portwatch.registry.packaged import packaged_snapshot
+
+    found = Path(str(resources.files("portwatch.registry") / "data"
+                     / packaged_snapshot().name))
+    assert packaged_snapshot() == found
+    assert found.is_file()
+
+
+def test_the_collector_runs_again_after_start_up_even_when_the_command_fails() -> None:
+    code = (
+        "import gc, sys\n"
+        "import portwatch.cli\n"
+        "after_import = gc.isenabled()\n"
+        "rc = portwatch.cli.main(['analyze', '--registry', '/nonexistent.csv', 'x.pcap'])\n"
+        "print(after_import, gc.isenabled(), rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}, check=False, cwd=ROOT)
+    assert out.stdout.split() == ["True", "True", "2"]
+    assert out.stderr.startswith("portwatch: error: ")
+
+
+def test_a_disabled_collector_stays_disabled(official_csv: Path, warm_cache: Path) -> None:
+    code = (
+        "import gc\n"
+        "gc.disable()\n"
+        "import portwatch.cli\n"
+        "portwatch.cli.main(['analyze', '-f', 'json', 'pcaps/sample.pcapng'])\n"
+        "print(gc.isenabled())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PORTWATCH_REGISTRY": str(official_csv),
+           "PORTWATCH_CACHE_DIR": str(warm_cache), "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=False, cwd=ROOT)
+    assert out.stdout.splitlines()[-1] == "False"

@@ -13,7 +13,6 @@ The filtered report's totals (packets, bytes, flows) count only what was kept.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -73,6 +72,8 @@ class ReportFilter:
 
 def _nearest(word: str, choices: Iterable[str]) -> str:
     """``; did you mean 'a', 'b' or 'c'?`` for up to three close spellings, else ``""``."""
+    import difflib  # only a mistyped filter needs it
+
     close = [repr(c) for c in difflib.get_close_matches(word.lower(), list(choices), n=3,
                                                          cutoff=0.6)]
     if not close:

@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,27 +45,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from portwatch._atomic import atomic_output
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.analysis.detect import (
-    DEFAULT_PACKETS,
-    FirstPackets,
-    FlowDetection,
-    annotation_comments,
-    apply_detections,
-    live_detection,
-    match,
-    require_ndpi,
-)
 from portwatch.analysis.flows import FlowLimits
-from portwatch.analysis.live import LiveSnapshot, LiveSummary
-from portwatch.analysis.merge import (
-    CapturePartial,
-    load_state,
-    merge_partials,
-    partial_of,
-    save_state,
-)
 from portwatch.analysis.report import Report, by_start, merge_reports
 from portwatch.analysis.retire import RecordSink
 from portwatch.capture.batch import PacketBatch
@@ -89,8 +68,17 @@ from portwatch.errors import (
 from portwatch.ports import Transport
 from portwatch.porttable.table import PortTable
 
+# A single capture read once, without --detect, --interval, --annotate, --jobs or
+# --resume, needs none of detect, live, merge or _atomic (tempfile, random):
+# they are imported where used, which keeps ``portwatch analyze`` start-up short
+# (tests/cli/test_startup.py checks that a plain run loads none of them).
 if TYPE_CHECKING:  # dask is optional: only its progress record's type is needed here
+    from portwatch.analysis.detect import FirstPackets, FlowDetection
     from portwatch.analysis.distributed import ClusterProgress
+    from portwatch.analysis.live import LiveSnapshot
+    from portwatch.analysis.merge import CapturePartial
+
+    Outcome = CapturePartial | CaptureError
 
 __all__ = [
     "AnnotateRequest",
@@ -116,6 +104,9 @@ __all__ = [
 ProgressCallback = Callable[[str, int, int], None]
 
 SPOOL_CHUNK = 1 << 20
+#: ``portwatch.analysis.detect.DEFAULT_PACKETS``, repeated so that the dataclass
+#: default below does not import nDPI's module (a test checks they agree).
+_DETECT_PACKETS = 20
 _SPOOL_PREFIX = "portwatch-spool-"
 
 
@@ -147,6 +138,8 @@ class _Ticker:
     """Feeds a ``LiveSummary`` from the reading thread; emits it from its own thread."""
 
     def __init__(self, table: PortTable, request: IntervalRequest) -> None:
+        from portwatch.analysis.live import LiveSummary  # only --interval pays
+
         self._request = request
         self._live = LiveSummary(table, window_s=request.window_s or request.seconds,
                                  start=request.clock())
@@ -185,7 +178,7 @@ class DetectRequest:
     capture is read (a private temporary directory under it; default $TMPDIR).
     """
 
-    packets: int = DEFAULT_PACKETS
+    packets: int = _DETECT_PACKETS
     directory: str | None = None
 
 
@@ -239,6 +232,8 @@ def check_output_path(path: str) -> None:
 def output_file(path: str) -> Iterator[BinaryIO]:
     """``atomic_output`` whose OS errors (a directory, a full disk) are an ``OutputError``."""
     check_output_path(path)
+    from portwatch._atomic import atomic_output  # tempfile and shutil: only a file output
+
     try:
         with atomic_output(path) as out:
             yield out
@@ -395,6 +390,9 @@ def spooled_inputs(
     if not needed or all(_is_regular(n) for n in names):
         yield [CaptureInput(n, n) for n in names]
         return
+    import shutil
+    import tempfile
+
     with _unwind_on_signals():
         spool_dir: str | None = None
         try:
@@ -553,8 +551,6 @@ def expand_inputs(names: Sequence[str]) -> list[str]:
     A name that exists, ``-``, or a pattern that matches nothing is kept as
     given (reading it then reports the error with its name).
     """
-    import glob
-
     out: list[str] = []
     for name in names:
         if name == "-" or not any(c in name for c in "*?["):
@@ -571,6 +567,8 @@ def expand_inputs(names: Sequence[str]) -> list[str]:
             found = sorted(fs.unstrip_protocol(p) if protocol != "file" else f"file://{p}"
                            for p in paths)
         else:
+            import glob  # only a pattern pays
+
             found = sorted(glob.glob(name)) if not os.path.exists(name) else [name]
         out.extend(found or [name])
     return out
@@ -584,6 +582,8 @@ class _Detected:
     found: dict[int, FlowDetection]
 
     def report(self, analyzer: Analyzer) -> Report:
+        from portwatch.analysis.detect import apply_detections
+
         report = analyzer.report()
         apply_detections(report, self.found, self.rows, analyzer.table)
         return report
@@ -598,6 +598,8 @@ def _analyze_detected(table: PortTable, inp: CaptureInput, progress: ProgressCal
     so the private FIFO directory goes too. A link type nDPI cannot read leaves its flows
     ``unconfirmed`` and says so in the report's warnings.
     """
+    from portwatch.analysis.detect import live_detection, match
+
     with _unwind_on_signals(), live_detection(detect.directory, detect.packets) as keeper:
         analyzer = _analyze_native(table, inp, progress, stdin, _Bounds(), keeper=keeper)
         ndpi = keeper.finish()
@@ -616,6 +618,8 @@ def _annotate(analyzer: Analyzer, inp: CaptureInput, request: AnnotateRequest,
     A pcapng source is copied block by block (nothing it holds is lost); a
     pcap source becomes a fresh pcapng.
     """
+    from portwatch.analysis.detect import annotation_comments
+
     reader = _open(inp, None)
     try:
         overrides = (annotation_comments(analyzer, detected.found, detected.rows)
@@ -681,6 +685,8 @@ def _init_worker(table_bytes: bytes) -> None:
 
 def _work(inp: CaptureInput, engine: str) -> CapturePartial | CaptureError:
     """A capture's partial state, or the typed error that made it unreadable (picklable)."""
+    from portwatch.analysis.merge import partial_of
+
     table = _worker.table
     assert table is not None, "worker started without _init_worker"
     try:
@@ -688,8 +694,6 @@ def _work(inp: CaptureInput, engine: str) -> CapturePartial | CaptureError:
     except CaptureError as exc:
         return exc
 
-
-Outcome = CapturePartial | CaptureError
 
 
 def _in_pool(table: PortTable, inputs: Sequence[CaptureInput], jobs: int,
@@ -733,12 +737,16 @@ def _check(names: Sequence[str], jobs: int, engine: str,
     if detect is not None:
         if engine != "native":
             raise UsageError("--detect works with the native engine only")
+        from portwatch.analysis.detect import require_ndpi
+
         require_ndpi()
 
 
 def _merge(outcomes: Sequence[Outcome], table: PortTable,
            idle_s: Mapping[Transport, float] | None) -> RunResult:
     """Partial states merged into one report; failures become warnings (partial report)."""
+    from portwatch.analysis.merge import CapturePartial, merge_partials
+
     partials = [o for o in outcomes if isinstance(o, CapturePartial)]
     failures = [o for o in outcomes if isinstance(o, CaptureError)]
     if not partials:
@@ -769,6 +777,8 @@ def _resumed(names: Sequence[str], resume_dir: str | None) -> dict[int, CaptureP
     """Captures of an earlier run of ``resume_dir`` already read, by input position."""
     if resume_dir is None:
         return {}
+    from portwatch.analysis.merge import load_state
+
     found = {}
     for i, name in enumerate(names):
         saved = load_state(resume_dir, name, _fingerprint(name))
@@ -790,8 +800,11 @@ def _fingerprint(name: str) -> str:
 
 def _saver(names: Sequence[str], resume_dir: str | None) -> Callable[[int, Outcome], None]:
     def save(i: int, outcome: Outcome) -> None:
-        if resume_dir is not None and isinstance(outcome, CapturePartial) and \
-                not outcome.partial:  # a damaged capture is read again next time
+        if resume_dir is None or isinstance(outcome, CaptureError):
+            return
+        from portwatch.analysis.merge import save_state
+
+        if not outcome.partial:  # a damaged capture is read again next time
             save_state(resume_dir, names[i], _fingerprint(names[i]), outcome)
     return save
 
@@ -887,6 +900,8 @@ def _several(table: PortTable, inputs: Sequence[CaptureInput], *, jobs: int, eng
              progress: ProgressCallback | None = None, stdin: BinaryIO | None = None,
              ticker: _Ticker | None = None) -> RunResult:
     """Several captures, one after another or in a pool, their partial states merged."""
+    from portwatch.analysis.merge import partial_of
+
     names = [inp.name for inp in inputs]
     resumed = _resumed(names, resume_dir)
     save = _saver(names, resume_dir)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portwatch import __version__
-from portwatch._atomic import atomic_write_bytes
 from portwatch.errors import RegistryRowError
 from portwatch.porttable.table import TABLE_FORMAT_VERSION, PortTable
 from portwatch.registry.loader import parse_source, read_bytes
@@ -85,6 +84,8 @@ def load_table(
         raise RegistryRowError(first.message, path=first.path, line=first.line)
     table = compile_table(registry)
     if target is not None:
+        from portwatch._atomic import atomic_write_bytes  # tempfile: a cache miss only
+
         with contextlib.suppress(OSError):  # a read-only cache only costs speed
             atomic_write_bytes(target, table.to_bytes())
     return LoadedTable(table, registry, False, sources)

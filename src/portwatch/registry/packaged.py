@@ -10,7 +10,6 @@ replaces it.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 __all__ = ["PACKAGED_LABEL", "is_packaged", "packaged_snapshot", "source_label"]
@@ -22,8 +21,14 @@ PACKAGED_LABEL = f"packaged:{_FILE}"
 
 
 def packaged_snapshot() -> Path:
-    """The file inside the installed package (a plain file: wheels install unzipped)."""
-    return Path(str(resources.files("portwatch.registry") / "data" / _FILE))
+    """The file inside the installed package (a plain file: wheels install unzipped).
+
+    Found beside this module, as ``importlib.resources.files`` finds it for a
+    package on disk, without importing ``importlib.resources`` (and its
+    ``tempfile``) on every command's start (tests/cli/test_startup.py
+    checks both agree).
+    """
+    return Path(__file__).parent / "data" / _FILE
 
 
 def is_packaged(path: str | Path) -> bool:

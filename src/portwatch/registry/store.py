@@ -24,12 +24,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
-from portwatch._atomic import atomic_write_bytes
 from portwatch._paths import data_dir
 from portwatch.errors import RegistryError, RegistryFormatError
 from portwatch.registry.loader import parse_source, read_bytes, read_source, sha256_of
 from portwatch.registry.model import ParsedSource, SourceFormat
 from portwatch.registry.packaged import packaged_snapshot
+
+# ``portwatch._atomic`` (tempfile, shutil, random) is imported by the methods that
+# write: every command selects its sources here, few of them store one.
 
 __all__ = [
     "MAX_DOWNLOAD_BYTES",
@@ -108,6 +110,8 @@ class DataStore:
         name = f"{digest[:16]}{suffix}"
         target = self.dir / name
         if not target.exists():
+            from portwatch._atomic import atomic_write_bytes
+
             atomic_write_bytes(target, data)
         return StoredSource(name, origin, parsed.info.format.value, digest, official)
 
@@ -117,6 +121,8 @@ class DataStore:
              "official": e.official}
             for e in entries
         ]}
+        from portwatch._atomic import atomic_write_bytes
+
         atomic_write_bytes(self.manifest, json.dumps(doc, indent=2).encode())
         keep = {e.file for e in entries} | {self.manifest.name}
         for path in self.dir.iterdir():
