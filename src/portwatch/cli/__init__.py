@@ -43,7 +43,9 @@ def _collecting_no_garbage(*, freeze: bool = True) -> Iterator[None]:
             gc.freeze()
 
 
-with _collecting_no_garbage():  # numpy, the table and the registry sources' selection
+# numpy, the table and the registry sources' selection; ``main`` freezes them when it
+# runs as the program (importing this module must not change a caller's collector).
+with _collecting_no_garbage(freeze=False):
     from portwatch.cli.common import Context, PortwatchArgumentParser
     from portwatch.registry.freshness import DEFAULT_MAX_AGE_DAYS
 
