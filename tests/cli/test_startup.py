@@ -175,3 +175,16 @@ def test_a_disabled_collector_stays_disabled(official_csv: Path, warm_cache: Pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=False, cwd=ROOT)
     assert out.stdout.splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize(("given", "threads"), [(None, 1), ("2", min(2, os.cpu_count() or 1))])
+def test_the_command_runs_numpy_with_one_blas_thread_unless_the_operator_chose(
+        given: str | None, threads: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    code = ("import os, portwatch.cli, numpy\n"
+            "print(len(os.listdir('/proc/self/task')))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert int(out) == threads  # the process's threads: OpenBLAS's, the main one among them
