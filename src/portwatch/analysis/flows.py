@@ -38,8 +38,6 @@ else the next row, in order of first appearance in the batch.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +45,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from portwatch._engines import ENGINES, use_compiled
 from portwatch.analysis.verdict import STATUS_REASONS, FlagReason, FlowDecisions, ServiceSideRule
 from portwatch.decode.native import TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
-from portwatch.errors import UsageError
 from portwatch.ports import DYNAMIC_PORTS, PortFlag, PortStatus, Transport
 from portwatch.porttable.table import PortTable
 
@@ -86,7 +84,7 @@ if COMPILED and _KEY_DTYPE.itemsize != _CORE_KEY_BYTES:  # the C side reads keys
     _WHY_NOT = f"_flowcore reads {_CORE_KEY_BYTES}-byte keys, not {_KEY_DTYPE.itemsize}"
 
 #: ``FlowTable(engine=...)`` and ``PORTWATCH_FLOWS``: ``auto`` is compiled when built.
-FLOW_ENGINES = ("auto", "compiled", "numpy")
+FLOW_ENGINES = ENGINES
 _said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
 
 
@@ -96,25 +94,9 @@ def _choose(engine: str | None) -> bool:
     ``engine=None`` reads ``PORTWATCH_FLOWS`` (``numpy`` forces the reference
     engine, for comparisons and benchmarks).
     """
-    from_env = engine is None
-    if engine is None:
-        engine = os.environ.get("PORTWATCH_FLOWS", "auto") or "auto"
-    problem = ""
-    if engine not in FLOW_ENGINES:
-        problem = f"flow engine must be one of {', '.join(FLOW_ENGINES)}, not {engine!r}"
-    elif engine == "compiled" and not COMPILED:
-        problem = _WHY_NOT
-    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
-        raise UsageError(f"PORTWATCH_FLOWS: {problem}")
-    if problem:
-        raise ValueError(problem)
-    compiled = COMPILED and engine != "numpy"
-    if "flows" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
-        _said.add("flows")
-        which = "compiled (_flowcore)" if compiled else "numpy"
-        why = f"; {_WHY_NOT}" if not COMPILED else ""
-        print(f"portwatch: flow table: {which}{why}", file=sys.stderr)
-    return compiled
+    return use_compiled(engine, variable="PORTWATCH_FLOWS", noun="flow engine",
+                        stage="flow table", label="compiled (_flowcore)", built=COMPILED,
+                        why_not=_WHY_NOT, said=_said)
 
 
 @dataclass(frozen=True, slots=True)

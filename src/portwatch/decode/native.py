@@ -45,7 +45,6 @@ reference it is tested against, column for column.
 from __future__ import annotations
 
 import ipaddress
-import os
 import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -54,8 +53,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from portwatch._engines import ENGINES, use_compiled
 from portwatch.capture.batch import LinkType, PacketBatch
-from portwatch.errors import UsageError
 from portwatch.ports import LabelledEnum, Transport
 
 try:
@@ -1096,7 +1095,7 @@ def _decapsulate(r: _FieldLoads, main: _State, whole: Bool) -> None:
 
 
 #: ``decode_batch(decoder=...)``: ``"auto"`` is compiled when built, else numpy.
-DECODERS = ("auto", "compiled", "numpy")
+DECODERS = ENGINES
 _said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
 
 
@@ -1106,25 +1105,9 @@ def _choose(decoder: str | None) -> bool:
     ``decoder=None`` reads ``PORTWATCH_DECODE`` (``numpy`` forces the
     reference decoder, for comparisons and benchmarks).
     """
-    from_env = decoder is None
-    if decoder is None:
-        decoder = os.environ.get("PORTWATCH_DECODE", "auto") or "auto"
-    problem = ""
-    if decoder not in DECODERS:
-        problem = f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}"
-    elif decoder == "compiled" and not COMPILED:
-        problem = _WHY_NOT
-    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
-        raise UsageError(f"PORTWATCH_DECODE: {problem}")
-    if problem:
-        raise ValueError(problem)
-    compiled = COMPILED and decoder != "numpy"
-    if "decoder" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
-        _said.add("decoder")
-        which = "compiled (_decode)" if compiled else "numpy"
-        why = f"; {_WHY_NOT}" if not COMPILED else ""
-        print(f"portwatch: packet decoder: {which}{why}", file=sys.stderr)
-    return compiled
+    return use_compiled(decoder, variable="PORTWATCH_DECODE", noun="decoder",
+                        stage="packet decoder", label="compiled (_decode)", built=COMPILED,
+                        why_not=_WHY_NOT, said=_said)
 
 
 def decode_batch(batch: PacketBatch, decoder: str | None = None) -> DecodedBatch:

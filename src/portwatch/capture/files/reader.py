@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
+from portwatch._engines import ENGINES, use_compiled
 from portwatch.capture.batch import PacketBatch
 from portwatch.capture.files._compression import MAGICS as COMPRESSED_MAGICS
 from portwatch.capture.files._compression import open_decompressor
@@ -39,7 +40,7 @@ from portwatch.capture.files._framing import DEFAULT_BATCH_BYTES, Framed, Interf
 from portwatch.capture.files.pcap import FILE_HEADER_LEN, MAGICS, PcapFramer, parse_header
 from portwatch.capture.files.pcapng import MAGIC as PCAPNG_MAGIC
 from portwatch.capture.files.pcapng import PcapngFramer
-from portwatch.errors import CaptureFormatError, CaptureTruncatedError, UsageError
+from portwatch.errors import CaptureFormatError, CaptureTruncatedError
 
 __all__ = [
     "COMPILED",
@@ -71,7 +72,7 @@ else:
     _WHY_NOT = ""
 
 #: ``open_capture(framing=...)``: ``"auto"`` is compiled when built, else numpy.
-FRAMINGS = ("auto", "compiled", "numpy")
+FRAMINGS = ENGINES
 _said: set[str] = set()  # what PORTWATCH_VERBOSE=1 has said already
 
 
@@ -81,25 +82,9 @@ def _choose(framing: str | None) -> bool:
     ``framing=None`` reads ``PORTWATCH_FRAMING`` (``numpy`` forces the
     reference framers, for comparisons and benchmarks).
     """
-    from_env = framing is None
-    if framing is None:
-        framing = os.environ.get("PORTWATCH_FRAMING", "auto") or "auto"
-    problem = ""
-    if framing not in FRAMINGS:
-        problem = f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}"
-    elif framing == "compiled" and not COMPILED:
-        problem = _WHY_NOT
-    if problem and from_env:  # an operator's setting: one line, exit 2, no traceback
-        raise UsageError(f"PORTWATCH_FRAMING: {problem}")
-    if problem:
-        raise ValueError(problem)
-    compiled = COMPILED and framing != "numpy"
-    if "framing" not in _said and os.environ.get("PORTWATCH_VERBOSE") == "1":
-        _said.add("framing")
-        which = "compiled (_core)" if compiled else "numpy"
-        why = f"; {_WHY_NOT}" if not COMPILED else ""
-        print(f"portwatch: capture framing: {which}{why}", file=sys.stderr)
-    return compiled
+    return use_compiled(framing, variable="PORTWATCH_FRAMING", noun="framing",
+                        stage="capture framing", label="compiled (_core)", built=COMPILED,
+                        why_not=_WHY_NOT, said=_said)
 
 
 class _Framer(Protocol):
