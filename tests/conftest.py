@@ -78,6 +78,12 @@ def table(official_csv: Path) -> PortTable:
 
 
 @pytest.fixture(scope="session")
+def packaged() -> PortTable:
+    """The table of the packaged snapshot (the default registry), compiled once."""
+    return load_table([str(packaged_snapshot())], cache=None).table
+
+
+@pytest.fixture(scope="session")
 def compiled_cache(tmp_path_factory: pytest.TempPathFactory, official_csv: Path) -> Path:
     """The cache files of the registries most tests load, compiled once per run."""
     cache = tmp_path_factory.mktemp("compiled-cache")

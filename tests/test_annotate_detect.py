@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from portwatch.analysis.detect import INSTALL_HINT, require_ndpi
+from helpers.ndpi import needs_ndpi
+from portwatch.analysis.detect import INSTALL_HINT
 from portwatch.annotate import Annotation, Annotator
 from portwatch.errors import UsageError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
-from portwatch.registry.packaged import packaged_snapshot
 
 scapy_inet = pytest.importorskip("scapy.layers.inet")
 from scapy.layers.l2 import Ether  # noqa: E402 - after the importorskip
@@ -23,18 +22,6 @@ IP, TCP, UDP = scapy_inet.IP, scapy_inet.TCP, scapy_inet.UDP
 MACS: dict[str, Any] = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
 
-try:
-    require_ndpi()
-    HAVE_NDPI = True
-except UsageError:
-    HAVE_NDPI = False
-needs_ndpi = pytest.mark.skipif(not HAVE_NDPI, reason="nfstream (nDPI) is not installed: "
-                                "pip install 'portwatch[detect]'")
-
-
-@pytest.fixture(scope="module")
-def packaged() -> PortTable:
-    return load_table([str(packaged_snapshot())], cache=None).table
 
 
 def exchange(sport: int, dport: int, client: list[bytes], server: list[bytes]) -> list[Any]:

@@ -15,6 +15,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from helpers.ndpi import HAVE_NDPI, needs_ndpi
 from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.detect import (
     INSTALL_HINT,
@@ -24,7 +25,6 @@ from portwatch.analysis.detect import (
     annotation_comments,
     judge,
     match,
-    require_ndpi,
 )
 from portwatch.analysis.ndpi_names import confirms, packaged_table, parse_table
 from portwatch.analysis.render import OutputFormat, render
@@ -36,27 +36,13 @@ from portwatch.capture.files.reader import read_capture_path
 from portwatch.cli import main
 from portwatch.decode.native import DecodedBatch, decode_batch
 from portwatch.ports import PortStatus, Transport
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
-from portwatch.registry.packaged import packaged_snapshot
 
 PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 DETECT = PCAPS / "detect.pcap"
 TRUTH = json.loads((PCAPS / "truth.json").read_text())["detect.pcap"]["detection"]
 TSHARK = shutil.which("tshark")
 
-try:
-    require_ndpi()
-    HAVE_NDPI = True
-except Exception:  # the UsageError of a missing nfstream
-    HAVE_NDPI = False
-needs_ndpi = pytest.mark.skipif(not HAVE_NDPI, reason="nfstream (nDPI) is not installed: "
-                                "pip install 'portwatch[detect]'")
-
-
-@pytest.fixture(scope="module")
-def packaged() -> PortTable:
-    return load_table([str(packaged_snapshot())], cache=None).table
 
 
 # -- the mapping table, both ways --------------------------------------------------------

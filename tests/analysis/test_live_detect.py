@@ -8,28 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from portwatch.analysis.detect import INSTALL_HINT, require_ndpi
+from helpers.ndpi import HAVE_NDPI, needs_ndpi
+from portwatch.analysis.detect import INSTALL_HINT
 from portwatch.analysis.live import LiveSnapshot, LiveSummary
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.errors import UsageError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
-from portwatch.registry.packaged import packaged_snapshot
 
 DETECT = Path(__file__).resolve().parents[2] / "pcaps" / "detect.pcap"
 
-try:
-    require_ndpi()
-    HAVE_NDPI = True
-except UsageError:
-    HAVE_NDPI = False
-needs_ndpi = pytest.mark.skipif(not HAVE_NDPI, reason="nfstream (nDPI) is not installed: "
-                                "pip install 'portwatch[detect]'")
-
-
-@pytest.fixture(scope="module")
-def packaged() -> PortTable:
-    return load_table([str(packaged_snapshot())], cache=None).table
 
 
 def _play(live: LiveSummary, path: Path) -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers.ndpi import HAVE_NDPI, needs_ndpi
 from portwatch._terminal import display_width
-from portwatch.analysis.detect import INSTALL_HINT, require_ndpi
+from portwatch.analysis.detect import INSTALL_HINT
 from portwatch.analysis.live import LiveSnapshot, LiveSummary
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.cli import main
 from portwatch.cli.top import render_screen, render_summary
-from portwatch.errors import UsageError
 from portwatch.porttable.table import PortTable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,13 +27,6 @@ TMUX = shutil.which("tmux")
 #: Not a speed claim: how long a screen may take to show up on a loaded machine.
 PATIENCE_S = 60.0
 
-try:
-    require_ndpi()
-    HAVE_NDPI = True
-except UsageError:
-    HAVE_NDPI = False
-needs_ndpi = pytest.mark.skipif(not HAVE_NDPI, reason="nfstream (nDPI) is not installed: "
-                                "pip install 'portwatch[detect]'")
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,17 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from portwatch.analysis.detect import require_ndpi
+from helpers.ndpi import needs_ndpi
 from portwatch.analysis.flows import FlowLimits
 from portwatch.capture.files.reader import read_capture_path
 from portwatch.daemon.collector import PortwatchCollector
 from portwatch.daemon.config import DaemonConfig, parse_config
 from portwatch.daemon.counters import RegistryFacts, TrafficCounters
 from portwatch.errors import ConfigError
-from portwatch.porttable.cache import load_table
 from portwatch.porttable.table import PortTable
-from portwatch.registry.packaged import packaged_snapshot
 
 DETECT = Path(__file__).resolve().parents[2] / "pcaps" / "detect.pcap"
 
-try:
-    require_ndpi()
-    HAVE_NDPI = True
-except Exception:  # the UsageError of a missing nfstream
-    HAVE_NDPI = False
-needs_ndpi = pytest.mark.skipif(not HAVE_NDPI, reason="nfstream (nDPI) is not installed: "
-                                "pip install 'portwatch[detect]'")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -57,11 +48,6 @@ def test_a_detect_section_that_cannot_work_is_refused_with_the_reason(
 
 
 # -- counting -----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def packaged() -> PortTable:
-    return load_table([str(packaged_snapshot())], cache=None).table
-
 
 def _counters(table: PortTable, **limits: int) -> TrafficCounters:
     return TrafficCounters(table, FlowLimits(**limits),  # type: ignore[arg-type]
