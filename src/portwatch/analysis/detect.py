@@ -58,7 +58,7 @@ from portwatch.analysis.analyzer import Analyzer
 from portwatch.analysis.flows import FlowTable
 from portwatch.analysis.ndpi_names import confirms
 from portwatch.analysis.report import Report
-from portwatch.analysis.verdict import Confidence, Detection, FlagReason, reasons
+from portwatch.analysis.verdict import Confidence, Detection, FlagReason, Verdict, reasons
 from portwatch.capture.batch import LinkType, PacketBatch
 from portwatch.decode.native import NO_TRANSPORT, TRANSPORT_OF_PROTO, DecodedBatch, DecodeStatus
 from portwatch.errors import UsageError
@@ -68,9 +68,11 @@ from portwatch.porttable.table import PortTable
 __all__ = [
     "DEFAULT_PACKETS",
     "INSTALL_HINT",
+    "LIVE_IDLE_S",
     "FirstPackets",
     "FlowDetection",
     "LiveDetection",
+    "LiveJudge",
     "NdpiFlow",
     "annotation_comments",
     "apply_detections",
@@ -858,6 +860,70 @@ def judge(found: FlowDetection, service: str, aliases: Sequence[str],
     if status in (PortStatus.ASSIGNED, PortStatus.RESERVED, PortStatus.UNASSIGNED):
         return Detection.MISMATCH
     return Detection.UNCONFIRMED
+
+
+#: A live flow nDPI has not finished with after this long without a packet (packet
+#: time) is reported anyway: a live view gets its verdict without waiting for every
+#: first packet (capped by the shortest flow idle timeout).
+LIVE_IDLE_S = 10.0
+
+
+class LiveJudge:
+    """nDPI beside a live flow table that forgets flows (the daemon, ``top``).
+
+    Runs ``LiveDetection`` in a private directory, keeps the row of each flow
+    by its 5-tuple while the table holds it, and judges each flow nDPI
+    reports against the registry under its row's decision at that moment.
+    """
+
+    def __init__(self, directory: str | None, packets: int, idle_s: float) -> None:
+        require_ndpi()
+        self.directory = tempfile.mkdtemp(prefix="portwatch-detect-", dir=directory)
+        self._reported: deque[NdpiFlow] = deque()  # nDPI's thread appends, ``judged`` pops
+        self.detector = LiveDetection(self.directory, packets, on_flow=self._reported.append,
+                                      idle_ms=int(min(LIVE_IDLE_S, idle_s) * 1000))
+        self._row_of_key: dict[FlowKey, int] = {}
+        self._key_of_row: dict[int, FlowKey] = {}
+
+    def add(self, batch: PacketBatch, decoded: DecodedBatch, flow_of_packet: I64,
+            flows: FlowTable) -> None:
+        """The first packets of each flow of ``batch``, to nDPI."""
+        self.detector.add(batch, decoded, flow_of_packet, flows)
+
+    def remember(self, flows: FlowTable, rows: I64) -> None:
+        """New flow rows, so that nDPI's reports find them (one Python step per new flow)."""
+        for row, key in zip(rows.tolist(), flow_keys(flows, rows), strict=True):
+            self._row_of_key[key] = row
+            self._key_of_row[row] = key
+
+    def forget(self, rows: I64) -> None:
+        """Rows the table ended (idle, too long, evicted): a later report on them is dropped."""
+        if not self._key_of_row:
+            return
+        for row in rows.tolist():
+            key = self._key_of_row.pop(row, None)
+            if key is not None and self._row_of_key.get(key) == row:
+                del self._row_of_key[key]
+
+    def judged(self, flows: FlowTable,
+               table: PortTable) -> Iterator[tuple[Verdict, FlowDetection, Detection]]:
+        """Each flow nDPI reported since the last call, with its row's verdict and the judgement."""
+        while self._reported:
+            flow = self._reported.popleft()
+            row = self._row_of_key.get(ndpi_key(flow))
+            if row is None:  # forgotten meanwhile
+                continue
+            verdict = flows.decide(table, np.asarray([row], dtype=np.int64)).verdict(0, table)
+            found = FlowDetection.of(flow)
+            aliases = table.lookup(verdict.transport, verdict.service_port).aliases
+            yield verdict, found, judge(found, verdict.service, aliases, verdict.status)
+
+    def finish(self) -> None:
+        """Let nDPI finish what it was given (still to be ``judged``) and remove its FIFOs."""
+        try:
+            self.detector.finish()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 _NOTHING = FlowDetection("", Confidence.NONE)

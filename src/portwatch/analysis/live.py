@@ -27,25 +27,13 @@ mismatch makes the service flagged, with the sentence every output uses
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from portwatch.analysis.detect import (
-    DEFAULT_PACKETS,
-    FlowDetection,
-    FlowKey,
-    LiveDetection,
-    NdpiFlow,
-    flow_keys,
-    judge,
-    ndpi_key,
-    require_ndpi,
-)
+from portwatch.analysis.detect import DEFAULT_PACKETS, LiveJudge
 from portwatch.analysis.flows import FlowLimits, FlowTable
 from portwatch.analysis.verdict import Detection, FlagReason, reasons
 from portwatch.capture.batch import PacketBatch
@@ -58,9 +46,6 @@ __all__ = ["DEFAULT_WINDOW_S", "FlaggedPortRate", "LiveSnapshot", "LiveSummary",
 #: Rates are averaged over this many seconds unless told otherwise (iftop's middle column).
 DEFAULT_WINDOW_S = 10.0
 _BUCKET_S = 1.0
-#: With detection on, a flow silent this long (packet time) is handed to nDPI's
-#: verdict without waiting for its first 20 packets (the daemon's ``DETECT_IDLE_S``).
-_DETECT_IDLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,35 +169,24 @@ class LiveSummary:
         self._portless = np.zeros(len(DecodeStatus), dtype=np.int64)
         self.packets = 0
         self.bytes = 0
-        # detection (``detect``): nDPI's thread appends what it is done with, feed pops
-        self._detector: LiveDetection | None = None
-        self._detect_dir = ""
-        self._reported: deque[NdpiFlow] = deque()
-        self._row_of_key: dict[FlowKey, int] = {}
-        self._key_of_row: dict[int, FlowKey] = {}
-        self._known = np.zeros(0, dtype=np.bool_)  # rows whose 5-tuple is in _row_of_key
-        if detect:
-            require_ndpi()
-            self._detect_dir = tempfile.mkdtemp(prefix="portwatch-detect-", dir=detect_dir)
-            idle_ms = int(min(_DETECT_IDLE_S, *self.limits.idle_s.values()) * 1000)
-            self._detector = LiveDetection(self._detect_dir, detect_packets,
-                                           on_flow=self._reported.append, idle_ms=idle_ms)
+        # detection (``detect``): nDPI beside the flow table, its verdicts judged in ``feed``
+        self._detecting = detect
+        self._detector = (LiveJudge(detect_dir, detect_packets, min(self.limits.idle_s.values()))
+                          if detect else None)
+        self._known = np.zeros(0, dtype=np.bool_)  # rows the detector was told about
 
     @property
     def detecting(self) -> bool:
         """Whether nDPI's verdicts are counted (they stay shown after ``close``)."""
-        return bool(self._detect_dir)
+        return self._detecting
 
     def close(self) -> None:
         """Stop nDPI (it finishes what it was given, judged here) and remove its FIFOs."""
         detector, self._detector = self._detector, None
         if detector is None:
             return
-        try:
-            detector.finish()
-        finally:
-            shutil.rmtree(self._detect_dir, ignore_errors=True)
-        self._judge_reported()
+        detector.finish()
+        self._judge_reported(detector)
 
     def feed(self, batch: PacketBatch, now: float) -> None:
         """Count ``batch`` as arrived at ``now`` (seconds, monotonic)."""
@@ -222,7 +196,7 @@ class LiveSummary:
         flows = self._feed(decoded, batch.timestamps_ns, now)
         if self._detector is not None:
             self._detector.add(batch, decoded, flows, self._flows)
-            self._judge_reported()
+            self._judge_reported(self._detector)
         self._forget(int(batch.timestamps_ns.max()))
 
     def feed_decoded(self, decoded: DecodedBatch, timestamps_ns: npt.NDArray[np.int64],
@@ -266,25 +240,15 @@ class LiveSummary:
         if new.size == 0:
             return
         self._known[new] = True
-        for row, key in zip(new.tolist(), flow_keys(self._flows, new), strict=True):
-            self._row_of_key[key] = row
-            self._key_of_row[row] = key
+        if self._detector is not None:
+            self._detector.remember(self._flows, new)
 
-    def _judge_reported(self) -> None:
-        """Judge each flow nDPI reported since the last call, under its service."""
-        while self._reported:
-            flow = self._reported.popleft()
-            row = self._row_of_key.get(ndpi_key(flow))
-            if row is None:  # forgotten meanwhile (idle, evicted)
-                continue
-            verdict = self._flows.decide(self.table, np.asarray([row], dtype=np.int64)) \
-                .verdict(0, self.table)
+    def _judge_reported(self, detector: LiveJudge) -> None:
+        """Count each flow nDPI reported since the last call, under its service."""
+        for verdict, found, result in detector.judged(self._flows, self.table):
             service = self._services.get((int(verdict.transport) << 16) | verdict.service_port)
             if service is None:
                 continue
-            found = FlowDetection.of(flow)
-            aliases = self.table.lookup(verdict.transport, verdict.service_port).aliases
-            result = judge(found, verdict.service, aliases, verdict.status)
             if result is Detection.MISMATCH:
                 service.mismatched[found.detected] = service.mismatched.get(found.detected,
                                                                             0) + 1
@@ -324,13 +288,10 @@ class LiveSummary:
         """Flows over as the daemon ends them (idle, too long, too many)."""
         gone = [self._flows.expire(now_ns, self._idle_ns, int(self.limits.active_s * 1e9)),
                 self._flows.enforce_limit(self.limits.max_flows)]
-        if self._key_of_row:
+        if self._detector is not None:
             for rows in gone:
                 self._known[rows[rows < self._known.size]] = False
-                for row in rows.tolist():
-                    key = self._key_of_row.pop(row, None)
-                    if key is not None and self._row_of_key.get(key) == row:
-                        del self._row_of_key[key]
+                self._detector.forget(rows)
 
     def _bucket(self, now: float) -> _Bucket:
         start = self._start + math.floor((now - self._start) / _BUCKET_S) * _BUCKET_S
@@ -346,7 +307,7 @@ class LiveSummary:
     def snapshot(self, now: float) -> LiveSnapshot:
         """Rates over the last ``window_s`` seconds (or since the start, if shorter)."""
         if self._detector is not None:
-            self._judge_reported()
+            self._judge_reported(self._detector)
         self._drop_old(now)
         elapsed = max(now - self._start, 0.0)
         span = min(self.window_s, max(elapsed, _BUCKET_S))

@@ -38,10 +38,8 @@ malformed, an unsupported link type).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,17 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from portwatch.analysis.analyzer import Analyzer
-from portwatch.analysis.detect import (
-    DEFAULT_PACKETS,
-    FlowDetection,
-    FlowKey,
-    LiveDetection,
-    NdpiFlow,
-    flow_keys,
-    judge,
-    ndpi_key,
-    require_ndpi,
-)
+from portwatch.analysis.detect import DEFAULT_PACKETS, LiveJudge, require_ndpi
 from portwatch.analysis.flows import FlowLimits
 from portwatch.analysis.report import PORTLESS_STATUSES, UNDECODABLE_STATUSES
 from portwatch.analysis.verdict import STATUS_REASONS, Detection, FlagReason
@@ -95,9 +83,6 @@ PORTLESS_REASONS = PORTLESS_STATUSES
 #: Packets that could not be decoded: ``portwatch_decode_errors_total{reason}``.
 ERROR_REASONS = UNDECODABLE_STATUSES
 _NS = 1_000_000_000
-#: A flow with no packet for this long is judged on the first packets nDPI has
-#: (short flows end well before their 20th packet; nDPI never "completes" them).
-DETECT_IDLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +160,7 @@ class TrafficCounters:
         self.kernel_flows = 0  # flows the eBPF backend's kernel map holds (a level)
         # protocol detection (enable_detection): nDPI's answers, and flow rows by 5-tuple
         self.mismatches: dict[tuple[str, str, str, str], int] = {}
-        self.detector: LiveDetection | None = None
-        self._detect_dir = ""
-        self._detected: deque[NdpiFlow] = deque()
-        self._row_of_key: dict[FlowKey, int] = {}
-        self._key_of_row: dict[int, FlowKey] = {}
+        self.detector: LiveJudge | None = None
 
     # -- configuration ----------------------------------------------------------
     @property
@@ -207,10 +188,7 @@ class TrafficCounters:
         with self.lock:
             if self.detector is not None:
                 return
-            self._detect_dir = tempfile.mkdtemp(prefix="portwatch-detect-", dir=directory)
-            idle_ms = int(min(DETECT_IDLE_S, *self.limits.idle_s.values()) * 1000)
-            self.detector = LiveDetection(self._detect_dir, limit,
-                                          on_flow=self._detected.append, idle_ms=idle_ms)
+            self.detector = LiveJudge(directory, limit, min(self.limits.idle_s.values()))
 
     def stop_detection(self) -> None:
         """Let nDPI finish what it was given, count it, and remove its FIFOs."""
@@ -219,9 +197,8 @@ class TrafficCounters:
         if detector is None:
             return
         detector.finish()
-        shutil.rmtree(self._detect_dir, ignore_errors=True)
         with self.lock:
-            self._count_detections()
+            self._count_detections(detector)
 
     # -- feeding ----------------------------------------------------------------
     def feed(self, batch: PacketBatch, interface_names: Sequence[str] = ()) -> None:
@@ -242,7 +219,7 @@ class TrafficCounters:
                 self._count_flows(outer[keep], decoded.wirelen[packets[keep]])
             if self.detector is not None:
                 self.detector.add(batch, decoded, flow_of_packet, self.analyzer.flows)
-                self._count_detections()
+                self._count_detections(self.detector)
             self._enforce_limit()
 
     def _count_received(self, batch: PacketBatch, names: Sequence[str]) -> None:
@@ -262,10 +239,8 @@ class TrafficCounters:
             self._counted = grown
         new = ~self._counted[flows]
         self._counted[flows] = True
-        if self.detector is not None and new.any():  # one Python step per new flow
-            for row, five in zip(flows[new].tolist(), flow_keys(ft, flows[new]), strict=True):
-                self._row_of_key[five] = row
-                self._key_of_row[row] = five
+        if self.detector is not None and new.any():
+            self.detector.remember(ft, flows[new])
         dec = ft.decide(table, flows)
         transport = ft.keys["t"][flows].astype(np.int64)
         per_flow_packets = np.bincount(inverse, minlength=flows.size)
@@ -313,18 +288,10 @@ class TrafficCounters:
                     acc[0] += int(pk[j])
                     acc[1] += int(fl[j])
 
-    def _count_detections(self) -> None:
+    def _count_detections(self, detector: LiveJudge) -> None:
         """Judge what nDPI reported since the last call (its thread appends, this pops)."""
-        ft, table = self.analyzer.flows, self.analyzer.table
-        while self._detected:
-            flow = self._detected.popleft()
-            row = self._row_of_key.get(ndpi_key(flow))
-            if row is None:  # the flow was forgotten meanwhile
-                continue
-            verdict = ft.decide(table, np.asarray([row], dtype=np.int64)).verdict(0, table)
-            found = FlowDetection.of(flow)
-            aliases = table.lookup(verdict.transport, verdict.service_port).aliases
-            if judge(found, verdict.service, aliases, verdict.status) is not Detection.MISMATCH:
+        for verdict, found, result in detector.judged(self.analyzer.flows, self.analyzer.table):
+            if result is not Detection.MISMATCH:
                 continue
             labels = (verdict.transport.label, self._port_label(verdict.service_port),
                       verdict.service or verdict.status.label, found.detected)
@@ -378,11 +345,8 @@ class TrafficCounters:
     def _forget(self, rows: I64) -> None:
         if rows.size:
             self._counted[rows[rows < self._counted.shape[0]]] = False
-        if self._key_of_row:
-            for row in rows.tolist():
-                key = self._key_of_row.pop(row, None)
-                if key is not None and self._row_of_key.get(key) == row:
-                    del self._row_of_key[key]
+        if self.detector is not None:
+            self.detector.forget(rows)
 
     def _enforce_limit(self) -> None:
         rows = self.analyzer.flows.enforce_limit(self.limits.max_flows)
@@ -421,7 +385,7 @@ class TrafficCounters:
     def snapshot(self) -> Snapshot:
         with self.lock:
             if self.detector is not None:
-                self._count_detections()
+                self._count_detections(self.detector)
             counts = self.analyzer.decode_counts
             return Snapshot(
                 traffic={k: (v[0], v[1], v[2]) for k, v in self.traffic.items()},
