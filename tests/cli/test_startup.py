@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,12 +57,25 @@ def _modules_after(argv: list[str], env: dict[str, str]) -> set[str]:
     return set(json.loads(out.stderr.strip().splitlines()[-1]))
 
 
+def _warm_env(official_csv: Path, warm_cache: Path) -> dict[str, str]:
+    return {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
+            "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
+
+
+@pytest.fixture(scope="module")
+def plain_analyze(official_csv: Path, compiled_cache: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The modules a plain warm ``analyze --format json`` of the sample has loaded (run once)."""
+    cache = tmp_path_factory.mktemp("startup") / "cache"
+    shutil.copytree(compiled_cache, cache)
+    return _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"],
+                          _warm_env(official_csv, cache))
+
+
 def test_analyze_loads_neither_the_daemon_nor_the_exporter_nor_numpy_ma(
-    official_csv: Path, warm_cache: Path
+    plain_analyze: set[str],
 ) -> None:
-    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
-           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
-    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    loaded = plain_analyze
     assert "portwatch.analysis.analyzer" in loaded
     assert not {m for m in loaded if m.startswith(("portwatch.cli.daemon", "portwatch.daemon",
                                                    "portwatch.export", "portwatch.cli.export"))}
@@ -69,22 +83,19 @@ def test_analyze_loads_neither_the_daemon_nor_the_exporter_nor_numpy_ma(
 
 
 def test_only_the_prom_format_loads_prometheus_client(
-    official_csv: Path, warm_cache: Path
+    official_csv: Path, warm_cache: Path, plain_analyze: set[str]
 ) -> None:
-    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
-           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
-    json_run = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
-    prom_run = _modules_after(["analyze", "--format", "prom", "pcaps/sample.pcapng"], env)
+    json_run = plain_analyze
+    prom_run = _modules_after(["analyze", "--format", "prom", "pcaps/sample.pcapng"],
+                              _warm_env(official_csv, warm_cache))
     assert not {m for m in json_run if m.startswith(("prometheus_client", "http.server"))}
     assert "prometheus_client" in prom_run
 
 
 def test_a_warm_analyze_loads_neither_the_compiler_nor_the_terminal_ui(
-    official_csv: Path, warm_cache: Path
+    plain_analyze: set[str],
 ) -> None:
-    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
-           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
-    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    loaded = plain_analyze
     assert "portwatch.porttable.table" in loaded
     assert not loaded & {"portwatch.porttable.compile", "portwatch.cli.top",
                          "portwatch.cli.completion", "termios", "tty"}
@@ -107,11 +118,9 @@ _LAZY_FOR_PLAIN_ANALYZE = frozenset({
 
 
 def test_a_plain_analyze_loads_none_of_the_modules_only_options_need(
-    official_csv: Path, warm_cache: Path
+    plain_analyze: set[str],
 ) -> None:
-    env = {"PORTWATCH_REGISTRY": str(official_csv), "PORTWATCH_CACHE_DIR": str(warm_cache),
-           "PORTWATCH_REGISTRY_MAX_AGE_DAYS": "0"}
-    loaded = _modules_after(["analyze", "--format", "json", "pcaps/sample.pcapng"], env)
+    loaded = plain_analyze
     assert "portwatch.analysis.run" in loaded
     assert loaded & _LAZY_FOR_PLAIN_ANALYZE == set()
 
