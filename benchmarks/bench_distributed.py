@@ -119,13 +119,19 @@ def main() -> None:
             def run() -> Report:
                 with local_cluster(workers) as cluster, Client(cluster) as client:
                     on_cluster(names[:2], table, client)  # warm: table shipped, imports
+                    workers0, client0 = client.run(_cpu_s), _cpu_s()
                     start = time.perf_counter()
                     rep = on_cluster(names, table, client)
                     elapsed[0] = time.perf_counter() - start
+                    workers1, client1 = client.run(_cpu_s), _cpu_s()
+                cpu[workers].append((client1 - client0,
+                                     sum(workers1[w] - workers0[w] for w in workers1)))
                 return rep
             return run
 
         elapsed = [0.0]
+        #: CPU seconds of the client's process (scheduler and Client) and of all workers
+        cpu: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
         variants: list[tuple[str, Callable[[], Report]]] = [
             ("one process", result),
             ("--jobs 2", lambda: result(jobs=2)),
@@ -155,10 +161,23 @@ def main() -> None:
               f"{by['running cluster, 1 worker(s)'] / by['running cluster, 2 worker(s)']:.2f}x")
         print(f"speed-up, --scheduler local:2 vs local:1: "
               f"{by['--scheduler local:1'] / by['--scheduler local:2']:.2f}x")
+        for workers, runs in cpu.items():
+            client_s = min(c for c, _ in runs)
+            workers_s = min(w for _, w in runs)
+            print(f"running cluster, {workers} worker(s): client process {client_s:.2f} CPU s, "
+                  f"workers {workers_s:.2f} CPU s (least of the rounds)")
         print(f"cluster overhead, local:2 - --jobs 2: "
               f"{by['--scheduler local:2'] - by['--jobs 2']:+.2f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of the calling process (run on workers by ``Client.run``)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _usage() -> tuple[float, float, int]:
